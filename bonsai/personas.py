@@ -1,0 +1,173 @@
+"""Personas: who speaks, for which side, in which language and format, on which adapter.
+
+Persona files are YAML validated once, here, at the edge; the rest of the code only sees
+:class:`Persona` objects.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from collections.abc import Iterable
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bonsai.errors import ConfigError, PersonaNotFound
+
+
+class Team(str, Enum):
+    A = "A"
+    B = "B"
+    NONE = "none"
+
+
+class Role(str, Enum):
+    DEBATER = "debater"
+    JUDGE = "judge"
+    MODERATOR = "moderator"
+    TRANSLATOR = "translator"
+
+
+class Style(str, Enum):
+    ASSISTANT = "assistant"
+    CREATOR = "creator"
+    LOGICIAN = "logician"
+    TRANSLATOR = "translator"
+
+
+class ReasoningFormat(str, Enum):
+    NONE = "none"
+    ALPACA = "alpaca-reasoning"
+    XML = "xml-tags"
+
+
+Language = Literal["en", "ja", "zh"]
+
+
+class SamplingDefaults(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    temperature: float = Field(0.7, ge=0.0, le=2.0, description="Sampling temperature; 0 means greedy.")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    max_tokens: int = Field(96, ge=1, le=8192, description="Most tokens one turn may generate.")
+
+
+class Persona(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="Unique id, lower-case.")]
+    team: Team = Field(description="A or B for debaters; none for judges, moderators and translators.")
+    role: Role
+    style: Style = Style.ASSISTANT
+    language: Language = "en"
+    system_prompt: str = Field(min_length=1, description="The persona's standing instructions.")
+    reasoning: ReasoningFormat = Field(
+        ReasoningFormat.NONE, description="How the persona lays out private reasoning before its answer."
+    )
+    sampling: SamplingDefaults = Field(default_factory=SamplingDefaults)
+    adapter: str | None = Field(
+        None,
+        description=(
+            "null for the bare base; 'registry' for this persona's current version under "
+            "$BONSAI_HOME/adapters (bare base until one is trained); 'registry:NAME@VERSION'; "
+            "or a directory path (relative paths are resolved against the YAML file)."
+        ),
+    )
+    description: str = ""
+
+    @field_validator("team")
+    @classmethod
+    def _team_fits_role(cls, team: Team, info):  # type: ignore[no-untyped-def]
+        role = info.data.get("role")
+        if role is None:
+            return team
+        if role == Role.DEBATER and team == Team.NONE:
+            raise ValueError("a debater needs team A or B")
+        if role != Role.DEBATER and team != Team.NONE:
+            raise ValueError(f"a {role.value} takes no side: set team: none")
+        return team
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.team.value})" if self.team != Team.NONE else self.name
+
+
+def _format_validation_error(path: Path, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{loc}: unknown key")
+        else:
+            lines.append(f"{loc}: {e['msg']}")
+    return f"{path}: invalid persona:\n    " + "\n    ".join(lines)
+
+
+def load_persona(path: Path) -> Persona:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PersonaNotFound(f"persona file {path} does not exist") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}", "fix the syntax; `bonsai personas validate` checks every file") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a persona file must be a YAML mapping, got {type(raw).__name__}")
+    adapter = raw.get("adapter")
+    if isinstance(adapter, str) and adapter not in ("registry",) and not adapter.startswith("registry:"):
+        p = Path(adapter).expanduser()
+        raw["adapter"] = str(p if p.is_absolute() else (path.parent / p).resolve())
+    try:
+        persona = Persona.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(path, exc), "see personas/README or `bonsai personas show NAME` for a valid file") from None
+    if persona.name != path.stem:
+        raise ConfigError(f"{path}: persona name {persona.name!r} must match the file name {path.stem!r}")
+    return persona
+
+
+def default_personas_dir() -> Path:
+    return Path(str(importlib.resources.files("personas")))
+
+
+class PersonaBook:
+    """Every persona in one directory, looked up by name."""
+
+    def __init__(self, personas: Iterable[Persona], source: Path | None = None) -> None:
+        self.source = source
+        self._by_name: dict[str, Persona] = {}
+        for p in personas:
+            if p.name in self._by_name:
+                raise ConfigError(f"persona {p.name!r} is defined twice in {source}")
+            self._by_name[p.name] = p
+
+    @classmethod
+    def load(cls, directory: Path | None = None) -> PersonaBook:
+        directory = directory or default_personas_dir()
+        if not directory.is_dir():
+            raise ConfigError(f"personas directory {directory} does not exist", "pass --personas-dir with a folder of persona YAML files")
+        files = sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml"))
+        return cls((load_persona(f) for f in files), source=directory)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._by_name.values())
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def names(self) -> list[str]:
+        return list(self._by_name)
+
+    def get(self, name: str) -> Persona:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            known = ", ".join(sorted(self._by_name)) or "(none)"
+            raise PersonaNotFound(
+                f"unknown persona {name!r}", f"known personas: {known}; add personas/{name}.yaml to define it"
+            ) from None
+
+    def by_role(self, role: Role, team: Team | None = None) -> list[Persona]:
+        return [p for p in self if p.role == role and (team is None or p.team == team)]

@@ -1,0 +1,94 @@
+"""What the transcript store holds, as plain dataclasses (the debate graph produces them)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class DebateRecord:
+    debate_id: str
+    motion: str
+    format: str
+    rounds: int
+    base_model: str
+    engine: str
+    #: persona name per seat, e.g. {"A": ["advocate"], "B": ["skeptic"], "judge": ["judge"], "moderator": ["moderator"]}
+    seats: dict[str, list[str]]
+    seed: int | None
+    candidates: int
+    created_at: float
+    status: str = "running"  # running | finished | failed | interrupted
+    winner: str | None = None  # "A" | "B" | None
+    finished_at: float | None = None
+    sweep: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TurnRecord:
+    debate_id: str
+    turn_index: int
+    phase: str
+    round: int
+    speaker: str  # persona name
+    team: str  # "A" | "B" | "none" (moderator lines)
+    role: str  # debater | moderator
+    text: str  # raw model output
+    answer: str
+    reasoning: str | None
+    adapter_name: str | None
+    adapter_hash: str | None
+    base_model: str
+    prompt_tokens: int
+    output_tokens: int
+    latency_s: float
+    first_token_s: float | None
+    sampling: dict[str, Any]
+    seed: int | None
+    finish_reason: str
+    #: the prompt exactly as sent (messages as JSON, or Alpaca text): training rebuilds pairs from it
+    prompt: Any = None
+    created_at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class CandidateRecord:
+    debate_id: str
+    turn_index: int
+    candidate_index: int
+    text: str
+    answer: str
+    reasoning: str | None
+    score: float  # judge's P(speaker's side wins | debate so far + this candidate)
+    chosen: bool
+    output_tokens: int
+    finish_reason: str
+    seed: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class VerdictRecord:
+    debate_id: str
+    judge: str  # persona name, or "panel" for the combined verdict
+    winner: str  # "A" | "B"
+    prob_a: float  # P(team A wins), averaged over both side orders
+    confidence: float  # max(prob_a, 1 - prob_a)
+    scores: dict[str, dict[str, float]]  # team -> criterion -> score
+    rationale: str
+    parsed: bool  # whether the judge's JSON parsed (else winner comes from the logprobs alone)
+    orders: list[dict[str, Any]]  # per side order: raw text, label probabilities, parse errors
+    created_at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

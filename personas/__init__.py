@@ -1,0 +1,1 @@
+"""Persona YAML files shipped with bonsai (loaded by :mod:`bonsai.personas`)."""
