@@ -1,5 +1,83 @@
-"""placeholder: being written"""
+"""``bonsai personas list|show|validate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from bonsai.adapter_registry import resolve_persona_adapter
+from bonsai.cli.common import home_from
+from bonsai.errors import BonsaiError
+from bonsai.personas import PersonaBook, default_personas_dir, load_persona
 
 
-def register(sub):  # type: ignore[no-untyped-def]
-    pass
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("personas", help="list, show and validate personas")
+    psub = p.add_subparsers(dest="personas_command", metavar="ACTION")
+    psub.required = True
+    for name, helptext in (("list", "a table of every persona"), ("show", "one persona in full"), ("validate", "check persona files")):
+        sp = psub.add_parser(name, help=helptext)
+        sp.add_argument("--personas-dir", type=Path, default=None, help="folder of persona YAML files (default: the shipped personas)")
+        sp.add_argument("--json", action="store_true", help="JSON output")
+        if name == "show":
+            sp.add_argument("name")
+        if name == "validate":
+            sp.add_argument("files", nargs="*", type=Path, help="files to check (default: the whole folder)")
+        sp.set_defaults(func={"list": run_list, "show": run_show, "validate": run_validate}[name])
+
+
+def run_list(args: argparse.Namespace) -> int:
+    book = PersonaBook.load(args.personas_dir)
+    home = home_from(args)
+    rows = []
+    for p in book:
+        adapter = resolve_persona_adapter(p, home)
+        rows.append({"name": p.name, "team": p.team.value, "role": p.role.value, "style": p.style.value, "language": p.language,
+                     "reasoning": p.reasoning.value, "adapter": str(adapter) if adapter else ("base" if p.adapter is None else "base (none trained yet)")})
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False))
+        return 0
+    table = Table(title=f"personas in {book.source}")
+    for col in ("name", "team", "role", "style", "language", "reasoning", "adapter"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*(r[c] for c in ("name", "team", "role", "style", "language", "reasoning", "adapter")))
+    Console().print(table)
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    persona = PersonaBook.load(args.personas_dir).get(args.name)
+    data = persona.model_dump(mode="json")
+    if args.json:
+        print(json.dumps(data, ensure_ascii=False))
+    else:
+        print(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), end="")
+    return 0
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    files = args.files or sorted((args.personas_dir or default_personas_dir()).glob("*.y*ml"))
+    errors: list[str] = []
+    for f in files:
+        try:
+            load_persona(f)
+        except BonsaiError as exc:
+            errors.append(str(exc))
+    if not args.files and not errors:
+        try:
+            PersonaBook.load(args.personas_dir)
+        except BonsaiError as exc:
+            errors.append(str(exc))
+    if args.json:
+        print(json.dumps({"checked": len(files), "errors": errors}, ensure_ascii=False))
+    else:
+        for e in errors:
+            print(f"error: {e}")
+        print(f"{len(files) - len(errors)}/{len(files)} persona files valid")
+    return 1 if errors else 0

@@ -1,0 +1,325 @@
+"""The debate as a LangGraph state machine: moderator, debater and judge nodes, routed by the schedule.
+
+The graph is compiled once per process and reused for every debate (``thread_id`` = debate id). What
+differs per debate (engine, store, cast, schedule, adapters) travels in the run's context, so the
+graph itself holds no state and the checkpointer holds only the small :class:`DebateState`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+
+from bonsai.debate import judge as judging
+from bonsai.debate.events import event
+from bonsai.debate.formats import DebateFormat
+from bonsai.debate.prompts import debater_prompt, moderator_prompt, prompt_to_json, stop_strings
+from bonsai.debate.reasoning import StreamSplitter, parse
+from bonsai.debate.schedule import Cast, Slot
+from bonsai.debate.state import DebateState
+from bonsai.engine import AdapterRef, Completion, Engine, GenerationRequest, Prompt, Sampling, TextDelta
+from bonsai.errors import PromptTooLong
+from bonsai.personas import Persona, ReasoningFormat
+from bonsai.store.records import CandidateRecord, TurnRecord
+from bonsai.store.transcripts import TranscriptStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DebateContext:
+    """Everything a debate's nodes need that is not state. Built by the runner, never checkpointed."""
+
+    engine: Engine
+    store: TranscriptStore
+    cast: Cast
+    fmt: DebateFormat
+    schedule: list[Slot]
+    adapters: dict[str, AdapterRef | None]
+    base_model: str
+    candidates: int = 1
+    seed: int | None = None
+    max_tokens: int | None = None
+    personas: dict[str, Persona] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.personas = {p.name: p for p in self.cast.everyone()}
+
+
+def derive_seed(seed: int | None, step: int, candidate: int = 0) -> int | None:
+    """A distinct, reproducible seed per turn and candidate, so a re-run turn samples the same text."""
+    if seed is None:
+        return None
+    return (seed * 1_000_003 + step * 7_919 + candidate * 104_729) % (2**31 - 1)
+
+
+def route(state: DebateState) -> str:
+    step = state.get("step", 0)
+    plan = state.get("plan", [])
+    if step < len(plan):
+        return plan[step]
+    if state.get("verdict") is None:
+        return "judge"
+    return END
+
+
+def _summary(slot: Slot, text: str, answer: str) -> dict[str, Any]:
+    return {
+        "index": slot.index,
+        "kind": slot.kind,
+        "phase": slot.phase,
+        "title": slot.title,
+        "round": slot.round,
+        "speaker": slot.speaker,
+        "team": slot.team,
+        "instruction": slot.instruction,
+        "text": text,
+        "answer": answer,
+    }
+
+
+async def _stream_one(
+    ctx: DebateContext,
+    request: GenerationRequest,
+    fmt: ReasoningFormat,
+    emit: Callable[[dict[str, Any]], None],
+    tags: dict[str, Any],
+) -> Completion:
+    splitter = StreamSplitter(fmt)
+    final: Completion | None = None
+    async for ev in ctx.engine.stream(request):
+        if isinstance(ev, TextDelta):
+            for kind, piece in splitter.feed(ev.text):
+                emit({**tags, "kind": kind, "text": piece})
+        else:
+            final = ev
+    for kind, piece in splitter.flush():
+        emit({**tags, "kind": kind, "text": piece})
+    assert final is not None
+    return final
+
+
+def _check_room(ctx: DebateContext, prompt: Prompt, max_tokens: int, who: str) -> None:
+    used = ctx.engine.count_tokens(prompt)
+    limit = ctx.engine.info.max_model_len
+    if used + max_tokens > limit:
+        raise PromptTooLong(
+            f"{who}'s prompt takes {used} tokens and the answer up to {max_tokens}, more than the model's context of {limit}",
+            "shorten the motion, use fewer --rounds, or lower --max-tokens",
+        )
+
+
+async def moderator_node(state: DebateState, runtime: Runtime[DebateContext]) -> dict[str, Any]:
+    ctx = runtime.context
+    step = state["step"]
+    slot = ctx.schedule[step]
+    debate_id = state["debate_id"]
+    persona = ctx.personas[slot.speaker]
+    speakers = [f"{s.speaker} (team {s.team})" for s in ctx.schedule[step + 1 :] if s.kind == "debater" and s.phase == slot.phase and s.round == slot.round]
+    prompt = moderator_prompt(persona, state["motion"], slot, speakers)
+    max_tokens = persona.sampling.max_tokens
+    _check_room(ctx, prompt, max_tokens, persona.name)
+    sampling = Sampling(
+        temperature=persona.sampling.temperature, top_p=persona.sampling.top_p, max_tokens=max_tokens, seed=derive_seed(ctx.seed, step)
+    )
+    adapter = ctx.adapters.get(persona.name)
+    emit = runtime.stream_writer
+    tags = {"debate_id": debate_id, "turn": step, "speaker": persona.name, "team": "none", "phase": slot.title, "role": "moderator"}
+    emit(event("turn_start", debate_id, **{k: v for k, v in tags.items() if k != "debate_id"}, candidates=1))
+    t0 = time.monotonic()
+    result = await _stream_one(ctx, GenerationRequest(f"{debate_id}-t{step}", prompt, sampling, adapter), ReasoningFormat.NONE, lambda d: emit({"event": "token", **d, "candidate": 0}), tags)
+    answer = result.text.strip()
+    ctx.store.record_turn(_turn_record(ctx, debate_id, slot, persona, adapter, prompt, sampling, result, answer, None, time.monotonic() - t0))
+    emit(event("turn_end", debate_id, turn=step, speaker=persona.name, team="none", role="moderator", phase=slot.title, answer=answer, reasoning=None,
+               output_tokens=result.output_tokens, latency_s=result.total_s, adapter=adapter.name if adapter else None, candidates=[]))
+    return {"step": step + 1, "turns": [_summary(slot, result.text, answer)]}
+
+
+def _turn_record(
+    ctx: DebateContext,
+    debate_id: str,
+    slot: Slot,
+    persona: Persona,
+    adapter: AdapterRef | None,
+    prompt: Prompt,
+    sampling: Sampling,
+    result: Completion,
+    answer: str,
+    reasoning: str | None,
+    latency: float,
+) -> TurnRecord:
+    return TurnRecord(
+        debate_id=debate_id,
+        turn_index=slot.index,
+        phase=slot.title,
+        round=slot.round,
+        speaker=persona.name,
+        team=slot.team,
+        role=slot.kind,
+        text=result.text,
+        answer=answer,
+        reasoning=reasoning,
+        adapter_name=adapter.name if adapter else None,
+        adapter_hash=adapter.content_hash if adapter else None,
+        base_model=ctx.base_model,
+        prompt_tokens=result.prompt_tokens,
+        output_tokens=result.output_tokens,
+        latency_s=latency,
+        first_token_s=result.first_token_s,
+        sampling=sampling.as_dict(),
+        seed=sampling.seed,
+        finish_reason=result.finish_reason,
+        prompt=prompt_to_json(prompt),
+        created_at=time.time(),
+    )
+
+
+async def debater_node(state: DebateState, runtime: Runtime[DebateContext]) -> dict[str, Any]:
+    ctx = runtime.context
+    step = state["step"]
+    slot = ctx.schedule[step]
+    debate_id = state["debate_id"]
+    persona = ctx.personas[slot.speaker]
+    adapter = ctx.adapters.get(persona.name)
+    prompt = debater_prompt(persona, state["motion"], state.get("turns", []), slot)
+    max_tokens = ctx.max_tokens or slot.max_tokens or persona.sampling.max_tokens
+    _check_room(ctx, prompt, max_tokens, persona.name)
+    emit = runtime.stream_writer
+    k = ctx.candidates
+    tags = {"debate_id": debate_id, "turn": step, "speaker": persona.name, "team": slot.team, "phase": slot.title, "role": "debater"}
+    emit(event("turn_start", debate_id, **{k_: v for k_, v in tags.items() if k_ != "debate_id"}, candidates=k,
+               adapter=adapter.name if adapter else None))
+    samplings = [
+        Sampling(
+            temperature=persona.sampling.temperature,
+            top_p=persona.sampling.top_p,
+            max_tokens=max_tokens,
+            seed=derive_seed(ctx.seed, step, i),
+            stop=stop_strings(persona),
+        )
+        for i in range(k)
+    ]
+    t0 = time.monotonic()
+    results = await asyncio.gather(
+        *(
+            _stream_one(
+                ctx,
+                GenerationRequest(f"{debate_id}-t{step}-c{i}", prompt, samplings[i], adapter),
+                persona.reasoning,
+                lambda d, i=i: emit({"event": "token", **d, "candidate": i}),
+                tags,
+            )
+            for i in range(k)
+        )
+    )
+    parsed = [parse(r.text, persona.reasoning) for r in results]
+    scores: list[float] = []
+    best = 0
+    if k > 1:
+        judge = ctx.cast.judges[0]
+        history = state.get("turns", [])
+        scores = list(
+            await asyncio.gather(
+                *(
+                    judging.side_win_probability(
+                        ctx.engine,
+                        judge,
+                        ctx.adapters.get(judge.name),
+                        state["motion"],
+                        [*history, _summary(slot, r.text, p.answer)],
+                        slot.team,
+                        ctx.fmt.judge.criteria,
+                        f"{debate_id}-t{step}-c{i}-score",
+                    )
+                    for i, (r, p) in enumerate(zip(results, parsed, strict=True))
+                )
+            )
+        )
+        best = max(range(k), key=lambda i: scores[i])
+    latency = time.monotonic() - t0
+    result, chosen = results[best], parsed[best]
+    ctx.store.record_turn(_turn_record(ctx, debate_id, slot, persona, adapter, prompt, samplings[best], result, chosen.answer, chosen.reasoning, latency))
+    if k > 1:
+        ctx.store.record_candidates(
+            [
+                CandidateRecord(
+                    debate_id=debate_id,
+                    turn_index=step,
+                    candidate_index=i,
+                    text=r.text,
+                    answer=p.answer,
+                    reasoning=p.reasoning,
+                    score=scores[i],
+                    chosen=i == best,
+                    output_tokens=r.output_tokens,
+                    finish_reason=r.finish_reason,
+                    seed=samplings[i].seed,
+                )
+                for i, (r, p) in enumerate(zip(results, parsed, strict=True))
+            ]
+        )
+    emit(
+        event(
+            "turn_end",
+            debate_id,
+            turn=step,
+            speaker=persona.name,
+            team=slot.team,
+            role="debater",
+            phase=slot.title,
+            answer=chosen.answer,
+            reasoning=chosen.reasoning,
+            output_tokens=sum(r.output_tokens for r in results),
+            latency_s=latency,
+            adapter=adapter.name if adapter else None,
+            chosen=best,
+            candidates=[{"index": i, "score": s, "answer": p.answer} for i, (s, p) in enumerate(zip(scores, parsed, strict=False))],
+        )
+    )
+    return {"step": step + 1, "turns": [_summary(slot, result.text, chosen.answer)]}
+
+
+async def judge_node(state: DebateState, runtime: Runtime[DebateContext]) -> dict[str, Any]:
+    ctx = runtime.context
+    debate_id = state["debate_id"]
+    emit = runtime.stream_writer
+    emit(event("judging", debate_id, judges=[j.name for j in ctx.cast.judges]))
+    per_judge, panel = await judging.judge_debate(
+        ctx.engine,
+        ctx.cast.judges,
+        ctx.adapters,
+        debate_id,
+        state["motion"],
+        state.get("turns", []),
+        ctx.fmt.judge.criteria,
+        ctx.fmt.judge.max_tokens,
+        derive_seed(ctx.seed, len(ctx.schedule)),
+    )
+    for v in per_judge:
+        ctx.store.record_verdict(v)
+    if panel.judge == "panel":
+        ctx.store.record_verdict(panel)
+    ctx.store.set_status(debate_id, "finished", winner=panel.winner)
+    emit(event("verdict", debate_id, **{k: v for k, v in panel.to_dict().items() if k != "debate_id"},
+               judges=[v.to_dict() for v in per_judge]))
+    return {"verdict": panel.to_dict()}
+
+
+def build_graph() -> StateGraph:
+    builder = StateGraph(DebateState, context_schema=DebateContext)
+    builder.add_node("moderator", moderator_node)
+    builder.add_node("debater", debater_node)
+    builder.add_node("judge", judge_node)
+    targets = ["moderator", "debater", "judge", END]
+    builder.add_conditional_edges(START, route, targets)
+    builder.add_conditional_edges("moderator", route, targets)
+    builder.add_conditional_edges("debater", route, targets)
+    builder.add_conditional_edges("judge", route, targets)
+    return builder

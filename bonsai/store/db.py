@@ -1,0 +1,110 @@
+"""Opening the transcript store's SQLite file: the checks and pragmas every connection needs.
+
+Kept apart from the record logic so the rules for "is this file ours, and is it safe to write" live in
+one place: a missing file is only created when the caller asks (read-only commands must not leave an
+empty database behind), a file that is not SQLite or belongs to something else (the LangGraph
+checkpoint database sits in the same folder) is refused before anything is written to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from bonsai.errors import StoreError
+from bonsai.store import migrations
+
+log = logging.getLogger(__name__)
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+#: how long a writer waits for another process's transaction before giving up (the debate runner,
+#: a sweep and `bonsai transcripts` may all hold the file at once)
+BUSY_TIMEOUT_MS = 10_000
+
+
+def open_store(path: Path, *, create: bool) -> sqlite3.Connection:
+    """A migrated connection to the store at ``path`` (WAL, foreign keys on, busy timeout set)."""
+    _check_file(path, create=create)
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # isolation_level=None: no implicit transactions; the store opens them itself (BEGIN IMMEDIATE)
+        # so that a writer waits for the lock up front instead of failing when it upgrades a read.
+        db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+    except sqlite3.Error as exc:
+        raise StoreError(f"Cannot open the transcript store {path}: {exc}.", hint="check the path and its permissions") from exc
+    try:
+        _configure(db, path)
+        migrations.migrate(db, path)
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise StoreError(
+            f"{path} is not a usable transcript store ({exc}).",
+            hint="pass --store with a bonsai transcripts.sqlite, or move the damaged file away and run again",
+        ) from exc
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _check_file(path: Path, *, create: bool) -> None:
+    if path.is_dir():
+        raise StoreError(f"The transcript store path {path} is a folder, not a file.", hint="pass --store with a .sqlite file")
+    if not path.exists():
+        if create:
+            return
+        raise StoreError(
+            f"There is no transcript store at {path}.",
+            hint="run a debate first (`bonsai debate ...`), or pass --store with the right file",
+        )
+    try:
+        with path.open("rb") as fh:
+            header = fh.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise StoreError(f"Cannot read the transcript store {path}: {exc.strerror}.", hint="check its permissions") from exc
+    # An empty file is a valid, empty SQLite database (sqlite3 creates them that way).
+    if header and header != SQLITE_HEADER:
+        raise StoreError(
+            f"{path} is not an SQLite database, so it cannot be a transcript store.",
+            hint="pass --store with a bonsai transcripts.sqlite, or move that file away",
+        )
+
+
+def _configure(db: sqlite3.Connection, path: Path) -> None:
+    # WAL lets `bonsai transcripts` read while a debate writes; these pragmas cannot run inside a transaction.
+    mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        log.warning("transcript store %s runs in %s journal mode, not WAL", path, mode)
+    db.execute("PRAGMA foreign_keys=ON")
+    db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    # NORMAL is durable across application crashes in WAL mode; only an OS crash can lose the last commit.
+    db.execute("PRAGMA synchronous=NORMAL")
+
+
+@contextlib.contextmanager
+def write_transaction(db: sqlite3.Connection, lock: threading.RLock) -> Iterator[sqlite3.Connection]:
+    """One short write transaction, serialised with the other threads that share ``db``."""
+    with lock:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+
+@contextlib.contextmanager
+def read_transaction(db: sqlite3.Connection, lock: threading.RLock) -> Iterator[sqlite3.Connection]:
+    """A consistent snapshot for reads that take several queries."""
+    with lock:
+        db.execute("BEGIN")
+        try:
+            yield db
+        finally:
+            db.execute("COMMIT")

@@ -1,0 +1,166 @@
+"""The transcript store's schema, grown only by appending numbered migrations (as simonw/llm does).
+
+Rules: never edit or reorder a migration that has shipped; add a new ``mNNN_...`` function at the end.
+Each one gets its version from its position, runs once per database inside the same transaction that
+records it in ``schema_version``, and must use plain ``execute`` (``executescript`` would commit halfway).
+A database whose version is higher than ``len(MIGRATIONS)`` was written by a newer bonsai and is refused
+rather than half-understood.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bonsai.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+Migration = Callable[[sqlite3.Connection], None]
+MIGRATIONS: list[Migration] = []
+
+
+def migration(fn: Migration) -> Migration:
+    MIGRATIONS.append(fn)
+    return fn
+
+
+@migration
+def m001_initial(db: sqlite3.Connection) -> None:
+    # dict/list fields are JSON text. No CHECK constraints on status/team values: SQLite can only change
+    # those by rebuilding the table, so the store validates them in Python instead.
+    db.execute(
+        """
+        CREATE TABLE debates (
+            debate_id   TEXT PRIMARY KEY,
+            motion      TEXT NOT NULL,
+            format      TEXT NOT NULL,
+            rounds      INTEGER NOT NULL,
+            base_model  TEXT NOT NULL,
+            engine      TEXT NOT NULL,
+            seats       TEXT NOT NULL,
+            seed        INTEGER,
+            candidates  INTEGER NOT NULL,
+            created_at  REAL NOT NULL,
+            status      TEXT NOT NULL,
+            winner      TEXT,
+            finished_at REAL,
+            sweep       TEXT,
+            config      TEXT NOT NULL DEFAULT '{}'
+        )
+        """
+    )
+    db.execute("CREATE INDEX debates_status ON debates(status)")
+    db.execute("CREATE INDEX debates_created_at ON debates(created_at)")
+    db.execute("CREATE INDEX debates_sweep ON debates(sweep)")
+    # The primary key (debate_id, turn_index) is also the index for "all turns of a debate".
+    db.execute(
+        """
+        CREATE TABLE turns (
+            debate_id     TEXT NOT NULL REFERENCES debates(debate_id) ON DELETE CASCADE,
+            turn_index    INTEGER NOT NULL,
+            phase         TEXT NOT NULL,
+            round         INTEGER NOT NULL,
+            speaker       TEXT NOT NULL,
+            team          TEXT NOT NULL,
+            role          TEXT NOT NULL,
+            text          TEXT NOT NULL,
+            answer        TEXT NOT NULL,
+            reasoning     TEXT,
+            adapter_name  TEXT,
+            adapter_hash  TEXT,
+            base_model    TEXT NOT NULL,
+            prompt_tokens INTEGER NOT NULL,
+            output_tokens INTEGER NOT NULL,
+            latency_s     REAL NOT NULL,
+            first_token_s REAL,
+            sampling      TEXT NOT NULL,
+            seed          INTEGER,
+            finish_reason TEXT NOT NULL,
+            prompt        TEXT,
+            created_at    REAL NOT NULL,
+            PRIMARY KEY (debate_id, turn_index)
+        )
+        """
+    )
+    db.execute("CREATE INDEX turns_speaker ON turns(speaker)")
+    # Candidates point at the debate, not the turn: the graph may store them before the chosen turn.
+    db.execute(
+        """
+        CREATE TABLE candidates (
+            debate_id       TEXT NOT NULL REFERENCES debates(debate_id) ON DELETE CASCADE,
+            turn_index      INTEGER NOT NULL,
+            candidate_index INTEGER NOT NULL,
+            text            TEXT NOT NULL,
+            answer          TEXT NOT NULL,
+            reasoning       TEXT,
+            score           REAL NOT NULL,
+            chosen          INTEGER NOT NULL,
+            output_tokens   INTEGER NOT NULL,
+            finish_reason   TEXT NOT NULL,
+            seed            INTEGER,
+            PRIMARY KEY (debate_id, turn_index, candidate_index)
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE verdicts (
+            debate_id  TEXT NOT NULL REFERENCES debates(debate_id) ON DELETE CASCADE,
+            judge      TEXT NOT NULL,
+            winner     TEXT NOT NULL,
+            prob_a     REAL NOT NULL,
+            confidence REAL NOT NULL,
+            scores     TEXT NOT NULL,
+            rationale  TEXT NOT NULL,
+            parsed     INTEGER NOT NULL,
+            orders     TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (debate_id, judge)
+        )
+        """
+    )
+
+
+def current_version(db: sqlite3.Connection) -> int:
+    if not _has_table(db, "schema_version"):
+        return 0
+    row = db.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    return int(row[0] or 0)
+
+
+def migrate(db: sqlite3.Connection, path: Path) -> int:
+    """Bring the database up to ``len(MIGRATIONS)`` in one transaction; returns the version it ends at."""
+    known = len(MIGRATIONS)
+    db.execute("BEGIN IMMEDIATE")  # taken before reading the version, so two processes cannot both migrate
+    try:
+        if not _has_table(db, "schema_version"):
+            others = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'")]
+            if others:
+                raise StoreError(
+                    f"{path} is an SQLite database but not a bonsai transcript store (it holds {', '.join(sorted(others)[:5])}).",
+                    hint="pass --store with a bonsai transcripts.sqlite (the checkpoint database is a different file)",
+                )
+            db.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)")
+        version = current_version(db)
+        if version > known:
+            raise StoreError(
+                f"The transcript store {path} was written by a newer bonsai (schema {version}, this one knows {known}).",
+                hint="upgrade bonsai (pip install -U bonsai), or pass --store with another file",
+            )
+        for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
+            log.info("transcript store %s: applying migration %d (%s)", path, number, step.__name__)
+            step(db)
+            db.execute("INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)", (number, step.__name__, time.time()))
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return known
+
+
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None

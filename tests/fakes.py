@@ -1,0 +1,75 @@
+"""A scripted engine for fast graph-logic tests. Real-engine tests cover the same paths for real."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import AsyncIterator
+
+from bonsai.engine import (
+    AdapterRef,
+    ChatPrompt,
+    Completion,
+    Engine,
+    EngineInfo,
+    GenerationRequest,
+    Prompt,
+    StreamEvent,
+    TextDelta,
+    TextPrompt,
+    TokenLogprob,
+)
+
+
+class FakeEngine(Engine):
+    """Answers every request deterministically from its id; can be told to fail on the n-th debater turn."""
+
+    def __init__(self, *, p_a: float = 0.6, fail_on_call: int | None = None, judge_json: str | None = None, max_model_len: int = 4096) -> None:
+        self.info = EngineInfo(kind="vllm", base_model="fake", max_model_len=max_model_len, supports_json_schema=True, max_lora_rank=16)
+        self.p_a = p_a
+        self.fail_on_call = fail_on_call
+        self.judge_json = judge_json
+        self.calls: list[GenerationRequest] = []
+        self.adapters: list[AdapterRef] = []
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def add_adapter(self, adapter: AdapterRef) -> None:
+        self.adapters.append(adapter)
+
+    def render(self, prompt: Prompt) -> str:
+        if isinstance(prompt, TextPrompt):
+            return prompt.text
+        return "".join(f"<|{m.role}|>{m.content}\n" for m in prompt.messages)
+
+    def count_tokens(self, prompt: Prompt) -> int:
+        return len(self.render(prompt).split())
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        self.calls.append(request)
+        if self.fail_on_call is not None and len(self.calls) == self.fail_on_call:
+            raise RuntimeError("injected engine failure")
+        logprobs = None
+        if request.sampling.max_tokens == 1 and isinstance(request.prompt, ChatPrompt) and request.prompt.continue_final_message:
+            text = "A"
+            top = {"A": math.log(self.p_a), "B": math.log(1 - self.p_a), "The": -5.0}
+            logprobs = (TokenLogprob("A", top["A"], top),)
+        elif request.sampling.json_schema is not None or "-json" in request.request_id:
+            text = self.judge_json or json.dumps({"winner": "A", "scores": {"A": {"logic": 7}, "B": {"logic": 5}}, "rationale": "A was clearer."})
+        elif isinstance(request.prompt, ChatPrompt) and "Introduce this phase" in request.prompt.messages[-1].content:
+            text = f"Welcome, {request.request_id}."
+        elif isinstance(request.prompt, TextPrompt):
+            text = f"### Reasoning\nthinking about {request.request_id}\n### Answer\nanswer for {request.request_id}"
+        elif "<reasoning>" not in request.prompt.messages[-1].content:
+            text = f"answer for {request.request_id}"
+        else:
+            text = f"<reasoning>why {request.request_id}</reasoning><answer>answer for {request.request_id}</answer>"
+        for i in range(0, len(text), 7):
+            await asyncio.sleep(0)
+            yield TextDelta(request.request_id, text[i : i + 7])
+        yield Completion(request.request_id, text, self.count_tokens(request.prompt), len(text.split()), "stop", 0.001, 0.002, logprobs, request.adapter.name if request.adapter else None)

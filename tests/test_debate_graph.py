@@ -1,0 +1,113 @@
+"""Graph logic on a scripted engine: routing, storage, best-of-N bookkeeping, resume after a failure.
+
+The same flows run on the real vLLM engine in test_debate_real.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fakes import FakeEngine
+
+from bonsai.debate.runner import DebateRunner, DebateSpec
+from bonsai.errors import PromptTooLong
+from bonsai.personas import PersonaBook
+from bonsai.store.transcripts import TranscriptStore
+
+
+async def run_all(runner: DebateRunner, spec: DebateSpec) -> list[dict]:
+    return [ev async for ev in runner.run(spec)]
+
+
+@pytest.fixture
+def book() -> PersonaBook:
+    return PersonaBook.load()
+
+
+async def test_full_debate_lands_in_store(tmp_path: Path, book: PersonaBook, isolated_home: Path) -> None:
+    engine = FakeEngine(p_a=0.7)
+    with TranscriptStore(tmp_path / "t.sqlite") as store:
+        async with DebateRunner(engine, store, tmp_path / "ck.sqlite", book, isolated_home, "fake") as runner:
+            spec = DebateSpec(motion="Tea beats coffee", personas=["advocate", "ronri", "skeptic", "bianlun"], rounds=2, seed=1)
+            events = await run_all(runner, spec)
+        debate_id = events[0]["debate_id"]
+        kinds = [e["event"] for e in events]
+        assert kinds[0] == "debate_start" and kinds[-1] == "debate_end"
+        assert "verdict" in kinds
+        rec = store.get_debate(debate_id)
+        assert rec.status == "finished" and rec.winner == "A"
+        turns = store.turns(debate_id)
+        # standard format, 2 rounds: 4 phases x (moderator + 2 debaters)
+        assert len(turns) == 12
+        assert [t.turn_index for t in turns] == list(range(12))
+        debaters = [t for t in turns if t.role == "debater"]
+        # team members alternate within a team
+        assert [t.speaker for t in debaters if t.team == "A"] == ["advocate", "ronri"] * 2
+        # reasoning is split off; opponents only see answers
+        ronri = next(t for t in debaters if t.speaker == "ronri")
+        assert ronri.reasoning and ronri.reasoning.startswith("why") and ronri.answer.startswith("answer for")
+        skeptic = next(t for t in debaters if t.speaker == "skeptic")
+        assert skeptic.prompt["format"] == "text" and "### Instruction:" in skeptic.prompt["text"]
+        for req in engine.calls:  # nobody is shown another speaker's reasoning
+            shown = [m.content for m in req.prompt.messages if m.role == "user"] if hasattr(req.prompt, "messages") else [req.prompt.text]
+            assert not any(f"why {debate_id}" in s for s in shown), (req.request_id, shown)
+        verdicts = store.verdicts(debate_id)
+        assert len(verdicts) == 1 and verdicts[0].parsed
+        assert verdicts[0].prob_a == pytest.approx(0.5)  # label bias cancels: P(label A)=0.7 in both orders
+        token_events = [e for e in events if e["event"] == "token"]
+        assert {e["kind"] for e in token_events} == {"reasoning", "answer"}
+        assert all({"debate_id", "turn", "speaker", "team", "kind"} <= e.keys() for e in token_events)
+
+
+async def test_best_of_n_stores_every_candidate(tmp_path: Path, book: PersonaBook, isolated_home: Path) -> None:
+    engine = FakeEngine()
+    with TranscriptStore(tmp_path / "t.sqlite") as store:
+        async with DebateRunner(engine, store, tmp_path / "ck.sqlite", book, isolated_home, "fake") as runner:
+            events = await run_all(runner, DebateSpec(motion="Cats over dogs", format="quick", rounds=1, candidates=3, seed=3))
+        debate_id = events[0]["debate_id"]
+        cands = store.candidates(debate_id)
+        turns = [t for t in store.turns(debate_id) if t.role == "debater"]
+        assert len(cands) == 3 * len(turns)
+        for t in turns:
+            mine = [c for c in cands if c.turn_index == t.turn_index]
+            assert sum(c.chosen for c in mine) == 1
+            assert all(0.0 <= c.score <= 1.0 for c in mine)
+            assert next(c for c in mine if c.chosen).answer == t.answer
+        assert len({c.seed for c in cands}) == len(cands)  # distinct seeds per candidate
+
+
+async def test_resume_after_engine_failure_finishes_exactly_once(tmp_path: Path, book: PersonaBook, isolated_home: Path) -> None:
+    store_path, ck = tmp_path / "t.sqlite", tmp_path / "ck.sqlite"
+    spec = DebateSpec(motion="Remote work is better", format="quick", rounds=2, seed=5)
+    with TranscriptStore(store_path) as store:
+        async with DebateRunner(FakeEngine(fail_on_call=4), store, ck, book, isolated_home, "fake") as runner:
+            seen: list[dict] = []
+            with pytest.raises(RuntimeError, match="injected"):
+                async for ev in runner.run(spec):
+                    seen.append(ev)
+        debate_id = seen[0]["debate_id"]
+        assert store.get_debate(debate_id).status == "failed"
+        assert len(store.turns(debate_id)) == 3
+    with TranscriptStore(store_path) as store:
+        async with DebateRunner(FakeEngine(), store, ck, book, isolated_home, "fake") as runner:
+            events = [ev async for ev in runner.resume(debate_id)]
+        assert events[0]["resumed"] and events[0]["turns_done"] == 3
+        turns = store.turns(debate_id)
+        assert [t.turn_index for t in turns] == list(range(6))
+        assert store.get_debate(debate_id).status == "finished"
+        assert len(store.verdicts(debate_id)) == 1
+
+
+async def test_motion_too_long_writes_nothing(tmp_path: Path, book: PersonaBook, isolated_home: Path) -> None:
+    engine = FakeEngine(max_model_len=300)
+    with TranscriptStore(tmp_path / "t.sqlite") as store:
+        async with DebateRunner(engine, store, tmp_path / "ck.sqlite", book, isolated_home, "fake") as runner:
+            with pytest.raises(PromptTooLong, match="too long"):
+                await run_all(runner, DebateSpec(motion="word " * 400, format="quick", rounds=1))
+        assert store.list_debates() == []
+
+
+def test_empty_motion_is_refused() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        DebateSpec(motion="   ")
