@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bonsai.errors import ConfigError, PersonaNotFound
 
@@ -53,6 +53,7 @@ class SamplingDefaults(BaseModel):
     temperature: float = Field(0.7, ge=0.0, le=2.0, description="Sampling temperature; 0 means greedy.")
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     max_tokens: int = Field(96, ge=1, le=8192, description="Most tokens one turn may generate.")
+    repetition_penalty: float = Field(1.0, ge=1.0, le=2.0, description="Above 1 discourages repeating earlier text.")
 
 
 class Persona(BaseModel):
@@ -78,17 +79,15 @@ class Persona(BaseModel):
     )
     description: str = ""
 
-    @field_validator("team")
-    @classmethod
-    def _team_fits_role(cls, team: Team, info):  # type: ignore[no-untyped-def]
-        role = info.data.get("role")
-        if role is None:
-            return team
-        if role == Role.DEBATER and team == Team.NONE:
-            raise ValueError("a debater needs team A or B")
-        if role != Role.DEBATER and team != Team.NONE:
-            raise ValueError(f"a {role.value} takes no side: set team: none")
-        return team
+    # An after-validator, not a field validator on ``team``: ``team`` is declared before ``role``,
+    # so a field validator would run before ``role`` is known and never check anything.
+    @model_validator(mode="after")
+    def _team_fits_role(self) -> Persona:
+        if self.role == Role.DEBATER and self.team == Team.NONE:
+            raise ValueError("team: a debater needs team A or B")
+        if self.role != Role.DEBATER and self.team != Team.NONE:
+            raise ValueError(f"team: a {self.role.value} takes no side: set team: none")
+        return self
 
     @property
     def label(self) -> str:
@@ -102,7 +101,7 @@ def _format_validation_error(path: Path, err: ValidationError) -> str:
         if e["type"] == "extra_forbidden":
             lines.append(f"{loc}: unknown key")
         else:
-            lines.append(f"{loc}: {e['msg']}")
+            lines.append(f"{loc}: {e['msg'].removeprefix('Value error, ')}")  # our own checks' messages read as sentences
     return f"{path}: invalid persona:\n    " + "\n    ".join(lines)
 
 

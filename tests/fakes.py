@@ -73,3 +73,34 @@ class FakeEngine(Engine):
             await asyncio.sleep(0)
             yield TextDelta(request.request_id, text[i : i + 7])
         yield Completion(request.request_id, text, self.count_tokens(request.prompt), len(text.split()), "stop", 0.001, 0.002, logprobs, request.adapter.name if request.adapter else None)
+
+
+class FailingEngine(Engine):
+    """Wraps a real engine and raises on its n-th request: a crash in the middle of a debate."""
+
+    def __init__(self, inner: Engine, fail_on_call: int) -> None:
+        self.inner = inner
+        self.info = inner.info
+        self.fail_on_call = fail_on_call
+        self.calls = 0
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def add_adapter(self, adapter: AdapterRef) -> None:
+        await self.inner.add_adapter(adapter)
+
+    def count_tokens(self, prompt: Prompt) -> int:
+        return self.inner.count_tokens(prompt)
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        self.calls += 1
+        n = 0
+        async for ev in self.inner.stream(request):
+            n += 1
+            if self.calls == self.fail_on_call and n == 3:
+                raise RuntimeError("injected engine failure mid-turn")
+            yield ev

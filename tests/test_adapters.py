@@ -207,8 +207,8 @@ def test_registry_ids_are_unique_and_stable(lora_adapters: list[Path], tmp_path:
     id_a = registry.register(a)
     id_b = registry.register(b)
     assert id_a >= 1 and id_b >= 1 and id_a != id_b
-    assert registry.register(a_copy) == id_a  # same weights, same id
     assert registry.register(a) == id_a
+    assert registry.register(a_copy) == id_a  # same weights, same id
     assert a.name in registry and b in registry
     assert registry.get(a.name).path == a_copy.path  # the newest path wins, for reloads
     assert registry.id_of(b.name) == id_b

@@ -77,7 +77,7 @@ def _spec_from_args(args: argparse.Namespace) -> DebateSpec:
             candidates=args.candidates, seed=args.seed, max_tokens=args.max_tokens,
         )
     except ValidationError as exc:
-        msg = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg']}" for e in exc.errors())
+        msg = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
         raise ConfigError(f"invalid debate settings: {msg}", "see `bonsai debate --help`") from None
 
 
@@ -87,7 +87,7 @@ def _preflight(args: argparse.Namespace, book: PersonaBook, home: Path) -> tuple
         raise ConfigError("--engine openai needs --endpoint URL", "start a server with `bonsai serve` and pass its URL")
     if args.endpoint and args.engine != "openai":
         args.engine = "openai"
-    spec = None if args.resume else _spec_from_args(args)
+    spec = _stored_spec(args, home) if args.resume else _spec_from_args(args)
     base = None if args.engine == "openai" else resolve_base(args.base, home)
     refs: list[Any] = []
     if spec is not None:
@@ -98,6 +98,22 @@ def _preflight(args: argparse.Namespace, book: PersonaBook, home: Path) -> tuple
                 if ref is not None:
                     validate_adapter(ref, base_dir=base.path, base_hash=base.content_hash, max_rank=args.max_lora_rank)
     return spec, base, refs
+
+
+def _stored_spec(args: argparse.Namespace, home: Path) -> DebateSpec | None:
+    """The settings a debate started with, so a resumed debate sizes the engine for its own adapters."""
+    store_file = args.store or store_path(home)
+    if not store_file.exists():
+        raise ConfigError(f"there is no transcript store at {store_file}, so nothing to resume", "run a debate first, or pass --store")
+    with TranscriptStore(store_file, create=False) as store:
+        debate_id = args.resume
+        if debate_id == "latest":
+            unfinished = [d for d in store.list_debates(newest_first=True) if d.status != "finished"]
+            if not unfinished:
+                return None  # the runner says so with the right message
+            debate_id = unfinished[0].debate_id
+        data = store.get_debate(debate_id).config.get("spec")
+    return DebateSpec.model_validate(data) if data else None
 
 
 class Printer:

@@ -36,9 +36,13 @@ def run_list(args: argparse.Namespace) -> int:
     home = home_from(args)
     rows = []
     for p in book:
-        adapter = resolve_persona_adapter(p, home)
+        try:
+            adapter = resolve_persona_adapter(p, home)
+            shown = str(adapter) if adapter else ("base" if p.adapter is None else "base (none trained yet)")
+        except BonsaiError as exc:  # one persona's missing adapter must not hide the whole list
+            shown = f"error: {exc.message}"
         rows.append({"name": p.name, "team": p.team.value, "role": p.role.value, "style": p.style.value, "language": p.language,
-                     "reasoning": p.reasoning.value, "adapter": str(adapter) if adapter else ("base" if p.adapter is None else "base (none trained yet)")})
+                     "reasoning": p.reasoning.value, "adapter": shown})
     if args.json:
         print(json.dumps(rows, ensure_ascii=False))
         return 0
@@ -63,21 +67,25 @@ def run_show(args: argparse.Namespace) -> int:
 
 def run_validate(args: argparse.Namespace) -> int:
     files = args.files or sorted((args.personas_dir or default_personas_dir()).glob("*.y*ml"))
-    errors: list[str] = []
+    file_errors: list[str] = []
     for f in files:
         try:
             load_persona(f)
         except BonsaiError as exc:
-            errors.append(str(exc))
-    if not args.files and not errors:
+            file_errors.append(str(exc))
+    # Folder-level problems (missing folder, a name defined twice) are not one file's fault: keep
+    # them out of the per-file count, which would otherwise go negative or blame a valid file.
+    folder_errors: list[str] = []
+    if not args.files and not file_errors:
         try:
             PersonaBook.load(args.personas_dir)
         except BonsaiError as exc:
-            errors.append(str(exc))
+            folder_errors.append(str(exc))
+    errors = file_errors + folder_errors
     if args.json:
         print(json.dumps({"checked": len(files), "errors": errors}, ensure_ascii=False))
     else:
         for e in errors:
             print(f"error: {e}")
-        print(f"{len(files) - len(errors)}/{len(files)} persona files valid")
+        print(f"{len(files) - len(file_errors)}/{len(files)} persona files valid")
     return 1 if errors else 0

@@ -1,5 +1,98 @@
-"""placeholder: being written"""
+"""``bonsai serve``: a vLLM OpenAI-compatible server with every persona's adapter, for ``--endpoint``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from bonsai.cli.common import home_from
+from bonsai.engine.server import DEFAULT_HOST, DEFAULT_PORT, ServePlan, plan_serve, run_server, serve_info_path
+from bonsai.errors import ConfigError
 
 
-def register(sub):  # type: ignore[no-untyped-def]
-    pass
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve the base model and the personas' adapters over an OpenAI-compatible API (vLLM)",
+        description=(
+            "Start vLLM's OpenAI-compatible server with every persona's LoRA adapter, each under its "
+            "content-hash name; debates use it with --endpoint URL. Adapters can be added at run time."
+        ),
+    )
+    p.add_argument("--base", help="a local model folder or a cached hub id instead of the embedded model")
+    p.add_argument("--personas-dir", type=Path, default=None, help="folder of persona YAML files (default: the shipped personas)")
+    p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST}: this machine only)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to bind (default {DEFAULT_PORT})")
+    p.add_argument("--max-model-len", type=int, default=4096, help="context length in tokens (default 4096)")
+    p.add_argument("--max-lora-rank", type=int, default=None, help="largest adapter rank servable (default: the adapters', at least 16)")
+    p.add_argument("--max-loras", type=int, default=None, help="adapters in one batch (default: the number of adapters, at least 4)")
+    p.add_argument("--kv-cache-gib", type=float, default=1.0, help="KV cache size in GiB (default 1)")
+    p.add_argument("--dtype", default="float32", help="weights dtype (default float32, as the adapters were checked against)")
+    p.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="PERSONA=DIR",
+        help="serve DIR as PERSONA's adapter (adds a persona or overrides its `adapter:`); repeatable",
+    )
+    p.add_argument("--start-timeout", type=float, default=600.0, help="seconds to wait for the server to be healthy (default 600)")
+    p.add_argument("--json", action="store_true", help="print the endpoint and the persona -> adapter-name map as JSON once healthy")
+    p.add_argument("--dry-run", action="store_true", help="check the adapters and print the command instead of running it")
+    p.set_defaults(func=run_serve)
+
+
+def _parse_adapters(items: list[str]) -> dict[str, Path]:
+    adapters: dict[str, Path] = {}
+    for item in items:
+        persona, sep, folder = item.partition("=")
+        if not sep or not persona or not folder:
+            raise ConfigError(f"--adapter {item!r} is not PERSONA=DIR", "for example: --adapter advocate=./adapters/advocate-v2")
+        adapters[persona.strip()] = Path(folder)
+    return adapters
+
+
+def _print_ready(plan: ServePlan, log_path: Path, *, as_json: bool, info_path: Path) -> None:
+    if as_json:
+        print(json.dumps({"endpoint": plan.endpoint, "base_model": plan.base.name, "adapters": plan.adapter_names, "log": str(log_path), "info": str(info_path)}), flush=True)
+        return
+    print(f"serving {plan.base.name} at {plan.endpoint}  (log: {log_path})", flush=True)
+    if plan.adapter_names:
+        width = max(len(p) for p in plan.adapter_names)
+        for persona, name in plan.adapter_names.items():
+            print(f"  {persona:<{width}}  {name}")
+    else:
+        print("  no persona has an adapter: every persona uses the bare base")
+    print(f"adapter map written to {info_path}; Ctrl-C stops the server", flush=True)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    home = home_from(args)
+    plan = plan_serve(
+        home,
+        base=args.base,
+        personas_dir=args.personas_dir,
+        host=args.host,
+        port=args.port,
+        max_model_len=args.max_model_len,
+        max_lora_rank=args.max_lora_rank,
+        max_loras=args.max_loras,
+        extra_adapters=_parse_adapters(args.adapter),
+        kv_cache_gib=args.kv_cache_gib,
+        dtype=args.dtype,
+    )
+    if args.dry_run:
+        if args.json:
+            print(json.dumps({"command": plan.command, "env": dict(plan.env), **plan.describe()}))
+        else:
+            print(plan.shell_command())
+        return 0
+    info_path = serve_info_path(home, plan.port)
+    print(f"starting vLLM on {plan.endpoint} (this takes a minute or two on CPU)...", file=sys.stderr, flush=True)
+    return run_server(
+        plan,
+        home,
+        on_ready=lambda p, log_path: _print_ready(p, log_path, as_json=args.json, info_path=info_path),
+        health_timeout=args.start_timeout,
+    )

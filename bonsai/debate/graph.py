@@ -24,7 +24,7 @@ from bonsai.debate.prompts import debater_prompt, moderator_prompt, prompt_to_js
 from bonsai.debate.reasoning import StreamSplitter, parse
 from bonsai.debate.schedule import Cast, Slot
 from bonsai.debate.state import DebateState
-from bonsai.engine import AdapterRef, Completion, Engine, GenerationRequest, Prompt, Sampling, TextDelta
+from bonsai.engine import AdapterRef, Completion, Engine, GenerationRequest, Prompt, Sampling, TextDelta, TextPrompt
 from bonsai.errors import PromptTooLong
 from bonsai.personas import Persona, ReasoningFormat
 from bonsai.store.records import CandidateRecord, TurnRecord
@@ -123,18 +123,33 @@ async def moderator_node(state: DebateState, runtime: Runtime[DebateContext]) ->
     debate_id = state["debate_id"]
     persona = ctx.personas[slot.speaker]
     speakers = [f"{s.speaker} (team {s.team})" for s in ctx.schedule[step + 1 :] if s.kind == "debater" and s.phase == slot.phase and s.round == slot.round]
-    prompt = moderator_prompt(persona, state["motion"], slot, speakers)
-    max_tokens = persona.sampling.max_tokens
-    _check_room(ctx, prompt, max_tokens, persona.name)
-    sampling = Sampling(
-        temperature=persona.sampling.temperature, top_p=persona.sampling.top_p, max_tokens=max_tokens, seed=derive_seed(ctx.seed, step)
-    )
     adapter = ctx.adapters.get(persona.name)
     emit = runtime.stream_writer
     tags = {"debate_id": debate_id, "turn": step, "speaker": persona.name, "team": "none", "phase": slot.title, "role": "moderator"}
     emit(event("turn_start", debate_id, **{k: v for k, v in tags.items() if k != "debate_id"}, candidates=1))
     t0 = time.monotonic()
-    result = await _stream_one(ctx, GenerationRequest(f"{debate_id}-t{step}", prompt, sampling, adapter), ReasoningFormat.NONE, lambda d: emit({"event": "token", **d, "candidate": 0}), tags)
+    if ctx.fmt.moderator == "llm":
+        prompt: Prompt = moderator_prompt(persona, state["motion"], slot, speakers)
+        max_tokens = persona.sampling.max_tokens
+        _check_room(ctx, prompt, max_tokens, persona.name)
+        sampling = Sampling(
+            temperature=persona.sampling.temperature,
+            top_p=persona.sampling.top_p,
+            max_tokens=max_tokens,
+            seed=derive_seed(ctx.seed, step),
+            repetition_penalty=persona.sampling.repetition_penalty,
+        )
+        result = await _stream_one(
+            ctx, GenerationRequest(f"{debate_id}-t{step}", prompt, sampling, adapter), ReasoningFormat.NONE,
+            lambda d: emit({"event": "token", **d, "candidate": 0}), tags,
+        )
+    else:
+        # A fixed line: a 135M model's improvised introductions mostly pollute the debaters' context.
+        text = f"{slot.title.capitalize()}. Speaking in order: {', '.join(speakers)}. {slot.instruction}"
+        prompt, sampling = TextPrompt(""), Sampling(temperature=0.0, max_tokens=1)
+        emit({"event": "token", **tags, "kind": "answer", "text": text, "candidate": 0})
+        result = Completion(f"{debate_id}-t{step}", text, 0, 0, "template", None, 0.0)
+        adapter = None
     answer = result.text.strip()
     ctx.store.record_turn(_turn_record(ctx, debate_id, slot, persona, adapter, prompt, sampling, result, answer, None, time.monotonic() - t0))
     emit(event("turn_end", debate_id, turn=step, speaker=persona.name, team="none", role="moderator", phase=slot.title, answer=answer, reasoning=None,
@@ -203,6 +218,7 @@ async def debater_node(state: DebateState, runtime: Runtime[DebateContext]) -> d
             max_tokens=max_tokens,
             seed=derive_seed(ctx.seed, step, i),
             stop=stop_strings(persona),
+            repetition_penalty=persona.sampling.repetition_penalty,
         )
         for i in range(k)
     ]

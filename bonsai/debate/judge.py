@@ -63,13 +63,23 @@ def judge_messages(judge: Persona, motion: str, turns: Sequence[dict[str, Any]],
     for team in sorted(labels, key=lambda t: labels[t]):
         speeches = [f"- {t['title']} ({t['speaker']}): {t['answer']}" for t in turns if t["kind"] == "debater" and t["team"] == team]
         blocks.append(f"Side {labels[team]} ({SIDE_STANCE[team]} the motion):\n" + ("\n".join(speeches) or "- (no speeches)"))
-    example = json.dumps({"winner": "A", "scores": {"A": {c: 7 for c in criteria}, "B": {c: 5 for c in criteria}}, "rationale": "..."})
+    # Placeholders rather than sample numbers: a small model copies concrete example values verbatim.
+    per_side = ", ".join(f'"{c}": <1-10>' for c in criteria)
+    example = f'{{"winner": "<A or B>", "scores": {{"A": {{{per_side}}}, "B": {{{per_side}}}}}, "rationale": "<one sentence>"}}'
     user = (
         f'Motion: "{motion}"\n\n' + "\n\n".join(blocks) + "\n\n"
         f"Which side argued better? Score each side from 1 to 10 on: {', '.join(criteria)}. "
-        f"Answer with JSON only, like {example}"
+        f"Answer with JSON only, in this form: {example}"
     )
     return [ChatMessage("system", judge.system_prompt.strip()), ChatMessage("user", user)]
+
+
+def _logaddexp(a: float, b: float) -> float:
+    """log(e^a + e^b) without underflowing to log(0) for very negative logprobs."""
+    m = max(a, b)
+    if m == -math.inf:
+        return m
+    return m + math.log(math.exp(a - m) + math.exp(b - m))
 
 
 def _label_probs(top: dict[str, float]) -> tuple[dict[str, float], bool]:
@@ -78,12 +88,14 @@ def _label_probs(top: dict[str, float]) -> tuple[dict[str, float], bool]:
     for token, lp in top.items():
         t = token.strip().strip('"').upper()
         if t in ("A", "B"):
-            best[t] = lp if t not in best else math.log(math.exp(best[t]) + math.exp(lp))
+            best[t] = lp if t not in best else _logaddexp(best[t], lp)
     if not best:
         return {"A": 0.5, "B": 0.5}, False
     floor = min(top.values()) if top else -20.0
     la, lb = best.get("A", floor - math.log(2)), best.get("B", floor - math.log(2))
     m = max(la, lb)
+    if not math.isfinite(m):  # both labels at -inf (or NaN): no information
+        return {"A": 0.5, "B": 0.5}, False
     pa = math.exp(la - m) / (math.exp(la - m) + math.exp(lb - m))
     return {"A": pa, "B": 1.0 - pa}, True
 
@@ -98,6 +110,15 @@ async def probe_labels(engine: Engine, adapter: AdapterRef | None, messages: lis
     return _label_probs(result.logprobs[0].top)
 
 
+def _score(value: Any) -> float | None:
+    """A number clamped to 1..10, else None (bools, strings, NaN; huge ints must not overflow a float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, int):
+        return float(min(10, max(1, value)))
+    return None if math.isnan(value) else min(10.0, max(1.0, value))
+
+
 def parse_verdict(text: str, criteria: Sequence[str]) -> tuple[str | None, dict[str, dict[str, float]], str, str | None]:
     """(winner label, scores by label, rationale, error). Never raises: a tiny model's JSON is often broken."""
     data: Any = None
@@ -109,7 +130,7 @@ def parse_verdict(text: str, criteria: Sequence[str]) -> tuple[str | None, dict[
         try:
             data = json.loads(attempt)
             break
-        except (json.JSONDecodeError, ValueError) as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
             error = f"invalid JSON: {exc}"
     if not isinstance(data, dict):
         data = {}
@@ -123,9 +144,9 @@ def parse_verdict(text: str, criteria: Sequence[str]) -> tuple[str | None, dict[
     raw_scores = data.get("scores") if isinstance(data.get("scores"), dict) else {}
     for label in ("A", "B"):
         side = raw_scores.get(label) if isinstance(raw_scores.get(label), dict) else {}
-        vals = {c: float(side[c]) for c in criteria if isinstance(side.get(c), (int, float)) and not isinstance(side.get(c), bool)}
+        vals = {c: v for c in criteria if (v := _score(side.get(c))) is not None}
         if vals:
-            scores[label] = {c: min(10.0, max(1.0, v)) for c, v in vals.items()}
+            scores[label] = vals
     rationale = data.get("rationale") if isinstance(data.get("rationale"), str) else ""
     if not rationale:
         m = re.search(r'"rationale"\s*:\s*"([^"]*)', candidate)

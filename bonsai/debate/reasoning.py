@@ -45,27 +45,35 @@ def _strip_markers(text: str, fmt: ReasoningFormat) -> str:
 def parse(text: str, fmt: ReasoningFormat) -> Parsed:
     if fmt == ReasoningFormat.NONE:
         return Parsed(None, text.strip())
+    reasoning, answer = _split(text, fmt)
+    # A small model repeats or nests tags ("<answer>a<reasoning>..."): no marker may reach the
+    # answer that opponents and the judge read.
+    reasoning = _strip_markers(reasoning, fmt) if reasoning else ""
+    return Parsed(reasoning or None, _strip_markers(answer, fmt))
+
+
+def _split(text: str, fmt: ReasoningFormat) -> tuple[str | None, str]:
     if fmt == ReasoningFormat.XML:
         reasoning = re.search(r"<reasoning>(.*?)(?:</reasoning>|<answer>|$)", text, re.S)
         answer = re.search(r"<answer>(.*?)(?:</answer>|$)", text, re.S)
         r = reasoning.group(1).strip() if reasoning else None
-        if answer and answer.group(1).strip():
-            return Parsed(r or None, answer.group(1).strip())
+        if answer and _strip_markers(answer.group(1), fmt):
+            return r, answer.group(1)
         if reasoning:
             rest = (text[: reasoning.start()] + text[reasoning.end() :]).strip()
             rest = _strip_markers(rest, fmt)
             if rest:
-                return Parsed(r or None, rest)
-        return Parsed(r or None, _strip_markers(text, fmt))
+                return r, rest
+        return r, text
     # Alpaca: "### Reasoning ... ### Answer ..."
     head, sep, tail = text.partition("### Answer")
-    if sep and tail.strip():
-        r = head.replace("### Reasoning", "").strip()
-        return Parsed(r or None, tail.strip())
-    if "### Reasoning" in text and not sep:
-        r = text.split("### Reasoning", 1)[1].strip()
-        return Parsed(r or None, r or text.strip())
-    return Parsed(None, _strip_markers(text, fmt))
+    if sep and _strip_markers(tail, fmt):
+        return head.replace("### Reasoning", ""), tail
+    if "### Reasoning" in text:
+        # no (non-empty) answer section: the reasoning doubles as the answer
+        r = _strip_markers(text.split("### Reasoning", 1)[1], fmt)
+        return r, r or text
+    return None, text
 
 
 class StreamSplitter:

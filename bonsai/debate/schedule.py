@@ -99,7 +99,7 @@ def build_schedule(fmt: DebateFormat, rounds: int, cast: Cast) -> list[Slot]:
     spoken = {"A": 0, "B": 0}
     for planned in fmt.schedule(rounds):
         spec = planned.spec
-        if fmt.moderator and cast.moderator is not None:
+        if fmt.moderator != "off" and cast.moderator is not None:
             slots.append(
                 Slot(len(slots), "moderator", spec.name, planned.title, planned.round, cast.moderator.name, "none", spec.instruction, None)
             )

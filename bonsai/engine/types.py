@@ -56,6 +56,8 @@ class Sampling:
     max_tokens: int = 128
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    #: >1 discourages repeating tokens already in the prompt or output (tiny models loop without it)
+    repetition_penalty: float = 1.0
     #: number of top alternatives to return per generated token (None: no logprobs)
     logprobs: int | None = None
     #: JSON schema to constrain the output to, where the backend supports guided decoding
@@ -68,6 +70,7 @@ class Sampling:
             "max_tokens": self.max_tokens,
             "seed": self.seed,
             "stop": list(self.stop),
+            "repetition_penalty": self.repetition_penalty,
             "logprobs": self.logprobs,
             "json_schema": self.json_schema is not None,
         }

@@ -166,7 +166,10 @@ class VLLMEngine(Engine):
 
     def unfinished_requests(self) -> int:
         """Requests vLLM still holds (aborted ones are gone): 0 when every stream is done."""
-        return 0 if self._llm is None else int(self._llm.get_num_unfinished_requests())
+        if self._llm is None:
+            return 0
+        counter = getattr(self._llm, "get_num_unfinished_requests", None) or self._llm.output_processor.get_num_unfinished_requests
+        return int(counter())
 
     # --- prompts --------------------------------------------------------------------------------
 
@@ -236,6 +239,7 @@ class VLLMEngine(Engine):
         return SamplingParams(
             temperature=sampling.temperature,
             top_p=sampling.top_p,
+            repetition_penalty=sampling.repetition_penalty,
             max_tokens=sampling.max_tokens,
             seed=sampling.seed,
             stop=list(sampling.stop) or None,

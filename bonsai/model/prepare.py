@@ -103,6 +103,10 @@ def prepare_embedded(home: Path, *, force: bool = False) -> BaseModel:
     # The weights are plain fp32 now; a leftover quantization entry would make loaders expect GGUF.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    # The GGUF's tokenizer metadata names <|im_start|> as EOS; the chat template ends turns with
+    # <|im_end|> (id 2, as generation_config says), so that is the token generation must stop on.
+    if "<|im_end|>" in tokenizer.get_vocab():
+        tokenizer.eos_token = "<|im_end|>"
     if force and final.exists():
         import shutil
 

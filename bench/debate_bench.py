@@ -1,0 +1,98 @@
+"""Engine start time, then wall time and tokens/s of a two-round debate with judge, on this machine.
+
+    .venv/bin/python bench/debate_bench.py [--engine vllm|hf] [--loras] [--repeat N]
+
+Uses the embedded SmolLM2-135M-Instruct and the shipped personas (bare base unless --loras, which gives
+advocate and skeptic each a random rank-16 LoRA so the figure includes multi-LoRA serving). Prints one
+JSON line per debate and a summary line; the target on a 2-core CPU is <= 60 s per debate after engine start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bonsai.debate.runner import DebateRunner, DebateSpec
+from bonsai.model.prepare import resolve_base
+from bonsai.paths import bonsai_home
+from bonsai.personas import PersonaBook
+from bonsai.store.transcripts import TranscriptStore
+
+MOTION = "This house believes that cities should ban private cars from their centres"
+
+
+def make_random_lora(base: Path, out: Path, seed: int) -> Path:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    peft_model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules=targets, task_type="CAUSAL_LM"))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.01)
+    peft_model.save_pretrained(str(out))
+    return out
+
+
+async def main(args: argparse.Namespace) -> None:
+    base = resolve_base(None, bonsai_home())
+    work = Path(tempfile.mkdtemp(prefix="bonsai-bench-"))
+    adapters = None
+    if args.loras:
+        adapters = {"advocate": str(make_random_lora(base.path, work / "lora-a", 1)), "skeptic": str(make_random_lora(base.path, work / "lora-b", 2))}
+    t0 = time.monotonic()
+    if args.engine == "vllm":
+        from bonsai.engine.vllm_local import VLLMEngine
+
+        engine = VLLMEngine(base.path, base_hash=base.content_hash, max_loras=2, max_lora_rank=16)
+    else:
+        from bonsai.engine.hf_peft import HFEngine
+
+        engine = HFEngine(base.path, base_hash=base.content_hash)
+    await engine.start()
+    start_s = time.monotonic() - t0
+    print(json.dumps({"engine": args.engine, "engine_start_s": round(start_s, 1)}), flush=True)
+    walls, rates = [], []
+    with TranscriptStore(work / "t.sqlite") as store:
+        async with DebateRunner(engine, store, work / "ck.sqlite", PersonaBook.load(), work, base.name) as runner:
+            for i in range(args.repeat):
+                spec = DebateSpec(motion=MOTION, format="standard", rounds=2, seed=i + 1, adapters=adapters)
+                t1 = time.monotonic()
+                events = [ev async for ev in runner.run(spec)]
+                wall = time.monotonic() - t1
+                debate_id = events[0]["debate_id"]
+                turns = store.turns(debate_id)
+                judge_tokens = 0
+                out_tokens = sum(t.output_tokens for t in turns)
+                verdict = store.verdicts(debate_id)[0]
+                row = {
+                    "debate": i, "wall_s": round(wall, 1), "turns": len(turns), "output_tokens": out_tokens + judge_tokens,
+                    "tokens_per_s": round(out_tokens / wall, 1), "winner": verdict.winner, "prob_a": round(verdict.prob_a, 3),
+                    "judge_json_parsed": verdict.parsed,
+                }
+                walls.append(wall)
+                rates.append(out_tokens / wall)
+                print(json.dumps(row), flush=True)
+    await engine.close()
+    print(json.dumps({"summary": True, "engine": args.engine, "loras": args.loras, "engine_start_s": round(start_s, 1),
+                      "median_debate_wall_s": round(statistics.median(walls), 1), "median_tokens_per_s": round(statistics.median(rates), 1),
+                      "target_s": 60, "met": statistics.median(walls) <= 60}))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engine", choices=["vllm", "hf"], default="vllm")
+    parser.add_argument("--loras", action="store_true", help="give the two debaters random rank-16 adapters")
+    parser.add_argument("--repeat", type=int, default=3)
+    asyncio.run(main(parser.parse_args()))
+    sys.exit(0)

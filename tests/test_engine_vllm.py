@@ -1,0 +1,232 @@
+"""The in-process vLLM engine on the real tiny model, with real PEFT LoRA adapters."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bonsai.engine.adapters import inspect_adapter
+from bonsai.engine.types import ChatMessage, ChatPrompt, Completion, GenerationRequest, Sampling, TextDelta, TextPrompt
+from bonsai.engine.vllm_local import VLLMEngine
+from bonsai.errors import AdapterError, EngineError, PromptTooLong
+from bonsai.model.prepare import BaseModel
+
+PROMPT = ChatPrompt.of([{"role": "user", "content": "Should cities ban cars from their centres? Answer in one sentence."}])
+GREEDY = Sampling(temperature=0.0, max_tokens=16)
+
+
+def test_for_adapters_sizes_the_engine(lora_adapters: list[Path], base_model: BaseModel) -> None:
+    refs = [inspect_adapter(p) for p in lora_adapters]
+    engine = VLLMEngine.for_adapters(base_model.path, refs)
+    assert engine.max_loras == 2 and engine.max_lora_rank == 8
+    assert engine.info.kind == "vllm" and engine.info.max_lora_rank == 8 and engine.info.supports_json_schema
+    assert VLLMEngine.for_adapters(base_model.path, refs, max_loras=6, max_lora_rank=32).max_lora_rank == 32
+
+
+async def test_start_failure_is_an_engine_error(tmp_path: Path) -> None:
+    engine = VLLMEngine(tmp_path / "no-model")
+    with pytest.raises(EngineError, match="no config.json"):
+        await engine.start()
+    with pytest.raises(EngineError, match="not started"):
+        await engine.generate(GenerationRequest("r", PROMPT, GREEDY))
+
+
+def test_render_is_the_chat_template(base_model: BaseModel) -> None:
+    engine = VLLMEngine(base_model.path)  # rendering needs only the tokenizer, not a started engine
+    text = engine.render(PROMPT)
+    assert text.endswith("<|im_start|>assistant\n") and "Should cities ban cars" in text
+    judge = ChatPrompt((*PROMPT.messages, ChatMessage("assistant", "Winner: ")), continue_final_message=True)
+    assert engine.render(judge).endswith("<|im_start|>assistant\nWinner: ")
+    assert engine.render(TextPrompt("### Instruction:\nhi")) == "### Instruction:\nhi"
+    assert engine.count_tokens(PROMPT) == len(engine._encode(PROMPT)[1]) > 10
+
+
+@pytest.mark.engine
+async def test_deltas_concatenate_to_the_completion(vllm_engine: VLLMEngine, lora_adapters: list[Path]) -> None:
+    ref = inspect_adapter(lora_adapters[0])
+    events = [ev async for ev in vllm_engine.stream(GenerationRequest("deltas", PROMPT, GREEDY, adapter=ref))]
+    deltas = [ev for ev in events[:-1] if isinstance(ev, TextDelta)]
+    final = events[-1]
+    assert isinstance(final, Completion) and len(deltas) == len(events) - 1
+    assert len(deltas) > 1 and "".join(d.text for d in deltas) == final.text
+    assert final.prompt_tokens == vllm_engine.count_tokens(PROMPT)
+    assert 0 < final.output_tokens <= GREEDY.max_tokens
+    assert final.finish_reason in {"length", "stop"}
+    assert final.adapter_name == ref.name and final.logprobs is None
+    assert final.first_token_s is not None and 0 < final.first_token_s <= final.total_s
+
+
+@pytest.mark.engine
+async def test_greedy_output_with_adapter_matches_peft(vllm_engine: VLLMEngine, lora_adapters: list[Path], base_model: BaseModel) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ref = inspect_adapter(lora_adapters[1])
+    sampling = Sampling(temperature=0.0, max_tokens=24, logprobs=1)
+    ours = await vllm_engine.generate(GenerationRequest("peft-match", PROMPT, sampling, adapter=ref))
+
+    tokenizer = AutoTokenizer.from_pretrained(str(base_model.path))
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base_model.path), dtype=torch.float32), str(ref.path))
+    ids = tokenizer(vllm_engine.render(PROMPT), add_special_tokens=False, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=sampling.max_tokens,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+    new_ids = out.sequences[0, ids.shape[1] :]
+    assert ours.output_tokens == len(new_ids)
+    assert ours.text == tokenizer.decode(new_ids, skip_special_tokens=True)
+    # the probabilities too: a LoRA applied wrongly (or not at all) can keep the greedy text
+    theirs = [torch.log_softmax(logits[0].float(), -1)[tok].item() for logits, tok in zip(out.logits, new_ids, strict=True)]
+    assert ours.logprobs is not None
+    assert [t.logprob for t in ours.logprobs] == pytest.approx(theirs, abs=2e-3)
+
+
+@pytest.mark.engine
+async def test_two_adapters_and_the_base_concurrently(vllm_engine: VLLMEngine, lora_adapters: list[Path]) -> None:
+    a, b = (inspect_adapter(p) for p in lora_adapters)
+    sampling = Sampling(temperature=0.0, max_tokens=12, logprobs=1)
+    base, out_a, out_b = await asyncio.gather(
+        vllm_engine.generate(GenerationRequest("mix-base", PROMPT, sampling)),
+        vllm_engine.generate(GenerationRequest("mix-a", PROMPT, sampling, adapter=a)),
+        vllm_engine.generate(GenerationRequest("mix-b", PROMPT, sampling, adapter=b)),
+    )
+    assert [c.adapter_name for c in (base, out_a, out_b)] == [None, a.name, b.name]
+    assert all(c.text and c.logprobs for c in (base, out_a, out_b))
+
+    def signature(c: Completion) -> tuple[str, tuple[float, ...]]:
+        # small adapters may keep the greedy text; their token probabilities still move
+        assert c.logprobs is not None
+        return c.text, tuple(round(t.logprob, 4) for t in c.logprobs)
+
+    assert signature(out_a) != signature(base)
+    assert signature(out_b) != signature(base)
+    assert signature(out_a) != signature(out_b)
+    # batched with others, the base answers as it does alone
+    alone = await vllm_engine.generate(GenerationRequest("alone-base", PROMPT, sampling))
+    assert alone.text == base.text
+
+
+@pytest.mark.engine
+async def test_json_schema_output(vllm_engine: VLLMEngine) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"winner": {"type": "string", "enum": ["A", "B"]}, "close_call": {"type": "boolean"}},
+        "required": ["winner", "close_call"],
+        "additionalProperties": False,
+    }
+    prompt = ChatPrompt.of([{"role": "user", "content": "Debater A argued for trains, B for cars. Who won? Reply in JSON."}])
+    done = await vllm_engine.generate(GenerationRequest("json", prompt, Sampling(temperature=0.0, max_tokens=32, json_schema=schema)))
+    data = json.loads(done.text)
+    assert set(data) == {"winner", "close_call"}
+    assert data["winner"] in {"A", "B"} and isinstance(data["close_call"], bool)
+
+
+@pytest.mark.engine
+async def test_logprobs_with_top_alternatives(vllm_engine: VLLMEngine) -> None:
+    done = await vllm_engine.generate(GenerationRequest("logprobs", PROMPT, Sampling(temperature=0.0, max_tokens=8, logprobs=3)))
+    assert done.logprobs is not None and len(done.logprobs) == done.output_tokens
+    assert "".join(t.token for t in done.logprobs) == done.text
+    for tok in done.logprobs:
+        assert tok.logprob <= 0.0
+        assert 3 <= len(tok.top) <= 4 and tok.top[tok.token] == tok.logprob
+        # greedy: the chosen token is the most likely one
+        assert tok.logprob == max(tok.top.values())
+
+
+@pytest.mark.engine
+async def test_prompt_too_long(vllm_engine: VLLMEngine) -> None:
+    huge = TextPrompt(" hello" * 5000)
+    assert vllm_engine.count_tokens(huge) > vllm_engine.info.max_model_len
+    with pytest.raises(PromptTooLong) as err:
+        await vllm_engine.generate(GenerationRequest("huge", huge, GREEDY))
+    assert err.value.hint and "--max-tokens" in err.value.hint
+
+    # fits alone, but not with the room asked for the answer
+    near = TextPrompt(" hello" * 4000)
+    assert vllm_engine.count_tokens(near) < vllm_engine.info.max_model_len
+    with pytest.raises(PromptTooLong):
+        await vllm_engine.generate(GenerationRequest("near", near, Sampling(max_tokens=500)))
+
+
+@pytest.mark.engine
+async def test_adapter_above_the_engine_rank_is_refused(vllm_engine: VLLMEngine, tmp_path: Path) -> None:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    # a rank-32 LoRA on one q_proj, shaped for this base: only its rank is wrong for the engine
+    folder = tmp_path / "r32"
+    folder.mkdir()
+    config = {"peft_type": "LORA", "r": 32, "lora_alpha": 16, "target_modules": ["q_proj"], "use_dora": False}
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    prefix = "base_model.model.model.layers.0.self_attn.q_proj"
+    save_file(
+        {f"{prefix}.lora_A.weight": np.zeros((32, 576), dtype=np.float32), f"{prefix}.lora_B.weight": np.zeros((576, 32), dtype=np.float32)},
+        str(folder / "adapter_model.safetensors"),
+    )
+    ref = inspect_adapter(folder)
+    with pytest.raises(AdapterError, match="above the engine's max_lora_rank 16"):
+        await vllm_engine.add_adapter(ref)
+    # also when it arrives with a request instead of through add_adapter
+    with pytest.raises(AdapterError):
+        await vllm_engine.generate(GenerationRequest("r32", PROMPT, GREEDY, adapter=ref))
+
+
+@pytest.mark.engine
+async def test_adapter_copy_is_served_under_one_name(vllm_engine: VLLMEngine, lora_adapters: list[Path], tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(lora_adapters[0], copy)
+    ref, ref_copy = inspect_adapter(lora_adapters[0]), inspect_adapter(copy)
+    await vllm_engine.add_adapter(ref)
+    await vllm_engine.add_adapter(ref_copy)  # idempotent: same content, same name and id
+    sampling = Sampling(temperature=0.0, max_tokens=8)
+    one = await vllm_engine.generate(GenerationRequest("copy-1", PROMPT, sampling, adapter=ref))
+    two = await vllm_engine.generate(GenerationRequest("copy-2", PROMPT, sampling, adapter=ref_copy))
+    assert one.adapter_name == two.adapter_name and one.text == two.text
+
+
+@pytest.mark.engine
+async def test_closing_or_cancelling_a_stream_aborts_the_request(vllm_engine: VLLMEngine) -> None:
+    sampling = Sampling(temperature=0.0, max_tokens=48)
+    stream = vllm_engine.stream(GenerationRequest("closed", PROMPT, sampling))
+    first = await anext(stream)
+    assert isinstance(first, TextDelta)
+    await stream.aclose()
+    assert vllm_engine.unfinished_requests() == 0
+
+    got_delta = asyncio.Event()
+
+    async def consume() -> None:
+        async for event in vllm_engine.stream(GenerationRequest("cancelled", PROMPT, sampling)):
+            if isinstance(event, TextDelta):
+                got_delta.set()
+
+    task = asyncio.create_task(consume())
+    await got_delta.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert vllm_engine.unfinished_requests() == 0
+    # the engine still serves after aborts
+    done = await vllm_engine.generate(GenerationRequest("after-abort", PROMPT, Sampling(temperature=0.0, max_tokens=4)))
+    assert done.output_tokens == 4
+
+
+@pytest.mark.engine
+async def test_repetition_penalty_reaches_the_sampler(vllm_engine: VLLMEngine) -> None:
+    prompt = TextPrompt("one one one one one one one one one one one one")
+    plain = await vllm_engine.generate(GenerationRequest("rep-1", prompt, Sampling(temperature=0.0, max_tokens=6, logprobs=1)))
+    penalised = await vllm_engine.generate(
+        GenerationRequest("rep-2", prompt, Sampling(temperature=0.0, max_tokens=6, logprobs=1, repetition_penalty=1.8))
+    )
+    assert plain.logprobs is not None and penalised.logprobs is not None
+    assert (plain.text, plain.logprobs[0].logprob) != (penalised.text, penalised.logprobs[0].logprob)

@@ -1,0 +1,354 @@
+"""The judge's pure logic: verdict parsing that never raises, label probabilities from top logprobs,
+and the two-order combination that cancels a bias for the label "A"."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import string
+
+import jsonschema
+import pytest
+from fakes import FakeEngine
+
+from bonsai.debate.judge import (
+    WINNER_PREFIX,
+    OrderReading,
+    _label_probs,
+    combine,
+    judge_messages,
+    labels_for,
+    parse_verdict,
+    read_once,
+    verdict_schema,
+)
+from bonsai.personas import PersonaBook
+
+CRITERIA = ["logic", "rebuttal"]
+GOOD = {"winner": "B", "scores": {"A": {"logic": 6, "rebuttal": 4}, "B": {"logic": 8, "rebuttal": 7}}, "rationale": "B answered the cost point."}
+
+
+# --- parse_verdict ------------------------------------------------------------------------------
+
+
+def test_parses_a_good_verdict() -> None:
+    winner, scores, rationale, error = parse_verdict(json.dumps(GOOD), CRITERIA)
+    assert (winner, error) == ("B", None)
+    assert scores == {"A": {"logic": 6.0, "rebuttal": 4.0}, "B": {"logic": 8.0, "rebuttal": 7.0}}
+    assert rationale == "B answered the cost point."
+
+
+def test_text_that_begins_after_the_winner_prefix() -> None:
+    # a model continuing the probe's pre-filled '{"winner": "' writes only the rest
+    rest = json.dumps(GOOD)[len(WINNER_PREFIX):]
+    assert rest.startswith('B"')
+    winner, scores, _, error = parse_verdict(rest, CRITERIA)
+    assert winner == "B" and error is None and set(scores) == {"A", "B"}
+    winner, _, _, error = parse_verdict('A", "rationale": "short"', CRITERIA)
+    assert winner == "A" and error is not None
+
+
+def test_json_inside_chatter() -> None:
+    text = "Sure! Here is my verdict:\n```json\n" + json.dumps(GOOD) + "\n```\nHope this helps."
+    winner, scores, rationale, error = parse_verdict(text, CRITERIA)
+    assert winner == "B" and error is None and scores["B"]["logic"] == 8.0 and rationale
+
+
+def test_truncated_json_keeps_what_it_can() -> None:
+    full = json.dumps(GOOD)
+    cut = full[: full.index('"rationale"') + len('"rationale": "B answ')]
+    winner, scores, rationale, error = parse_verdict(cut, CRITERIA)
+    assert winner == "B"  # recovered by pattern
+    assert scores == {}  # scores are only trusted from parsed JSON
+    assert rationale == "B answ"
+    assert error is not None and error.startswith("invalid JSON")
+
+
+def test_out_of_range_scores_are_clamped_and_bools_ignored() -> None:
+    data = {"winner": "A", "scores": {"A": {"logic": 42, "rebuttal": -3}, "B": {"logic": True, "rebuttal": 7.5}}, "rationale": "x"}
+    winner, scores, _, error = parse_verdict(json.dumps(data), CRITERIA)
+    assert winner == "A" and error is None
+    assert scores == {"A": {"logic": 10.0, "rebuttal": 1.0}, "B": {"rebuttal": 7.5}}
+
+
+def test_wrong_types_are_ignored() -> None:
+    data = {"winner": ["A"], "scores": {"A": "great", "B": {"logic": "8", "rebuttal": None}}, "rationale": 3}
+    winner, scores, rationale, error = parse_verdict(json.dumps(data), CRITERIA)
+    assert winner is None and scores == {} and rationale == ""
+    assert error == "JSON lacks winner or scores"
+
+
+def test_missing_fields() -> None:
+    winner, scores, rationale, error = parse_verdict('{"winner": "A"}', CRITERIA)
+    assert winner == "A" and scores == {} and rationale == "" and error == "JSON lacks winner or scores"
+    winner, scores, _, error = parse_verdict('{"scores": {"A": {"logic": 5}, "B": {"logic": 6}}}', CRITERIA)
+    assert winner is None and scores == {"A": {"logic": 5.0}, "B": {"logic": 6.0}} and error is not None
+
+
+def test_huge_and_special_numbers_do_not_raise() -> None:
+    text = '{"winner": "A", "scores": {"A": {"logic": ' + "9" * 400 + '}, "B": {"logic": NaN, "rebuttal": -Infinity}}, "rationale": ""}'
+    winner, scores, _, _ = parse_verdict(text, CRITERIA)
+    assert winner == "A"
+    assert scores == {"A": {"logic": 10.0}, "B": {"rebuttal": 1.0}}  # NaN is not a score
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", " ", "A", "B", "AB", "{", "}", "{}", "[]", "null", "true", "42", '"A"', "} {", "{{{", "[" * 5000, "{" * 5000,
+     '{"winner": "C"}', '{"winner": null, "scores": null}', '{"scores": {"A": [1, 2]}}', '{"winner": "A", "scores": {"A": {"logic": {}}}}',
+     "\x00\x01", "🙂 {\"winner\": \"B\"", 'Actually, side A wins because "winner": "B"'],
+)
+def test_garbage_never_raises(text: str) -> None:
+    winner, scores, rationale, error = parse_verdict(text, CRITERIA)
+    assert winner in (None, "A", "B")
+    assert isinstance(scores, dict) and isinstance(rationale, str)
+    assert error is not None  # none of these is a complete verdict
+
+
+def test_fuzz_never_raises_and_stays_in_range() -> None:
+    rng = random.Random(1234)
+    good = json.dumps(GOOD)
+    alphabet = string.printable + "{}[]\":,AB日本"
+    values = [None, True, False, 0, -1, 11, 5.5, 1e308, -1e308, "7", [], {}, "A", "B", 10**30]
+
+    def random_json(depth: int = 0):  # type: ignore[no-untyped-def]
+        if depth > 3 or rng.random() < 0.3:
+            return rng.choice(values)
+        if rng.random() < 0.5:
+            return [random_json(depth + 1) for _ in range(rng.randint(0, 3))]
+        keys = ["winner", "scores", "rationale", "A", "B", *CRITERIA, "x"]
+        return {rng.choice(keys): random_json(depth + 1) for _ in range(rng.randint(0, 4))}
+
+    samples: list[str] = []
+    for _ in range(1500):
+        r = rng.random()
+        if r < 0.3:  # truncated good JSON
+            samples.append(good[: rng.randint(0, len(good))])
+        elif r < 0.5:  # good JSON with characters mutated
+            chars = list(good)
+            for _ in range(rng.randint(1, 6)):
+                chars[rng.randrange(len(chars))] = rng.choice(alphabet)
+            samples.append("".join(chars))
+        elif r < 0.7:  # JSON of the wrong shape
+            samples.append(json.dumps(random_json()))
+        elif r < 0.8:  # the tail after the winner prefix, truncated
+            tail = good[len(WINNER_PREFIX):]
+            samples.append(tail[: rng.randint(0, len(tail))])
+        else:  # noise
+            samples.append("".join(rng.choice(alphabet) for _ in range(rng.randint(0, 80))))
+    for text in samples:
+        winner, scores, rationale, error = parse_verdict(text, CRITERIA)
+        assert winner in (None, "A", "B"), text
+        assert set(scores) <= {"A", "B"}, text
+        for side in scores.values():
+            assert set(side) <= set(CRITERIA) and side, text
+            assert all(isinstance(v, float) and 1.0 <= v <= 10.0 for v in side.values()), text
+        assert isinstance(rationale, str) and rationale == rationale.strip()
+        assert error is None or isinstance(error, str)
+        if error is None:
+            assert winner is not None and len(scores) == 2, text
+
+
+# --- label probabilities ------------------------------------------------------------------------
+
+
+def test_label_probs_renormalise_over_the_two_labels() -> None:
+    probs, found = _label_probs({"A": math.log(0.3), "B": math.log(0.1), "The": math.log(0.5)})
+    assert found
+    assert probs["A"] == pytest.approx(0.75) and probs["B"] == pytest.approx(0.25)
+
+
+def test_label_tokens_with_spaces_quotes_and_case_are_merged() -> None:
+    top = {"A": math.log(0.2), " A": math.log(0.1), '"B': math.log(0.2), "b": math.log(0.1), "Both": math.log(0.3)}
+    probs, found = _label_probs(top)
+    assert found and probs["A"] == pytest.approx(0.5)
+    probs, _ = _label_probs({' "A"': math.log(0.6), "B ": math.log(0.2)})
+    assert probs["A"] == pytest.approx(0.75)
+
+
+def test_missing_label_gets_less_than_the_least_likely_token() -> None:
+    top = {"A": math.log(0.4), "The": math.log(0.1), "I": math.log(0.05)}
+    probs, found = _label_probs(top)
+    assert found
+    # B is not in the top list, so it is below the last shown token (assumed at half of it)
+    assert probs["A"] == pytest.approx(0.4 / (0.4 + 0.025))
+    probs, found = _label_probs({"B": math.log(0.9)})
+    assert found and probs["B"] > 0.5
+
+
+def test_no_label_at_all_is_a_coin_flip_and_flagged() -> None:
+    assert _label_probs({"The": -0.1, "I": -2.0}) == ({"A": 0.5, "B": 0.5}, False)
+    assert _label_probs({}) == ({"A": 0.5, "B": 0.5}, False)
+
+
+def test_extreme_logprobs_stay_finite() -> None:
+    probs, found = _label_probs({"A": -800.0, " A": -800.0, "B": -801.0, "x": -1.0})
+    assert found and 0.5 < probs["A"] < 1.0 and math.isfinite(probs["B"])
+    probs, _ = _label_probs({"A": float("-inf"), "x": float("-inf")})
+    assert probs == {"A": 0.5, "B": 0.5}
+    probs, _ = _label_probs({"A": 0.0, "B": float("-inf")})
+    assert probs == {"A": 1.0, "B": 0.0}
+
+
+# --- combining the two orders -------------------------------------------------------------------
+
+
+def reading(order: str, p_label_a: float, winner_label: str | None = None, scores_by_label: dict | None = None, error: str | None = None) -> OrderReading:
+    """One reading as read_once builds it, from what the judge said about the *labels*."""
+    labels = labels_for(order)  # team -> label
+    team_of = {v: k for k, v in labels.items()}
+    label_probs = {"A": p_label_a, "B": 1 - p_label_a}
+    return OrderReading(
+        order=order,
+        prob_team_a=label_probs[labels["A"]],
+        label_probs=label_probs,
+        found_labels=True,
+        text="",
+        winner_team=team_of[winner_label] if winner_label else None,
+        scores={team_of[lbl]: s for lbl, s in (scores_by_label or {}).items()},
+        rationale="r",
+        error=error,
+    )
+
+
+def test_labels_for_orders() -> None:
+    assert labels_for("AB") == {"A": "A", "B": "B"}
+    assert labels_for("BA") == {"A": "B", "B": "A"}
+
+
+@pytest.mark.parametrize("bias", [0.5, 0.7, 0.93])
+def test_pure_label_bias_cancels(bias: float) -> None:
+    # the judge prefers the label "A" equally whichever team wears it
+    v = combine("judge", "d1", [reading("AB", bias, "A"), reading("BA", bias, "A")])
+    assert v.prob_a == pytest.approx(0.5)
+    assert v.confidence == pytest.approx(0.5)
+
+
+def test_real_preference_survives_the_swap() -> None:
+    # team B is better: it gets P=0.8 as label "B" in AB, and as label "A" in BA
+    v = combine("judge", "d1", [reading("AB", 0.2, "B"), reading("BA", 0.8, "A")])
+    assert v.prob_a == pytest.approx(0.2) and v.winner == "B" and v.confidence == pytest.approx(0.8)
+    # a preference on top of a label bias: team A better, the judge also likes label "A"
+    v = combine("judge", "d1", [reading("AB", 0.9, "A"), reading("BA", 0.5, "B")])
+    assert v.prob_a == pytest.approx(0.7) and v.winner == "A"
+
+
+def test_tie_is_broken_by_votes_then_scores() -> None:
+    v = combine("judge", "d", [reading("AB", 0.6, "B"), reading("BA", 0.6, "A")])  # prob 0.5; both votes: team B
+    assert v.prob_a == pytest.approx(0.5) and v.winner == "B"
+    s_ab = {"A": {"logic": 3.0}, "B": {"logic": 9.0}}  # labels: team B scores 9
+    s_ba = {"A": {"logic": 8.0}, "B": {"logic": 2.0}}  # label A is team B: 8
+    v = combine("judge", "d", [reading("AB", 0.6, None, s_ab), reading("BA", 0.6, None, s_ba)])
+    assert v.winner == "B"
+    assert v.scores == {"A": {"logic": 2.5}, "B": {"logic": 8.5}}
+
+
+def test_combined_record_fields() -> None:
+    v = combine("judge", "d9", [reading("AB", 0.7, "A", error="bad"), reading("BA", 0.4, "B")])
+    assert v.debate_id == "d9" and v.judge == "judge"
+    assert v.prob_a == pytest.approx(0.65)
+    assert v.parsed  # one order parsed
+    assert [o["order"] for o in v.orders] == ["AB", "BA"]
+    assert not combine("judge", "d9", [reading("AB", 0.7, error="x"), reading("BA", 0.4, error="y")]).parsed
+
+
+async def test_read_once_maps_labels_back_to_teams() -> None:
+    judge = PersonaBook.load().get("judge")
+    verdict = json.dumps({"winner": "A", "scores": {"A": {"logic": 9}, "B": {"logic": 2}}, "rationale": "label A was better"})
+    engine = FakeEngine(p_a=0.7, judge_json=verdict)
+    turns = [
+        {"kind": "debater", "team": "A", "title": "opening", "speaker": "advocate", "answer": "pro"},
+        {"kind": "debater", "team": "B", "title": "opening", "speaker": "skeptic", "answer": "con"},
+    ]
+    ab = await read_once(engine, judge, None, "m", turns, "AB", ["logic"], 64, "r-ab", 1)
+    ba = await read_once(engine, judge, None, "m", turns, "BA", ["logic"], 64, "r-ba", 1)
+    assert ab.winner_team == "A" and ab.scores == {"A": {"logic": 9.0}, "B": {"logic": 2.0}}
+    assert ba.winner_team == "B" and ba.scores == {"B": {"logic": 9.0}, "A": {"logic": 2.0}}
+    assert ab.prob_team_a == pytest.approx(0.7) and ba.prob_team_a == pytest.approx(0.3)
+    assert combine("judge", "d", [ab, ba]).prob_a == pytest.approx(0.5)
+    # the JSON request was schema-guided; the probe was pre-filled with the winner prefix
+    json_req = next(r for r in engine.calls if r.request_id == "r-ab-json")
+    assert json_req.sampling.json_schema == verdict_schema(["logic"])
+    probe = next(r for r in engine.calls if r.request_id == "r-ab-probe")
+    assert probe.prompt.continue_final_message and probe.prompt.messages[-1].content == WINNER_PREFIX
+    assert probe.sampling.max_tokens == 1 and probe.sampling.logprobs
+
+
+# --- what the judge reads -----------------------------------------------------------------------
+
+TURNS = [
+    {"kind": "moderator", "team": "none", "title": "opening", "speaker": "moderator", "answer": "MOD-INTRO"},
+    {"kind": "debater", "team": "A", "title": "opening", "speaker": "advocate", "answer": "PRO-SPEECH"},
+    {"kind": "debater", "team": "B", "title": "opening", "speaker": "skeptic", "answer": "CON-SPEECH"},
+    {"kind": "debater", "team": "B", "title": "rebuttal", "speaker": "skeptic", "answer": "CON-REBUTTAL"},
+]
+
+
+def test_judge_messages_order_ab() -> None:
+    judge = PersonaBook.load().get("judge")
+    system, user = judge_messages(judge, "Tea beats coffee", TURNS, "AB", CRITERIA)
+    assert system.role == "system" and user.role == "user"
+    body = user.content
+    assert body.index("Side A (for the motion)") < body.index("PRO-SPEECH") < body.index("Side B (against the motion)") < body.index("CON-SPEECH")
+    assert "MOD-INTRO" not in body
+    assert '"logic": <1-10>, "rebuttal": <1-10>' in body
+
+
+def test_judge_messages_order_ba_shows_team_b_first_as_a() -> None:
+    judge = PersonaBook.load().get("judge")
+    _, user = judge_messages(judge, "Tea beats coffee", TURNS, "BA", CRITERIA)
+    body = user.content
+    side_a, side_b = body.index("Side A (against the motion)"), body.index("Side B (for the motion)")
+    assert side_a < side_b
+    assert side_a < body.index("CON-SPEECH") < body.index("CON-REBUTTAL") < side_b < body.index("PRO-SPEECH")
+
+
+def test_judge_messages_with_a_silent_side() -> None:
+    judge = PersonaBook.load().get("judge")
+    _, user = judge_messages(judge, "m", TURNS[:2], "AB", CRITERIA)
+    assert "Side B (against the motion):\n- (no speeches)" in user.content
+
+
+# --- the schema ---------------------------------------------------------------------------------
+
+
+def test_verdict_schema_is_valid_and_accepts_a_verdict() -> None:
+    schema = verdict_schema(CRITERIA)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    jsonschema.validate(GOOD, schema)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {**GOOD, "winner": "C"},
+        {**GOOD, "scores": {**GOOD["scores"], "A": {"logic": 11, "rebuttal": 4}}},
+        {**GOOD, "scores": {**GOOD["scores"], "A": {"logic": 0, "rebuttal": 4}}},
+        {**GOOD, "scores": {**GOOD["scores"], "A": {"logic": 6}}},
+        {**GOOD, "scores": {**GOOD["scores"], "A": {"logic": 6.5, "rebuttal": 4}}},
+        {**GOOD, "scores": {**GOOD["scores"], "C": {"logic": 6, "rebuttal": 4}}},
+        {**GOOD, "extra": 1},
+        {k: v for k, v in GOOD.items() if k != "rationale"},
+        {**GOOD, "rationale": "x" * 301},
+    ],
+)
+def test_verdict_schema_rejects_bad_verdicts(bad: dict) -> None:
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, verdict_schema(CRITERIA))
+
+
+def test_what_the_schema_accepts_parse_verdict_accepts() -> None:
+    schema = verdict_schema(CRITERIA)
+    rng = random.Random(5)
+    for _ in range(200):
+        v = {
+            "winner": rng.choice("AB"),
+            "scores": {s: {c: rng.randint(1, 10) for c in CRITERIA} for s in "AB"},
+            "rationale": "".join(rng.choice(string.ascii_letters + ' "\\') for _ in range(rng.randint(0, 40))),
+        }
+        jsonschema.validate(v, schema)
+        winner, scores, rationale, error = parse_verdict(json.dumps(v), CRITERIA)
+        assert error is None and winner == v["winner"]
+        assert scores == {s: {c: float(x) for c, x in d.items()} for s, d in v["scores"].items()}
+        assert rationale == v["rationale"].strip()
