@@ -9,7 +9,7 @@ EXTRAS ?= cpu,train,tui,dev
 MOTION ?= This house believes that cities should ban private cars from their centres
 PYTEST_ARGS ?=
 
-.PHONY: install model demo test bench clean
+.PHONY: install sysdeps model demo test bench clean
 
 install: $(STAMP)
 
@@ -29,7 +29,14 @@ model: install
 demo: model
 	$(BIN)/bonsai debate "$(MOTION)" --rounds 2
 
-test: install model
+# The terminal-UI test drives `bonsai tui` in a real tmux.
+sysdeps:
+	@command -v tmux >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && apt-get install -y -qq tmux) >/dev/null; \
+	  else echo "the tests need tmux: install it (e.g. sudo apt-get install -y tmux)"; exit 1; fi; }
+
+test: install model sysdeps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: model

@@ -157,7 +157,14 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     from bonsai.personas import PersonaBook, default_personas_dir
     from bonsai.store.transcripts import TranscriptStore
 
-    on_gpu = torch.cuda.is_available()
+    on_gpu = torch.cuda.is_available()  # NVML-based (see main): leaves fork usable for vLLM's engine core
+    if on_gpu:
+        # vLLM forks its engine core unless told otherwise; a CUDA driver touched in this process
+        # (torch, transformers) makes the forked child fail with "Cannot re-initialize CUDA".
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+    if args.dtype == "auto":
+        # vLLM 0.24's Triton LoRA kernels assert fp16/bf16 weights: float32 + LoRA cannot start on a GPU
+        args.dtype = "bfloat16" if on_gpu else "float32"
     kv_gib = args.kv_cache_gib if args.kv_cache_gib is not None else (4.0 if on_gpu else 1.0)
     figures: dict[str, Any] = {
         "device": "",  # filled in after the engine is gone (naming a GPU creates a CUDA context here)
@@ -246,7 +253,7 @@ def table(f: dict[str, Any]) -> str:
     c = f.get("concurrent")
     if c:
         rows += [
-            (f"{c['debates']} debates at once (seeds 2..{1 + c['debates']})", f"{c['wall_s']} s, {c['output_tokens']} tokens"),
+            (f"{c['debates']} concurrent debates (seeds 2..{1 + c['debates']})", f"{c['wall_s']} s, {c['output_tokens']} tokens"),
             ("  aggregate tokens/s", f"{c['aggregate_tokens_per_s']}"),
             ("  winners", ", ".join(str(w) for w in c["winners"])),
         ]
@@ -256,7 +263,7 @@ def table(f: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dtype", default="float32", help="engine dtype (default float32: the tiny model's weights, and parity with PEFT)")
+    p.add_argument("--dtype", default="auto", help="engine dtype; auto: float32 on CPU (parity with PEFT), bfloat16 on a GPU (vLLM's GPU LoRA kernels take no float32)")
     p.add_argument("--kv-cache-gib", type=float, default=None, help="KV cache size (default: 4 on a GPU, 1 on CPU)")
     p.add_argument("--max-model-len", type=int, default=4096)
     p.add_argument("--rounds", type=int, default=2)
@@ -266,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json-out", type=Path, default=None, help="also write the figures here")
     p.add_argument("--keep-home", action="store_true", help="keep the temporary BONSAI_HOME (transcripts) for inspection")
     args = p.parse_args(argv)
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # torch.cuda.is_available() without initialising CUDA
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     figures = asyncio.run(bench(args))

@@ -137,7 +137,8 @@ def _bonsai(*args: str) -> list[str]:
 def test_ctrl_c_mid_turn_then_resume_finishes(base_model, tmp_path: Path) -> None:
     """A real `bonsai debate` (transformers+PEFT engine: starts in seconds) interrupted with SIGINT mid-turn."""
     home, store = tmp_path / "home", tmp_path / "t.sqlite"
-    env = {**os.environ, "BONSAI_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    # one torch thread: two spinning OpenMP threads on 2 shared cores stall each other (see conftest)
+    env = {**os.environ, "BONSAI_HOME": str(home), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     models = home / "models"
     models.mkdir(parents=True)
     (models / base_model.path.name).symlink_to(base_model.path)

@@ -344,3 +344,42 @@ async def test_requests_go_to_the_least_busy_endpoint(served: Served) -> None:
         rest = [[ev async for ev in first], [ev async for ev in second]]
         assert all(isinstance(evs[-1], Completion) for evs in rest)
         assert engine.endpoint_load() == {normalize_endpoint(u): 0 for u in urls}
+
+
+@pytest.mark.serve
+@pytest.mark.slow
+async def test_same_debate_through_bonsai_serve(remote: OpenAIEngine, served: Served, lora_adapters: list[Path], base_model: BaseModel, tmp_path: Path) -> None:
+    """The debate from test_debate_real.py, unchanged, on the OpenAI-compatible engine."""
+    from bonsai.debate.runner import DebateRunner, DebateSpec
+    from bonsai.personas import PersonaBook
+    from bonsai.store.transcripts import TranscriptStore
+
+    spec = DebateSpec(
+        motion="Cities should ban private cars from their centres", personas=["advocate", "skeptic", "judge"], format="quick",
+        rounds=1, seed=7, max_tokens=16, adapters={"advocate": str(lora_adapters[0]), "skeptic": str(lora_adapters[1])},
+    )
+    with TranscriptStore(tmp_path / "t.sqlite") as store:
+        async with DebateRunner(remote, store, tmp_path / "ck.sqlite", PersonaBook.load(), tmp_path, base_model.name) as runner:
+            events = [ev async for ev in runner.run(spec)]
+        debate_id = events[0]["debate_id"]
+        assert store.get_debate(debate_id).status == "finished"
+        turns = store.turns(debate_id)
+        assert len(turns) == 4 and all(t.output_tokens > 0 for t in turns)
+        names = {t.speaker: t.adapter_name for t in turns}
+        assert names["advocate"] == inspect_adapter(lora_adapters[0]).name
+        assert names["skeptic"] == inspect_adapter(lora_adapters[1]).name  # registered on the running server by the runner
+        v = store.verdicts(debate_id)[0]
+        assert v.parsed and all(o["found_labels"] for o in v.orders)
+
+
+@pytest.mark.serve
+def test_cli_debate_against_bonsai_serve(served: Served, tmp_path: Path) -> None:
+    store = tmp_path / "t.sqlite"
+    done = subprocess.run(
+        [sys.executable, "-m", "bonsai", "--home", str(tmp_path / "home"), "debate", "Homework should be abolished", "--endpoint", served.endpoint,
+         "--format", "quick", "--rounds", "1", "--max-tokens", "12", "--store", str(store), "--json"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["status"] == "finished" and summary["turns"] == 4 and summary["store"] == str(store)

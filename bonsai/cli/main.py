@@ -17,6 +17,8 @@ SUBCOMMANDS = (
     "bonsai.cli.personas_cmd",
     "bonsai.cli.transcripts_cmd",
     "bonsai.cli.model_cmd",
+    "bonsai.cli.data_cmd",
+    "bonsai.cli.tui_cmd",
 )
 
 

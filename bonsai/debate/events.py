@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-EventType = Literal["debate_start", "turn_start", "token", "turn_end", "judging", "verdict", "debate_end", "error"]
+EventType = Literal["debate_start", "turn_start", "token", "turn_end", "note", "paused", "judging", "verdict", "debate_end", "error"]
 
 
 def event(kind: EventType, debate_id: str, **fields: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
+from langgraph.types import interrupt
 
 from bonsai.debate import judge as judging
 from bonsai.debate.events import event
@@ -48,6 +49,10 @@ class DebateContext:
     seed: int | None = None
     max_tokens: int | None = None
     personas: dict[str, Persona] = field(default_factory=dict)
+    #: Asked before each slot (and before the judge) with the step about to run: True holds the debate
+    #: there (a LangGraph ``interrupt`` in the ``steer`` node) until it is resumed, possibly with a
+    #: moderator note. None (the CLI) never holds. Lets a front end pause, step and take notes.
+    gate: Callable[[int], bool] | None = None
 
     def __post_init__(self) -> None:
         self.personas = {p.name: p for p in self.cast.everyone()}
@@ -68,6 +73,45 @@ def route(state: DebateState) -> str:
     if state.get("verdict") is None:
         return "judge"
     return END
+
+
+def route_steered(state: DebateState, runtime: Runtime[DebateContext]) -> str:
+    """``route``, but held at the ``steer`` node when the run's gate asks for it (never before END)."""
+    nxt = route(state)
+    gate = runtime.context.gate if runtime.context is not None else None
+    if nxt != END and gate is not None and gate(state.get("step", 0)):
+        return "steer"
+    return nxt
+
+
+def note_summary(step: int, note: str) -> dict[str, Any]:
+    """A moderator note as a turn in the state: debaters see it as a moderator line after the turns so
+    far (so every prompt still only appends); the judge reads debater turns only."""
+    return {
+        "index": step,
+        "kind": "moderator",
+        "phase": "note",
+        "title": "moderator note",
+        "round": 0,
+        "speaker": "moderator",
+        "team": "none",
+        "instruction": "",
+        "text": note,
+        "answer": note,
+        "note": True,
+    }
+
+
+async def steer_node(state: DebateState, runtime: Runtime[DebateContext]) -> dict[str, Any]:
+    """Wait between turns: the run stops here (checkpointed) until resumed with ``{"note": str | None}``."""
+    step = state.get("step", 0)
+    answer = interrupt({"debate_id": state["debate_id"], "step": step})
+    note = (answer or {}).get("note") if isinstance(answer, dict) else None
+    if not note or not str(note).strip():
+        return {}
+    note = str(note).strip()
+    runtime.stream_writer({"event": "note", "debate_id": state["debate_id"], "turn": step, "text": note})
+    return {"turns": [note_summary(step, note)], "notes": [note]}
 
 
 def _summary(slot: Slot, text: str, answer: str) -> dict[str, Any]:
@@ -333,9 +377,8 @@ def build_graph() -> StateGraph:
     builder.add_node("moderator", moderator_node)
     builder.add_node("debater", debater_node)
     builder.add_node("judge", judge_node)
-    targets = ["moderator", "debater", "judge", END]
-    builder.add_conditional_edges(START, route, targets)
-    builder.add_conditional_edges("moderator", route, targets)
-    builder.add_conditional_edges("debater", route, targets)
-    builder.add_conditional_edges("judge", route, targets)
+    builder.add_node("steer", steer_node)
+    targets = ["moderator", "debater", "judge", "steer", END]
+    for source in (START, "moderator", "debater", "judge", "steer"):
+        builder.add_conditional_edges(source, route_steered, targets)
     return builder

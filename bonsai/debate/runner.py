@@ -5,25 +5,29 @@ Nothing is written before the whole debate has been validated (personas, format,
 the base, the motion against the context window), so a bad input leaves no half-made debate behind.
 Each node writes its turn to the store when it completes and the checkpointer saves the state after
 every node (``durability="sync"``), so an interrupted debate resumes at the turn that was in flight.
+A front end can also hold a run between turns (``gate``: pause, step, moderator notes through a
+LangGraph interrupt) and fork a new debate from any earlier turn's checkpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from langgraph.types import Command
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bonsai.adapter_registry import resolve_persona_adapter
 from bonsai.debate.formats import DebateFormat, load_format
-from bonsai.debate.graph import DebateContext, build_graph
+from bonsai.debate.graph import DebateContext, _summary, build_graph
 from bonsai.debate.prompts import debater_prompt
 from bonsai.debate.schedule import Cast, Slot, build_schedule
 from bonsai.engine import AdapterRef, Engine
@@ -34,6 +38,9 @@ from bonsai.store.records import DebateRecord
 from bonsai.store.transcripts import TranscriptStore
 
 log = logging.getLogger(__name__)
+
+#: Asked before each slot with the step about to run; True holds the debate there (see DebateContext.gate).
+Gate = Callable[[int], bool]
 
 
 class DebateSpec(BaseModel):
@@ -114,7 +121,7 @@ class DebateRunner:
         assert self._graph is not None, "use `async with DebateRunner(...)`"
         return self._graph
 
-    async def _context(self, prepared: PreparedDebate) -> DebateContext:
+    async def _context(self, prepared: PreparedDebate, gate: Gate | None = None) -> DebateContext:
         refs = adapter_refs(prepared)
         for ref in refs.values():
             if ref is not None:
@@ -130,6 +137,7 @@ class DebateRunner:
             candidates=prepared.spec.candidates,
             seed=prepared.spec.seed,
             max_tokens=prepared.spec.max_tokens,
+            gate=gate,
         )
 
     def _check_motion_fits(self, ctx: DebateContext, motion: str) -> None:
@@ -145,10 +153,10 @@ class DebateRunner:
                 "shorten the motion (a sentence or two is plenty)",
             )
 
-    async def start(self, spec: DebateSpec, *, debate_id: str | None = None) -> tuple[str, DebateContext]:
+    async def start(self, spec: DebateSpec, *, debate_id: str | None = None, gate: Gate | None = None) -> tuple[str, DebateContext]:
         """Validate and record a new debate; returns its id and context (nothing is written if invalid)."""
         prepared = plan_debate(spec, self.book, self.home)
-        ctx = await self._context(prepared)
+        ctx = await self._context(prepared, gate)
         self._check_motion_fits(ctx, spec.motion)
         debate_id = debate_id or uuid.uuid4().hex[:12]
         pinned = spec.model_copy(update={"adapters": {k: (str(v) if v else None) for k, v in prepared.adapter_paths.items()}})
@@ -170,8 +178,8 @@ class DebateRunner:
         )
         return debate_id, ctx
 
-    async def run(self, spec: DebateSpec, *, debate_id: str | None = None) -> AsyncIterator[dict[str, Any]]:
-        debate_id, ctx = await self.start(spec, debate_id=debate_id)
+    async def run(self, spec: DebateSpec, *, debate_id: str | None = None, gate: Gate | None = None) -> AsyncIterator[dict[str, Any]]:
+        debate_id, ctx = await self.start(spec, debate_id=debate_id, gate=gate)
         initial = {
             "debate_id": debate_id,
             "motion": spec.motion,
@@ -186,7 +194,9 @@ class DebateRunner:
         async for ev in self._drive(debate_id, initial, ctx):
             yield ev
 
-    async def resume(self, debate_id: str) -> AsyncIterator[dict[str, Any]]:
+    async def resume(self, debate_id: str, *, gate: Gate | None = None, note: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Go on from the last checkpoint. A debate held between turns (see ``gate``) goes on from where it
+        waits, taking ``note`` as a moderator note; ``note`` is refused for a debate that is not waiting."""
         record = self.store.get_debate(debate_id)
         if record.status == "finished":
             raise BonsaiError(f"debate {debate_id} has already finished (winner {record.winner})", f"see it with `bonsai transcripts show {debate_id}`")
@@ -195,26 +205,102 @@ class DebateRunner:
             raise ConfigError(f"debate {debate_id} has no stored settings to resume from")
         spec = DebateSpec.model_validate(spec_data)
         prepared = plan_debate(spec, self.book, self.home)
-        ctx = await self._context(prepared)
+        ctx = await self._context(prepared, gate)
         config = {"configurable": {"thread_id": debate_id}}
         snapshot = await self.graph.aget_state(config)
-        if not snapshot.values:
+        waiting = bool(snapshot.interrupts)
+        if note is not None and not waiting:
+            raise BonsaiError(f"debate {debate_id} is not waiting between turns, so it cannot take a note", "pause it first")
+        initial: dict[str, Any] | Command | None
+        if waiting:
+            # Held at the steer node (paused in the TUI): answer its interrupt, with the note if any.
+            initial = Command(resume={"note": note})
+        elif not snapshot.values:
             # Crashed before the first checkpoint: start the graph from the beginning under the same id.
-            initial: dict[str, Any] | None = {
+            initial = {
                 "debate_id": debate_id, "motion": spec.motion, "step": 0, "plan": [s.kind for s in ctx.schedule],
                 "turns": [], "notes": [], "verdict": None,
             }
         else:
             initial = None
         self.store.set_status(debate_id, "running")
-        done = len(snapshot.values.get("turns", [])) if snapshot.values else 0
+        done = len([t for t in snapshot.values.get("turns", []) if not t.get("note")]) if snapshot.values else 0
         yield {"event": "debate_start", "debate_id": debate_id, "motion": spec.motion, "seats": ctx.cast.seats(),
                "format": ctx.fmt.name, "rounds": spec.rounds, "schedule": [s.__dict__ for s in ctx.schedule], "resumed": True,
                "turns_done": done}
         async for ev in self._drive(debate_id, initial, ctx):
             yield ev
 
-    async def _drive(self, debate_id: str, initial: dict[str, Any] | None, ctx: DebateContext) -> AsyncIterator[dict[str, Any]]:
+    async def fork(
+        self, debate_id: str, at_turn: int, *, new_id: str | None = None, gate: Gate | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """A new debate that shares ``debate_id``'s first ``at_turn`` turns and goes on from there.
+
+        Its state comes from the source's checkpoint taken just before turn ``at_turn`` (notes given
+        before earlier turns included); the store's turns and candidates before that turn are copied
+        under the new id, so the fork is a complete debate of its own (resumable, exportable).
+        """
+        source = self.store.get_debate(debate_id)
+        spec_data = source.config.get("spec")
+        if not spec_data:
+            raise ConfigError(f"debate {debate_id} has no stored settings to fork from")
+        spec = DebateSpec.model_validate({**spec_data, "sweep": None})
+        prepared = plan_debate(spec, self.book, self.home)
+        if not 0 <= at_turn <= len(prepared.schedule):
+            raise ConfigError(f"debate {debate_id} has turns 0 to {len(prepared.schedule) - 1}; cannot fork at turn {at_turn}", "pick one of its turns")
+        values = await self._state_before(debate_id, at_turn, prepared)
+        ctx = await self._context(prepared, gate)
+        new_id = new_id or uuid.uuid4().hex[:12]
+        self.store.create_debate(
+            dataclasses.replace(
+                source,
+                debate_id=new_id,
+                engine=self.engine.info.kind,
+                base_model=self.base_model,
+                created_at=time.time(),
+                status="running",
+                winner=None,
+                finished_at=None,
+                sweep=None,
+                config={**source.config, "spec": spec.model_dump(mode="json"), "forked_from": {"debate_id": debate_id, "turn": at_turn}},
+            )
+        )
+        for turn in self.store.turns(debate_id):
+            if turn.turn_index < at_turn:
+                self.store.record_turn(dataclasses.replace(turn, debate_id=new_id))
+        self.store.record_candidates(
+            dataclasses.replace(c, debate_id=new_id) for c in self.store.candidates(debate_id) if c.turn_index < at_turn
+        )
+        initial = {**values, "debate_id": new_id, "verdict": None}
+        yield {"event": "debate_start", "debate_id": new_id, "motion": spec.motion, "seats": ctx.cast.seats(),
+               "format": ctx.fmt.name, "rounds": spec.rounds, "schedule": [s.__dict__ for s in ctx.schedule], "resumed": False,
+               "turns_done": at_turn, "forked_from": {"debate_id": debate_id, "turn": at_turn}}
+        async for ev in self._drive(new_id, initial, ctx):
+            yield ev
+
+    async def _state_before(self, debate_id: str, at_turn: int, prepared: PreparedDebate) -> dict[str, Any]:
+        """The graph state just before ``at_turn`` ran: the oldest checkpoint at that step (before any note
+        given there); without checkpoints (another machine's store), rebuilt from the stored turns."""
+        config = {"configurable": {"thread_id": debate_id}}
+        found: dict[str, Any] | None = None
+        async for snap in self.graph.aget_state_history(config):
+            if snap.values and snap.values.get("step") == at_turn:
+                found = snap.values  # history is newest first: keep going to the oldest
+        if found is not None:
+            return {k: found[k] for k in ("motion", "step", "plan", "turns", "notes") if k in found}
+        stored = [t for t in self.store.turns(debate_id) if t.turn_index < at_turn]
+        if [t.turn_index for t in stored] != list(range(at_turn)):
+            raise ConfigError(f"debate {debate_id} has not reached turn {at_turn} yet", "fork from a turn it has finished")
+        log.warning("no checkpoint for debate %s; forking from its stored turns (moderator notes are not in the store)", debate_id)
+        return {
+            "motion": prepared.spec.motion,
+            "step": at_turn,
+            "plan": [s.kind for s in prepared.schedule],
+            "turns": [_summary(prepared.schedule[t.turn_index], t.text, t.answer) for t in stored],
+            "notes": [],
+        }
+
+    async def _drive(self, debate_id: str, initial: dict[str, Any] | Command | None, ctx: DebateContext) -> AsyncIterator[dict[str, Any]]:
         config = {"configurable": {"thread_id": debate_id}}
         try:
             async for chunk in self.graph.astream(initial, config, context=ctx, stream_mode="custom", durability="sync"):
@@ -224,6 +310,15 @@ class DebateRunner:
             with contextlib.suppress(Exception):
                 self.store.set_status(debate_id, status)
             raise
+        snapshot = await self.graph.aget_state(config)
+        if snapshot.interrupts:
+            # Held by the gate between turns: saved, and resumable like any interrupted debate.
+            step = snapshot.values.get("step", 0)
+            nxt = ctx.schedule[step] if step < len(ctx.schedule) else None
+            self.store.set_status(debate_id, "interrupted")
+            yield {"event": "paused", "debate_id": debate_id, "step": step, "next_speaker": nxt.speaker if nxt else "judge",
+                   "next_team": nxt.team if nxt else "none", "next_phase": nxt.title if nxt else "verdict"}
+            return
         record = self.store.get_debate(debate_id)
         yield {"event": "debate_end", "debate_id": debate_id, "status": record.status, "winner": record.winner}
 

@@ -40,7 +40,7 @@ class EngineConfig(BaseModel):
     max_model_len: int = Field(4096, ge=256)
     max_loras: int = Field(4, ge=1)
     max_lora_rank: int = Field(16, ge=1)
-    dtype: str = "float32"
+    dtype: str = Field("auto", description="auto: float32 on CPU, bfloat16 on GPU.")
     kv_cache_gib: float = Field(1.0, gt=0)
     seed: int = 0
 

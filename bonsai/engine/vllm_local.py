@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -81,7 +82,7 @@ class VLLMEngine(Engine):
         max_model_len: int = 4096,
         max_loras: int = 4,
         max_lora_rank: int = 16,
-        dtype: str = "float32",
+        dtype: str = "auto",
         kv_cache_gib: float = 1.0,
         seed: int = 0,
     ) -> None:
@@ -120,6 +121,7 @@ class VLLMEngine(Engine):
             return
         if not (self.base_model / "config.json").is_file():
             raise EngineError(f"base model folder {self.base_model} has no config.json", "prepare it with `bonsai model prepare`, or pass --base DIR")
+        dtype = self._resolve_dtype()
         try:
             from transformers import AutoTokenizer
             from vllm.engine.arg_utils import AsyncEngineArgs
@@ -129,7 +131,7 @@ class VLLMEngine(Engine):
             args = AsyncEngineArgs(
                 model=str(self.base_model),
                 tokenizer=str(self.base_model),
-                dtype=self.dtype,
+                dtype=dtype,
                 seed=self.seed,
                 max_model_len=self.max_model_len,
                 enable_lora=True,
@@ -149,8 +151,23 @@ class VLLMEngine(Engine):
             self._llm = None
             raise EngineError(
                 f"vLLM could not start on {self.base_model}: {_root_cause(exc)}",
-                "check the log above; lower --max-model-len or kv_cache_gib if memory ran out",
+                "see the EngineCore traceback above for the cause; if memory ran out, lower --max-model-len or kv_cache_gib",
             ) from exc
+
+    def _resolve_dtype(self) -> str:
+        """fp32 on CPU (greedy output then matches PEFT exactly; bf16 is far slower there); bf16 on GPU,
+        where vLLM's LoRA kernels accept only half precision."""
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu():
+            return "float32" if self.dtype == "auto" else self.dtype
+        # A CUDA context made in this process before the fork kills vLLM's engine process.
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+        if self.dtype == "auto":
+            return "bfloat16"
+        if self.dtype in ("float32", "fp32"):
+            raise EngineError("vLLM's GPU LoRA kernels need float16 or bfloat16, not float32", "use --dtype auto or bfloat16 on a GPU")
+        return self.dtype
 
     async def close(self) -> None:
         llm, self._llm = self._llm, None

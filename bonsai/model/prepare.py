@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,12 +109,28 @@ def prepare_embedded(home: Path, *, force: bool = False) -> BaseModel:
     if "<|im_end|>" in tokenizer.get_vocab():
         tokenizer.eos_token = "<|im_end|>"
     if force and final.exists():
+        # Prepare beside the old copy and swap at the end, so readers never see a missing model.
         import shutil
 
-        shutil.rmtree(final)
+        fresh = final.with_name(final.name + ".new")
+        shutil.rmtree(fresh, ignore_errors=True)
+        result = _save_prepared(model, tokenizer, fresh)
+        old = final.with_name(final.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+        os.rename(fresh, final)
+        shutil.rmtree(old, ignore_errors=True)
+        log.info("prepared %s in %.1fs", final, time.monotonic() - t0)
+        return BaseModel(path=final, name=EMBEDDED_NAME, content_hash=result.content_hash)
+    result = _save_prepared(model, tokenizer, final)
+    log.info("prepared %s in %.1fs", final, time.monotonic() - t0)
+    return result
+
+
+def _save_prepared(model: object, tokenizer: object, final: Path) -> BaseModel:
     with atomic.staged_dir(final) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        model.save_pretrained(tmp, safe_serialization=True)  # type: ignore[attr-defined]
+        tokenizer.save_pretrained(tmp)  # type: ignore[attr-defined]
         content_hash = hash_model_dir(tmp)
         manifest = {
             "name": EMBEDDED_NAME,
@@ -123,7 +140,6 @@ def prepare_embedded(home: Path, *, force: bool = False) -> BaseModel:
             "prepared_at": time.time(),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    log.info("prepared %s in %.1fs", final, time.monotonic() - t0)
     return BaseModel(path=final, name=EMBEDDED_NAME, content_hash=content_hash)
 
 

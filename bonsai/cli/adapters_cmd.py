@@ -1,0 +1,253 @@
+"""``bonsai adapters list|show|evaluate|promote|rollback``: the adapter registry from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bonsai.cli.common import home_from, progress
+from bonsai.errors import BonsaiError, ConfigError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from bonsai.cli.debate_cmd import add_engine_options
+
+    p = sub.add_parser("adapters", help="list, evaluate, promote and roll back persona adapter versions", description="The adapter registry under $BONSAI_HOME/adapters.")
+    cmds = p.add_subparsers(dest="adapters_command", metavar="ACTION")
+    cmds.required = True
+
+    ls = cmds.add_parser("list", help="versions of every persona (or one)")
+    ls.add_argument("persona", nargs="?", help="only this persona")
+    ls.add_argument("--json", action="store_true", help="one JSON object per line")
+    ls.set_defaults(func=run_list)
+
+    show = cmds.add_parser("show", help="one version's metadata, metrics and gate result")
+    show.add_argument("persona")
+    show.add_argument("version", nargs="?", default="current", help="version name or unique prefix (default: current)")
+    show.add_argument("--json", action="store_true", help="the full manifest as JSON")
+    show.set_defaults(func=run_show)
+
+    ev = cmds.add_parser(
+        "evaluate",
+        help="the promotion gate: debate the candidate against the current version and a fixed opponent",
+        description=(
+            "A mini-sweep on held-out motions: the candidate against the current version and against a fixed "
+            "opponent, on both sides, judged by one fixed judge. Reports the win rate with a Wilson 95% interval "
+            "and saves it for `promote`."
+        ),
+    )
+    ev.add_argument("persona")
+    ev.add_argument("--candidate", required=True, help="the version to evaluate (name or unique prefix)")
+    ev.add_argument("--motions", type=Path, default=None, help="held-out motions, one per line (default: the test motions of the candidate's dataset)")
+    ev.add_argument("--dataset", type=Path, default=None, help="take the held-out motions from this dataset's test split")
+    ev.add_argument("--opponent", default="base", help="the fixed opponent: base (default), a version of the persona, or an adapter folder")
+    ev.add_argument("--opponent-persona", default=None, help="who sits opposite (default: the other team's default debater)")
+    ev.add_argument("--judge", default="judge", help="the judge persona (default judge)")
+    ev.add_argument("--threshold", type=float, default=0.5, help="the lower bound of the 95%% interval must be above this to pass (default 0.5)")
+    ev.add_argument("--seeds", default="0", help="comma-separated seeds; each motion is debated once per seed (default 0)")
+    ev.add_argument("--max-motions", type=int, default=8, help="use at most N motions (default 8)")
+    ev.add_argument("--format", default="quick", help="debate format (default quick)")
+    ev.add_argument("--rounds", type=int, default=1, help="rebuttal rounds (default 1)")
+    ev.add_argument("--max-tokens", type=int, default=48, help="cap on every debater turn (default 48)")
+    ev.add_argument("--store", type=Path, default=None, help="store for the evaluation debates (default: $BONSAI_HOME/evaluations.sqlite, apart from training data)")
+    ev.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_engine_options(ev)
+    ev.set_defaults(func=run_evaluate)
+
+    pr = cmds.add_parser("promote", help="make a version current (if it passed the gate), here and on running servers")
+    pr.add_argument("persona")
+    pr.add_argument("version", help="version name or unique prefix")
+    pr.add_argument("--force", action="store_true", help="promote even without a passing evaluation")
+    pr.add_argument("--threshold", type=float, default=None, help="override the threshold the evaluation used")
+    pr.add_argument("--endpoint", action="append", default=[], metavar="URL", help="a running `bonsai serve` to load the version on first; repeatable")
+    pr.add_argument("--base", help="base model folder, to check the adapter before a server loads it")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=run_promote)
+
+    rb = cmds.add_parser("rollback", help="make the previously promoted version current again")
+    rb.add_argument("persona")
+    rb.add_argument("--to", default=None, help="roll back to this version instead")
+    rb.add_argument("--endpoint", action="append", default=[], metavar="URL", help="a running `bonsai serve` to load the version on first; repeatable")
+    rb.add_argument("--json", action="store_true")
+    rb.set_defaults(func=run_rollback)
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from training.registry import load_evaluation, versions
+
+    home = home_from(args)
+    infos = versions(home, args.persona)
+    if args.json:
+        for info in infos:
+            row = info.summary()
+            ev = load_evaluation(home, info.persona, info.version)
+            row["gate"] = None if ev is None else {k: ev.get(k) for k in ("win_rate", "ci_low", "ci_high", "n", "passed")}
+            print(json.dumps(row))
+        return 0
+    if not infos:
+        print(f"no adapter versions{' for ' + args.persona if args.persona else ''} in {home / 'adapters'}")
+        return 0
+    print(f"{'persona':<12} {'version':<14} {'cur':<3} {'created':<16} {'recipe':<14} {'parent':<14} gate")
+    for info in infos:
+        s = info.summary()
+        ev = load_evaluation(home, info.persona, info.version)
+        gate = "-" if ev is None else f"{ev['win_rate']:.2f} [{ev['ci_low']:.2f},{ev['ci_high']:.2f}] n={ev['n']} {'pass' if ev['passed'] else 'fail'}"
+        flag = "*" if info.current else ""
+        bad = "  TAMPERED: " + info.problem if info.problem else ""
+        print(f"{info.persona:<12} {info.version:<14} {flag:<3} {_when(info.created_at):<16} {str(s['recipe'] or '-'):<14} {str(s['parent'] or '-'):<14} {gate}{bad}")
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from training.registry import load_evaluation, resolve_version, version_info
+
+    home = home_from(args)
+    version = resolve_version(home, args.persona, args.version)
+    info = version_info(home, args.persona, version)
+    evaluation = load_evaluation(home, args.persona, version)
+    if args.json:
+        print(json.dumps({**info.summary(), "manifest": info.manifest, "evaluation": evaluation}, ensure_ascii=False))
+        return 0 if info.problem is None else 2
+    s = info.summary()
+    print(f"{args.persona}@{version}{'  (current)' if info.current else ''}")
+    for key in ("path", "adapter_name", "parent", "recipe", "base_model", "dataset_hash"):
+        print(f"  {key:<13} {s[key]}")
+    m = info.manifest
+    training = m.get("training") or {}
+    if training:
+        print(f"  {'trained':<13} {_when(info.created_at)} on {training.get('device')} ({training.get('backend')}) in {training.get('seconds')}s")
+    for i, stage in enumerate((m.get("metrics") or {}).get("stages", []), 1):
+        first, last = stage.get("first", {}), stage.get("last", {})
+        print(f"  stage {i} {stage['method']:<5} {stage['steps']} steps, loss {first.get('loss', float('nan')):.4f} -> {last.get('loss', float('nan')):.4f}")
+    if evaluation:
+        print(f"  {'gate':<13} won {evaluation['wins']}/{evaluation['n']} ({evaluation['win_rate']:.2f}, 95% CI {evaluation['ci_low']:.2f}-{evaluation['ci_high']:.2f}) "
+              f"against {evaluation.get('current') or 'base'}: {'passed' if evaluation['passed'] else 'failed'} (threshold {evaluation['threshold']})")
+    if info.problem:
+        print(f"error: {info.problem}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _gate_config(args: argparse.Namespace) -> Any:
+    from pydantic import ValidationError
+
+    from training.gate import GateConfig
+
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {args.seeds!r} is not a comma-separated list of integers", "for example: --seeds 0,1,2") from None
+    try:
+        return GateConfig(
+            threshold=args.threshold, format=args.format, rounds=args.rounds, max_tokens=args.max_tokens, seeds=seeds,
+            opponent=args.opponent, opponent_persona=args.opponent_persona, judge=args.judge, max_motions=args.max_motions,
+        )
+    except ValidationError as exc:
+        msg = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid evaluation settings: {msg}", "see `bonsai adapters evaluate --help`") from None
+
+
+async def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from bonsai.adapter_registry import persona_dir
+    from bonsai.cli.debate_cmd import build_engine_config
+    from bonsai.engine import create_engine
+    from bonsai.engine.adapters import inspect_adapter, validate_adapter
+    from bonsai.model.prepare import resolve_base
+    from bonsai.paths import checkpoints_path
+    from bonsai.personas import PersonaBook
+    from training.gate import evaluate_candidate, held_out_motions, opponents
+    from training.registry import resolve_version
+
+    home = home_from(args)
+    if args.endpoint and args.engine != "openai":
+        args.engine = "openai"
+    config = _gate_config(args)
+    book = PersonaBook.load(args.personas_dir)
+    candidate = resolve_version(home, args.persona, args.candidate)
+    motions = held_out_motions(home, args.persona, candidate, dataset=args.dataset, motions_file=args.motions)
+    base = None if args.engine == "openai" else resolve_base(args.base, home)
+    folders = [persona_dir(home, args.persona) / candidate, *(o.path for o in opponents(home, args.persona, config) if o.path)]
+    refs = [inspect_adapter(f) for f in folders]
+    if base is not None:
+        for ref in refs:
+            validate_adapter(ref, base_dir=base.path, base_hash=base.content_hash, max_rank=args.max_lora_rank)
+    engine = create_engine(build_engine_config(args, base, refs))
+    with progress(f"starting the {args.engine} engine", enabled=not args.json):
+        await engine.start()
+    try:
+        n = len(motions[: config.max_motions]) * len(config.seeds) * 2 * len(opponents(home, args.persona, config))
+        if not args.json:
+            print(f"evaluating {args.persona}@{candidate}: {n} debates on {min(len(motions), config.max_motions)} held-out motions...", file=sys.stderr, flush=True)
+
+        def on_match(m: Any) -> None:
+            if not args.json:
+                print(f"  {'won ' if m.won else 'lost'} {m.opponent:<7} seat {m.candidate_seat:<10} {m.motion[:60]}", file=sys.stderr, flush=True)
+
+        return await evaluate_candidate(
+            engine, home=home, book=book, base_model=base.name if base else engine.info.base_model, persona=args.persona,
+            candidate=candidate, motions=motions, store_path=args.store or home / "evaluations.sqlite",
+            checkpoints=checkpoints_path(home), config=config, on_match=on_match,
+        )
+    finally:
+        await engine.close()
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    try:
+        result = asyncio.run(_evaluate(args))
+    except BonsaiError:
+        raise
+    except KeyboardInterrupt:
+        return 130
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "matches"} | {"matches": result["matches"]}, ensure_ascii=False))
+        return 0
+    print(f"{result['persona']}@{result['candidate']}: won {result['wins']}/{result['n']} = {result['win_rate']:.2f} (95% CI {result['ci_low']:.2f}-{result['ci_high']:.2f})")
+    for label, r in result["by_opponent"].items():
+        print(f"  vs {label} ({result['opponents'][label]}): {r['wins']}/{r['n']} = {r['win_rate']:.2f} (95% CI {r['ci_low']:.2f}-{r['ci_high']:.2f})")
+    verdict = "passes" if result["passed"] else "does not pass"
+    print(f"gate: {verdict} (lower bound {result['ci_low']:.2f} {'>' if result['passed'] else '<='} threshold {result['threshold']:.2f})")
+    if result["passed"]:
+        print(f"next: bonsai adapters promote {result['persona']} {result['candidate']}")
+    return 0
+
+
+def run_promote(args: argparse.Namespace) -> int:
+    from bonsai.model.prepare import resolve_base
+    from training.hotload import promote_version
+
+    home = home_from(args)
+    base = resolve_base(args.base, home, prepare=False) if args.base else None
+    promotion = asyncio.run(
+        promote_version(home, args.persona, args.version, force=args.force, threshold=args.threshold, endpoints=args.endpoint, base_model=base.path if base else None)
+    )
+    if args.json:
+        print(json.dumps({"persona": promotion.persona, "version": promotion.version, "previous": promotion.previous,
+                          "adapter_name": promotion.adapter_name, "endpoints": list(promotion.endpoints), "forced": promotion.forced}))
+        return 0
+    how = " (forced past the gate)" if promotion.forced else ""
+    print(f"{promotion.persona}: current is now {promotion.version}{how} (was {promotion.previous or 'none'}); new debates use it")
+    for url in promotion.endpoints:
+        print(f"  loaded on {url} as {promotion.adapter_name}")
+    return 0
+
+
+def run_rollback(args: argparse.Namespace) -> int:
+    from training.hotload import rollback_version
+
+    home = home_from(args)
+    previous, target = asyncio.run(rollback_version(home, args.persona, to=args.to, endpoints=args.endpoint))
+    if args.json:
+        print(json.dumps({"persona": args.persona, "version": target, "previous": previous}))
+        return 0
+    print(f"{args.persona}: current is now {target} (was {previous or 'none'}); new debates use it")
+    return 0

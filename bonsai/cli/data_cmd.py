@@ -1,0 +1,166 @@
+"""``bonsai data build``: turn stored debates into a persona's preference dataset (``training/``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from bonsai.cli.common import home_from, progress
+from bonsai.cli.debate_cmd import add_engine_options
+from bonsai.errors import ConfigError
+from bonsai.model.prepare import resolve_base
+from bonsai.paths import store_path
+from bonsai.personas import PersonaBook
+
+#: flags that only one strategy reads, so giving them without it is a mistake worth saying
+_STRATEGY_FLAGS = {
+    "best-of-n": ("min_gap",),
+    "stance": ("opponent",),
+    "cross-lingual": ("translator", "translation_max_tokens"),
+    "teacher": ("teacher_adapter", "teacher_endpoint", "teacher_model", "teacher_base", "teacher_temperature"),
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="build preference datasets from stored debates", description="Preference datasets for training persona adapters.")
+    actions = p.add_subparsers(dest="data_command", metavar="ACTION")
+    actions.required = True
+    b = actions.add_parser(
+        "build",
+        help="build a persona's preference dataset",
+        description=(
+            "Turn a persona's stored turns into same-prompt preference pairs (TRL prompt/chosen/rejected), split "
+            "by motion into train and test, saved with save_to_disk and as Parquet with a card.json. Strategies: "
+            "best-of-n (judge's best vs worst stored candidate), stance (own answer vs the opposing side's adapter "
+            "on the same prompt), cross-lingual (ja/zh: English answer translated vs native answer), teacher "
+            "(a teacher's answer vs the persona's)."
+        ),
+    )
+    b.add_argument("--persona", required=True, help="the persona whose turns become pairs")
+    b.add_argument("--strategy", required=True, help="comma-separated: best-of-n, stance, cross-lingual, teacher")
+    b.add_argument("--store", type=Path, default=None, help="transcript store (default: $BONSAI_HOME/transcripts.sqlite)")
+    b.add_argument("--out", type=Path, default=None, help="dataset folder (default: $BONSAI_HOME/datasets/PERSONA/HASH12)")
+    b.add_argument("--max-length", type=int, default=1024, help="prompt + completion tokens in training; longer prompts are dropped (default 1024)")
+    b.add_argument("--min-room", type=int, default=16, help="completion tokens a prompt must leave room for (default 16)")
+    b.add_argument("--test-fraction", type=float, default=0.2, help="share of pairs held out, by whole motions (default 0.2)")
+    b.add_argument("--seed", type=int, default=0, help="seeds the split and generated answers (default 0)")
+    b.add_argument("--min-pairs", type=int, default=4, help="fewer usable pairs than this is an error (default 4)")
+    b.add_argument("--max-tokens", type=int, default=None, help="cap on generated answers (default: each turn's own budget)")
+    b.add_argument("--concurrency", type=int, default=16, help="generation requests in flight at once (default 16)")
+    g = b.add_argument_group("strategy options")
+    g.add_argument("--min-gap", type=float, default=None, help="best-of-n: smallest judge-score gap (default 0.05)")
+    g.add_argument("--opponent", choices=["side", "base"], default=None, help="stance: the opposing persona's adapter (side, default) or the bare base")
+    g.add_argument("--translator", default=None, help="cross-lingual: translator persona (default: translator)")
+    g.add_argument("--translation-max-tokens", type=int, default=None, help="cross-lingual: token budget per translation")
+    g.add_argument("--teacher-adapter", type=Path, default=None, metavar="DIR", help="teacher: a LoRA adapter on the base")
+    g.add_argument("--teacher-endpoint", default=None, metavar="URL", help="teacher: an OpenAI-compatible server")
+    g.add_argument("--teacher-model", default=None, metavar="NAME", help="teacher: model on --teacher-endpoint (default: its base)")
+    g.add_argument("--teacher-base", type=Path, default=None, metavar="DIR", help="teacher: another local base model")
+    g.add_argument("--teacher-temperature", type=float, default=None, help="teacher: sampling temperature (default: the turn's)")
+    b.add_argument("--json", action="store_true", help="print the dataset card as JSON")
+    add_engine_options(b)
+    b.set_defaults(func=run_build)
+
+
+def _strategy_params(args: argparse.Namespace, names: list[str]) -> list[dict[str, Any]]:
+    for strategy, flags in _STRATEGY_FLAGS.items():
+        if strategy in names:
+            continue
+        given = [f for f in flags if getattr(args, f) is not None]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise ConfigError(f"{flag} is an option of the {strategy} strategy, which is not in --strategy", f"add {strategy} to --strategy or drop {flag}")
+
+    def pick(**values: Any) -> dict[str, Any]:
+        return {k: v for k, v in values.items() if v is not None}
+
+    by_name = {
+        "best-of-n": pick(min_gap=args.min_gap),
+        "stance": pick(opponent=args.opponent),
+        "cross-lingual": pick(translator=args.translator, translation_max_tokens=args.translation_max_tokens),
+        "teacher": pick(
+            adapter=args.teacher_adapter, endpoint=args.teacher_endpoint, model=args.teacher_model,
+            base=args.teacher_base, temperature=args.teacher_temperature,
+        ),
+    }
+    return [{"name": n, "params": by_name[n]} for n in names]
+
+
+def _engine_config(args: argparse.Namespace, base: Any) -> Any:
+    from bonsai.engine import EngineConfig
+
+    if args.endpoint and args.engine != "openai":
+        args.engine = "openai"
+    if args.engine == "openai" and not args.endpoint:
+        raise ConfigError("--engine openai needs --endpoint URL", "start a server with `bonsai serve` and pass its URL")
+    return EngineConfig(
+        kind=args.engine,
+        base_model=None if args.engine == "openai" else base.path,
+        base_hash=None if args.engine == "openai" else base.content_hash,
+        endpoints=args.endpoint,
+        max_model_len=args.max_model_len,
+        max_lora_rank=args.max_lora_rank or 16,
+    )
+
+
+async def _build(args: argparse.Namespace) -> Any:
+    from training.dataset import BuildOptions, build_dataset
+    from training.pairs import Engines, parse_strategy_list
+
+    home = home_from(args)
+    names = parse_strategy_list(args.strategy)
+    try:
+        options = BuildOptions(
+            persona=args.persona,
+            strategies=_strategy_params(args, names),
+            store=args.store or store_path(home),
+            out=args.out,
+            max_length=args.max_length,
+            min_room=args.min_room,
+            test_fraction=args.test_fraction,
+            seed=args.seed,
+            min_pairs=args.min_pairs,
+            concurrency=args.concurrency,
+            max_tokens=args.max_tokens,
+        )
+    except ValidationError as exc:
+        problems = "; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+        raise ConfigError(f"invalid dataset settings: {problems}", "see `bonsai data build --help`") from None
+    book = PersonaBook.load(args.personas_dir)
+    base = resolve_base(args.base, home)
+    config = _engine_config(args, base)
+    async with Engines(config, fixed_rank=args.max_lora_rank is not None) as engines:
+        with progress(f"building {args.persona}'s dataset", enabled=not args.json):
+            return await build_dataset(options, base=base, book=book, home=home, engines=engines)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    if getattr(args, "verbose", 0) == 0:
+        import datasets
+
+        datasets.disable_progress_bars()  # the CLI reports counts itself
+        logging.getLogger("datasets").setLevel(logging.ERROR)
+    try:
+        result = asyncio.run(_build(args))
+    except KeyboardInterrupt:
+        print("\ninterrupted: no dataset was written", file=sys.stderr)
+        return 130
+    card = result.card
+    if args.json:
+        print(json.dumps({"path": str(result.path), "reused": result.reused, **card.model_dump(mode="json")}, ensure_ascii=False))
+        return 0
+    counts = card.counts
+    dropped = ", ".join(f"{reason.replace('_', ' ')} {n}" for reason, n in counts.dropped.items()) or "none"
+    print(f"{card.persona}: {counts.kept} pairs ({counts.train} train, {counts.test} test) from {len(card.debate_ids)} debates, {card.format} format")
+    print(f"  strategies: {', '.join(s.name for s in card.strategies)}; dropped: {dropped}")
+    if counts.truncated:
+        print(f"  {counts.truncated} pairs have a completion longer than --max-length {card.max_length} allows: training will cut it")
+    print(f"  {'already built' if result.reused else 'written to'} {result.path} (content hash {card.content_hash[:12]})")
+    return 0

@@ -1,0 +1,176 @@
+"""``bonsai loop --personas A,B --generations N``: debate, build data, train, evaluate, promote; repeat."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from bonsai.cli.common import home_from, progress
+from bonsai.errors import BonsaiError, ConfigError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from bonsai.cli.debate_cmd import add_engine_options
+
+    p = sub.add_parser(
+        "loop",
+        help="the closed loop: debates -> data -> train -> evaluate -> promote, for N generations",
+        description=(
+            "Each generation: debates with best-of-N candidates, a preference dataset per persona, a new adapter "
+            "version per persona, the promotion gate on held-out motions, and promotion of what passes. Prints each "
+            "generation's win rate against the previous version. Resumable: state in $BONSAI_HOME/loops/ID.json."
+        ),
+    )
+    p.add_argument("--personas", help="comma-separated debaters to train (each with adapter: registry)")
+    p.add_argument("--generations", type=int, default=1, help="generations to run (default 1)")
+    p.add_argument("--resume", nargs="?", const="latest", metavar="ID", help="continue an interrupted loop (default: the latest)")
+    p.add_argument("--debates", type=int, default=2, help="debates per generation (default 2)")
+    p.add_argument("--candidates", type=int, default=2, help="best-of-N candidates per turn (default 2)")
+    p.add_argument("--motions", type=Path, default=None, help="motions to debate for data, one per line (default: built-in list)")
+    p.add_argument("--eval-motions", type=Path, default=None, help="held-out motions for the gate, one per line (default: built-in list)")
+    p.add_argument("--eval-max-motions", type=int, default=2, help="held-out motions the gate uses per generation (default 2)")
+    p.add_argument("--strategy", default="best-of-n,stance", help="pair strategies (default best-of-n,stance)")
+    p.add_argument("--recipe", default="orpo", help="training recipe (default orpo)")
+    p.add_argument("--max-steps", type=int, default=None, help="cap each training stage at N steps")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="TRL trainer override for every stage; repeatable")
+    p.add_argument("--promote", choices=["gate", "always"], default="gate", help="promote only candidates that pass the gate (default), or always")
+    p.add_argument("--threshold", type=float, default=0.5, help="gate threshold on the 95%% lower bound (default 0.5)")
+    p.add_argument("--format", default="quick", help="debate format (default quick)")
+    p.add_argument("--rounds", type=int, default=1, help="rebuttal rounds (default 1)")
+    p.add_argument("--max-tokens", type=int, default=48, help="cap on every debater turn (default 48)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print events as JSON lines")
+    add_engine_options(p)
+    p.set_defaults(func=run)
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from training.config import parse_set_options
+    from training.gate import GateConfig, read_motions_file
+    from training.loop import LoopConfig, StrategyChoice
+    from training.pairs import parse_strategy_list
+
+    if not args.personas:
+        raise ConfigError("no personas given", "pass --personas advocate,skeptic (or --resume ID)")
+    overrides = parse_set_options(args.sets)
+    if args.max_steps is not None:
+        overrides["max_steps"] = args.max_steps
+    extra: dict[str, Any] = {}
+    if args.motions:
+        extra["motions"] = read_motions_file(args.motions)
+    if args.eval_motions:
+        extra["eval_motions"] = read_motions_file(args.eval_motions)
+    strategies = [StrategyChoice(name=n, params={"min_gap": 0.02} if n == "best-of-n" else {}) for n in parse_strategy_list(args.strategy)]
+    try:
+        return LoopConfig(
+            personas=[n.strip() for n in args.personas.split(",") if n.strip()],
+            generations=args.generations, debates=args.debates, candidates=args.candidates, format=args.format,
+            rounds=args.rounds, max_tokens=args.max_tokens, strategies=strategies, recipe=args.recipe,
+            train_overrides=overrides, promote=args.promote, endpoints=list(args.endpoint), seed=args.seed,
+            gate=GateConfig(threshold=args.threshold, format=args.format, rounds=args.rounds, max_tokens=args.max_tokens, max_motions=args.eval_max_motions),
+            **extra,
+        )
+    except ValidationError as exc:
+        msg = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid loop settings: {msg}", "see `bonsai loop --help`") from None
+
+
+def _print(ev: dict[str, Any]) -> None:
+    kind = ev["event"]
+    gen = ev.get("generation")
+    if kind == "loop_start":
+        what = "resuming" if ev["resumed"] else "starting"
+        print(f"{what} loop {ev['loop']}: {', '.join(ev['personas'])}, {ev['generations']} generation(s)", flush=True)
+    elif kind == "step_start":
+        print(f"[gen {gen}] {ev['step']}...", flush=True)
+    elif kind == "debate":
+        print(f"[gen {gen}]   debate {ev['debate_id']}: team {ev['winner']} won", flush=True)
+    elif kind == "dataset":
+        if ev.get("skipped"):
+            print(f"[gen {gen}]   {ev['persona']}: no dataset ({ev['skipped']})", flush=True)
+        else:
+            print(f"[gen {gen}]   {ev['persona']}: {ev['pairs']} pairs in {ev['path']}", flush=True)
+    elif kind == "trained":
+        first, last = (f"{x:.3f}" if isinstance(x, (int, float)) else "?" for x in (ev.get("loss") or [None, None]))
+        print(f"[gen {gen}]   {ev['persona']}@{ev['version']} trained in {ev['seconds']:.0f}s, loss {first} -> {last}", flush=True)
+    elif kind == "evaluated":
+        lo, hi = ev["ci"]
+        prev = "" if ev.get("vs_previous") is None else f"; vs previous ({ev['against'] or 'base'}) {ev['vs_previous']:.2f}"
+        print(f"[gen {gen}]   {ev['persona']}@{ev['version']}: won {ev['wins']}/{ev['n']} ({ev['win_rate']:.2f}, 95% CI {lo:.2f}-{hi:.2f}){prev}", flush=True)
+    elif kind == "promoted":
+        print(f"[gen {gen}]   {ev['persona']}: promoted {ev['version']}", flush=True)
+    elif kind == "kept":
+        print(f"[gen {gen}]   {ev['persona']}: kept the current version ({ev['reason']})", flush=True)
+    elif kind == "generation_end":
+        print(f"generation {gen}:", flush=True)
+        for persona, s in ev["summary"].items():
+            if s.get("skipped"):
+                print(f"  {persona:<12} skipped: {s['skipped']}")
+                continue
+            vs = "-" if s.get("vs_previous") is None else f"{s['vs_previous']:.2f}"
+            rate = "-" if s.get("win_rate") is None else f"{s['win_rate']:.2f}"
+            promoted = "promoted" if s.get("promoted") else "not promoted"
+            print(f"  {persona:<12} {s.get('version') or '-':<14} win rate vs previous {vs}, overall {rate}, {promoted}; current {s.get('current') or 'base'}", flush=True)
+    elif kind == "loop_end":
+        print(f"loop {ev['loop']} finished; state in {ev['state']}", flush=True)
+
+
+async def _run_async(args: argparse.Namespace) -> int:
+    from bonsai.cli.debate_cmd import build_engine_config
+    from bonsai.model.prepare import resolve_base
+    from bonsai.personas import PersonaBook
+    from training.config import load_recipe, with_overrides
+    from training.loop import Loop, LoopConfig, check_personas, load_state, new_state, save_state
+
+    home = home_from(args)
+    book = PersonaBook.load(args.personas_dir)
+    if args.endpoint and args.engine != "openai":
+        args.engine = "openai"
+    if args.resume:
+        state = load_state(home, args.resume)
+        config = LoopConfig.model_validate(state["config"])
+    else:
+        config = _config(args)
+        state = new_state(config)
+    check_personas(config, book)
+    recipe = with_overrides(load_recipe(config.recipe), config.train_overrides)  # fail on a bad recipe now, not after the debates
+    base = resolve_base(args.base, home)
+    if args.max_lora_rank is None:
+        args.max_lora_rank = max(16, recipe.lora.r)
+    engine_config = build_engine_config(args, base if args.engine != "openai" else None, [])
+    engine_config = engine_config.model_copy(update={"max_loras": max(4, engine_config.max_loras)})
+    if not args.resume:
+        save_state(home, state)
+    from bonsai.engine import create_engine
+
+    engine = create_engine(engine_config)
+    with progress(f"starting the {args.engine} engine", enabled=not args.json):
+        await engine.start()
+    try:
+        loop = Loop(state, engine=engine, home=home, book=book, base=base, progress=not args.json and sys.stderr.isatty())
+        async for ev in loop.run():
+            if args.json:
+                print(json.dumps(ev, ensure_ascii=False), flush=True)
+            else:
+                _print(ev)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print(f"\ninterrupted: continue with `bonsai loop --resume {state['id']}`", file=sys.stderr)
+        raise KeyboardInterrupt from None
+    finally:
+        await engine.close()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(_run_async(args))
+    except BonsaiError:
+        raise
+    except KeyboardInterrupt:
+        return 130

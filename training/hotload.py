@@ -1,0 +1,97 @@
+"""Promotion: the gate's verdict, the running servers, then the ``current`` pointer, in that order.
+
+A running ``bonsai serve`` gets the new version through ``/v1/load_lora_adapter`` under the version's
+content-hash name (``lora-<hash>``), so different weights are never loaded under a name a server
+already serves (vLLM's prefix cache is keyed by it). Servers are loaded before the pointer moves: if
+one cannot take the adapter, nothing has changed. The in-process engine needs nothing here: every new
+debate resolves ``current`` when it starts and adds that adapter to the engine, while debates already
+running keep the adapter folders pinned in their spec.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bonsai.adapter_registry import current_version, persona_dir, verify_version
+from bonsai.engine import EngineConfig, create_engine
+from bonsai.engine.adapters import inspect_adapter
+from training import registry
+from training.gate import check_gate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Promotion:
+    persona: str
+    version: str
+    previous: str | None
+    adapter_name: str
+    endpoints: tuple[str, ...]
+    forced: bool
+    evaluation: dict[str, Any] | None
+
+
+async def load_on_endpoints(endpoints: Sequence[str], folder: Path, *, base_model: Path | None = None) -> str:
+    """Register the adapter in ``folder`` on every server; returns the name it is served under."""
+    ref = inspect_adapter(folder)
+    engine = create_engine(EngineConfig(kind="openai", endpoints=list(endpoints), base_model=base_model))
+    async with engine:
+        await engine.add_adapter(ref)
+    log.info("adapter %s loaded on %s", ref.name, ", ".join(endpoints))
+    return ref.name
+
+
+def _evaluation_summary(evaluation: dict[str, Any] | None) -> dict[str, Any] | None:
+    if evaluation is None:
+        return None
+    keys = ("candidate", "current", "wins", "n", "win_rate", "ci_low", "ci_high", "threshold", "passed", "created_at")
+    return {k: evaluation.get(k) for k in keys}
+
+
+async def promote_version(
+    home: Path,
+    persona: str,
+    version: str,
+    *,
+    force: bool = False,
+    threshold: float | None = None,
+    endpoints: Sequence[str] = (),
+    base_model: Path | None = None,
+) -> Promotion:
+    """Gate, hot-load, then move ``current``. Raises (changing nothing) if any step refuses."""
+    version = registry.resolve_version(home, persona, version)
+    folder = persona_dir(home, persona) / version
+    verify_version(folder)
+    evaluation = check_gate(home, persona, version, threshold=threshold, force=force)
+    name = inspect_adapter(folder).name
+    if endpoints:
+        name = await load_on_endpoints(endpoints, folder, base_model=base_model)
+    reason = "forced" if force else "passed the gate"
+    previous = registry.promote(home, persona, version, reason=reason, evaluation=_evaluation_summary(evaluation))
+    return Promotion(persona, version, previous, name, tuple(endpoints), force, evaluation)
+
+
+async def rollback_version(
+    home: Path, persona: str, *, to: str | None = None, endpoints: Sequence[str] = (), base_model: Path | None = None
+) -> tuple[str | None, str]:
+    """Step ``current`` back (see :func:`training.registry.rollback`), loading the target on servers first."""
+    if endpoints:
+        target = registry.resolve_version(home, persona, to) if to else _rollback_target(home, persona)
+        await load_on_endpoints(endpoints, persona_dir(home, persona) / target, base_model=base_model)
+        to = target
+    return registry.rollback(home, persona, to=to)
+
+
+def _rollback_target(home: Path, persona: str) -> str:
+    cur = current_version(home, persona)
+    stack = registry.promotion_stack(registry.history(home, persona))
+    earlier = stack[:-1] if stack and stack[-1] == cur else stack
+    if not earlier:
+        # let registry.rollback raise its own clear error
+        registry.rollback(home, persona)
+    return earlier[-1]

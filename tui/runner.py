@@ -1,0 +1,500 @@
+"""The TUI's backend: drives the debate graph and posts messages; never touches a widget.
+
+One :class:`LiveRunner` per app. It owns the engine (started on first use, as `bonsai debate` does),
+the :class:`~bonsai.debate.runner.DebateRunner` and the one debate task in flight, and answers the
+graph's gate between turns: held by the user (pause), for a note being typed, or until the end of a
+single step. A held debate is checkpointed and marked interrupted, so quitting at any moment loses
+nothing: it resumes here or with `bonsai debate --resume`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from textual.message import Message
+from textual.message_pump import MessagePump
+
+from bonsai.debate.runner import DebateRunner, DebateSpec, adapter_refs, plan_debate
+from bonsai.engine import AdapterRef, Engine, EngineConfig, create_engine
+from bonsai.engine.adapters import lora_rank_for, validate_adapter
+from bonsai.errors import BonsaiError, ConfigError, EngineError
+from bonsai.model.prepare import resolve_base
+from bonsai.paths import checkpoints_path
+from bonsai.personas import PersonaBook
+from bonsai.store.records import DebateRecord
+from bonsai.store.transcripts import TranscriptStore
+from tui.messages import (
+    DebateEnded,
+    DebateStarted,
+    EngineStatus,
+    Failed,
+    Judging,
+    RunnerState,
+    Throughput,
+    Token,
+    TurnDone,
+    TurnStarted,
+    Verdict,
+    from_event,
+)
+from tui.options import EngineOptions
+
+log = logging.getLogger(__name__)
+
+#: how often a running tokens/s estimate is posted while a turn streams
+THROUGHPUT_EVERY_S = 0.5
+
+
+def adapter_versions(record: DebateRecord) -> dict[str, str]:
+    """Persona -> the version its adapter was pinned at (the folder name: ``adapters/<persona>/<version>``)."""
+    pinned = (record.config.get("spec") or {}).get("adapters") or {}
+    return {persona: Path(path).name for persona, path in pinned.items() if path}
+
+
+@contextlib.contextmanager
+def process_stdio() -> Iterator[None]:
+    """Real ``sys.stdout``/``sys.stderr`` while an engine starts its processes.
+
+    Textual swaps them for objects without a file descriptor (``fileno() == -1``), and starting a
+    process (vLLM's engine core, multiprocessing's resource tracker) hands those descriptors on, so it
+    fails with "bad value(s) in fds_to_keep". The process-level descriptors 1 and 2 are used instead
+    (`bonsai tui` points them at its log file, so a child process never writes over the screen).
+    """
+    out = open(1, "w", closefd=False)  # noqa: SIM115 - closed below, the descriptors stay open
+    err = open(2, "w", closefd=False)  # noqa: SIM115
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            yield
+    finally:
+        for stream in (out, err):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+            stream.close()
+
+
+class EngineSource(Protocol):
+    """Hands out the one engine of the session, started on first use."""
+
+    async def acquire(self, refs: list[AdapterRef | None]) -> tuple[Engine, str]: ...
+
+    async def close(self) -> None: ...
+
+
+class ConfiguredEngine:
+    """The engine `bonsai debate` would build from the same options, sized by the first debate's adapters."""
+
+    def __init__(self, options: EngineOptions, home: Path) -> None:
+        self.options = options
+        self.home = home
+        self._engine: Engine | None = None
+        self._base_name = ""
+
+    async def acquire(self, refs: list[AdapterRef | None]) -> tuple[Engine, str]:
+        if self._engine is not None:
+            return self._engine, self._base_name
+        opts = self.options
+        if opts.kind == "openai" and not opts.endpoints:
+            raise ConfigError("--engine openai needs --endpoint URL", "start a server with `bonsai serve` and pass its URL")
+        kind = "openai" if opts.endpoints else opts.kind
+        base = None if kind == "openai" else await asyncio.to_thread(resolve_base, opts.base, self.home)
+        live = [r for r in refs if r is not None]
+        if base is not None:
+            for ref in live:
+                validate_adapter(ref, base_dir=base.path, base_hash=base.content_hash, max_rank=opts.max_lora_rank)
+        config = EngineConfig(
+            kind=kind,
+            base_model=base.path if base else None,
+            base_hash=base.content_hash if base else None,
+            endpoints=opts.endpoints,
+            max_model_len=opts.max_model_len,
+            # later debates of the session may bring other adapters: leave room for a few
+            max_loras=max(4, len({r.name for r in live})),
+            max_lora_rank=opts.max_lora_rank or max(16, lora_rank_for(live) if live else 16),
+        )
+        engine = create_engine(config)
+        try:
+            with process_stdio():
+                await engine.start()
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await engine.close()
+            if isinstance(exc, BonsaiError) or not isinstance(exc, Exception):
+                raise
+            raise EngineError(f"the {kind} engine did not start: {exc}", "run `bonsai debate` with -v to see the engine's log") from exc
+        self._engine, self._base_name = engine, base.name if base else engine.info.base_model
+        return engine, self._base_name
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            engine, self._engine = self._engine, None
+            await engine.close()
+
+
+class ReadyEngine:
+    """An engine the caller made and started (tests, embedding); closed by its owner, not here."""
+
+    def __init__(self, engine: Engine, base_name: str) -> None:
+        self.engine = engine
+        self.base_name = base_name
+
+    async def acquire(self, refs: list[AdapterRef | None]) -> tuple[Engine, str]:
+        return self.engine, self.base_name
+
+    async def close(self) -> None:
+        pass
+
+
+class Control:
+    """The debate's gate: hold before the next turn while the user pauses, types a note, has a note to
+    deliver (it travels with the resume that ends the hold), or has stepped."""
+
+    def __init__(self) -> None:
+        self.holds: set[str] = set()
+        self.until: int | None = None
+        self.note: str | None = None
+
+    def gate(self, step: int) -> bool:
+        return bool(self.holds) or self.note is not None or (self.until is not None and step >= self.until)
+
+    def take_note(self) -> str | None:
+        note, self.note = self.note, None
+        return note
+
+    def reset(self) -> None:
+        self.holds.clear()
+        self.until = None
+        self.note = None
+
+
+class LiveRunner:
+    """Runs, steers and replays debates for the screens, posting messages to ``target``."""
+
+    def __init__(
+        self,
+        target: MessagePump,
+        *,
+        store: TranscriptStore,
+        book: PersonaBook,
+        home: Path,
+        engines: EngineSource,
+        checkpoints: Path | None = None,
+        replay_delay: float = 0.0,
+    ) -> None:
+        self.target = target
+        self.store = store
+        self.book = book
+        self.home = home
+        self.engines = engines
+        self.checkpoints = checkpoints or checkpoints_path(home)
+        self.replay_delay = replay_delay
+        self.control = Control()
+        self.debate_id: str | None = None
+        self.state = "idle"  # idle | starting | running | pausing | paused | finished | failed | stopped | replay
+        self.paused_at: int | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._debates: DebateRunner | None = None
+        self._stack = contextlib.AsyncExitStack()
+        self._turn_t0 = 0.0
+        self._turn_tokens = 0
+        self._last_rate = 0.0
+
+    # -- what the screens ask for -----------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def start(self, spec: DebateSpec) -> None:
+        await self.stop()
+        self.control.reset()
+        self._launch(self._start(spec))
+
+    async def resume(self, debate_id: str) -> None:
+        """Show a stored, unfinished debate and go on with it live."""
+        await self.stop()
+        self.control.reset()
+        self._launch(self._resume(debate_id))
+
+    async def fork(self, debate_id: str, turn: int) -> None:
+        """A new debate from ``debate_id``'s checkpoint before ``turn``; it starts paused, ready for a note."""
+        await self.stop()
+        self.control.reset()
+        self.control.holds.add("user")
+        self._launch(self._fork(debate_id, turn))
+
+    async def replay(self, debate_id: str) -> None:
+        await self.stop()
+        self.control.reset()
+        self._launch(self._replay_all(debate_id))
+
+    def toggle_pause(self) -> None:
+        if self.state == "paused":
+            self.proceed()
+        elif self.state in ("running", "pausing", "starting"):
+            if "user" in self.control.holds:
+                self.control.holds.discard("user")
+                self._set_state("running")
+            else:
+                self.control.holds.add("user")
+                self._set_state("pausing")
+
+    def proceed(self) -> None:
+        """Go on from a pause."""
+        self.control.holds.discard("user")
+        self.control.until = None
+        if self.state == "paused" and not self.busy:
+            self._launch(self._continue())
+        elif self.state == "pausing" and not self.control.holds:
+            self._set_state("running")
+
+    def step(self) -> None:
+        """Run exactly one more turn, then hold again (while running: hold after the current turn)."""
+        if self.state == "paused" and not self.busy and self.paused_at is not None:
+            self.control.holds.discard("user")
+            self.control.until = self.paused_at + 1
+            self._launch(self._continue())
+        elif self.state in ("running", "starting"):
+            self.control.holds.add("user")
+            self._set_state("pausing")
+
+    def hold_for_note(self) -> bool:
+        """Hold the debate at the next turn while a note is typed; False if there is no debate to steer."""
+        if self.state not in ("running", "pausing", "paused", "starting"):
+            return False
+        self.control.holds.add("note")
+        if self.state in ("running", "starting"):
+            self._set_state("pausing")
+        return True
+
+    async def note(self, text: str | None) -> None:
+        """Deliver a moderator note (None: the note was cancelled) and go on unless the user paused."""
+        self.control.holds.discard("note")
+        if text and text.strip():
+            self.control.note = text.strip()
+        if self.state == "paused" and not self.busy:
+            if self.control.note is not None or not self.control.gate(self.paused_at or 0):
+                self._launch(self._continue())
+        elif self.state == "pausing" and not self.control.holds and self.control.until is None:
+            self._set_state("running")  # the note (if any) is delivered at the next turn's boundary
+
+    async def stop(self) -> None:
+        """Cancel the debate in flight; the graph marks it interrupted and its checkpoint keeps it."""
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            if self.state in ("starting", "running", "pausing"):
+                self._set_state("stopped")
+
+    async def close(self) -> None:
+        await self.stop()
+        await self._stack.aclose()
+        self._debates = None
+        await self.engines.close()
+
+    # -- the task -----------------------------------------------------------------------------------
+
+    def _post(self, message: Message) -> None:
+        self.target.post_message(message)
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        self._post(RunnerState(self.debate_id, state))
+
+    def _launch(self, work: Coroutine[Any, Any, None]) -> None:
+        self._task = asyncio.create_task(self._guard(work))
+
+    async def _guard(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except BonsaiError as exc:
+            self._fail(exc.message, exc.hint)
+        except Exception as exc:  # the engine, the network: show it, keep the app alive
+            log.exception("debate %s failed", self.debate_id)
+            self._fail(f"{type(exc).__name__}: {exc}", None)
+
+    def _fail(self, message: str, hint: str | None) -> None:
+        log.warning("debate %s: %s (%s)", self.debate_id, message, hint)
+        if hint is None and self.debate_id is not None:
+            hint = f"debate {self.debate_id} is saved up to its last finished turn: resume it from the transcripts (t, then r)"
+        self._post(Failed(message, hint, self.debate_id))
+        self._set_state("failed" if self.debate_id else "idle")
+
+    async def _debate_runner(self, spec: DebateSpec) -> DebateRunner:
+        if self._debates is None:
+            refs = list(adapter_refs(plan_debate(spec, self.book, self.home)).values())
+            self._post(EngineStatus("starting"))
+            try:
+                engine, base_name = await self.engines.acquire(refs)
+            except BaseException as exc:
+                self._post(EngineStatus("failed", getattr(exc, "message", str(exc))))
+                raise
+            self._post(EngineStatus("ready", engine.info.kind))
+            self._debates = await self._stack.enter_async_context(
+                DebateRunner(engine, self.store, self.checkpoints, self.book, self.home, base_name)
+            )
+        return self._debates
+
+    async def _start(self, spec: DebateSpec) -> None:
+        self.debate_id = None
+        self._set_state("starting")
+        debates = await self._debate_runner(spec)
+        await self._pump(debates.run(spec, gate=self.control.gate))
+
+    def _stored_spec(self, record: DebateRecord) -> DebateSpec:
+        data = record.config.get("spec")
+        if not data:
+            raise ConfigError(f"debate {record.debate_id} has no stored settings to go on from")
+        return DebateSpec.model_validate(data)
+
+    async def _resume(self, debate_id: str) -> None:
+        record = self.store.get_debate(self.store.resolve_id(debate_id))
+        if record.status == "finished":
+            raise BonsaiError(f"debate {record.debate_id} has already finished (winner {record.winner})", "open it to replay it, or fork it (f)")
+        spec = self._stored_spec(record)
+        self.debate_id = record.debate_id
+        self._set_state("starting")
+        await self._replay_record(record, final=False)
+        debates = await self._debate_runner(spec)
+        await self._pump(debates.resume(record.debate_id, gate=self.control.gate))
+
+    async def _fork(self, debate_id: str, turn: int) -> None:
+        record = self.store.get_debate(self.store.resolve_id(debate_id))
+        spec = self._stored_spec(record)
+        self._set_state("starting")
+        debates = await self._debate_runner(spec)
+        await self._pump(debates.fork(record.debate_id, turn, gate=self.control.gate))
+
+    async def _continue(self) -> None:
+        assert self._debates is not None and self.debate_id is not None
+        note = self.control.take_note()
+        self._set_state("running" if not self.control.holds else "pausing")
+        await self._pump(self._debates.resume(self.debate_id, gate=self.control.gate, note=note))
+
+    async def _pump(self, events: AsyncIterator[dict[str, Any]]) -> None:
+        """Relay one run of the graph; a hold that was lifted (or a note that came) meanwhile goes on at once."""
+        current: AsyncIterator[dict[str, Any]] | None = events
+        while current is not None:
+            nxt: AsyncIterator[dict[str, Any]] | None = None
+            async for ev in current:
+                kind = ev["event"]
+                if kind == "debate_start":
+                    self.debate_id = ev["debate_id"]
+                    started = from_event(ev)
+                    assert isinstance(started, DebateStarted)
+                    started.adapters = adapter_versions(self.store.get_debate(self.debate_id))
+                    self._post(started)
+                    if ev.get("forked_from"):
+                        await self._replay_turns(self.debate_id, below=ev.get("turns_done"))
+                    self.paused_at = None
+                    self._set_state("pausing" if self.control.holds or self.control.until is not None else "running")
+                    continue
+                if kind == "paused":
+                    step = int(ev["step"])
+                    self.paused_at = step
+                    if self.control.until is not None and step >= self.control.until:
+                        self.control.until = None  # a step ends as a pause
+                        self.control.holds.add("user")
+                    if self.control.note is not None or not self.control.gate(step):
+                        note = self.control.take_note()
+                        assert self._debates is not None
+                        nxt = self._debates.resume(ev["debate_id"], gate=self.control.gate, note=note)
+                        continue
+                    self._post(from_event(ev))  # type: ignore[arg-type]
+                    self._set_state("paused")
+                    continue
+                self._account(ev)
+                message = from_event(ev)
+                if message is not None:
+                    self._post(message)
+                if kind == "debate_end":
+                    self._set_state("finished" if ev["status"] == "finished" else ev["status"])
+            current = nxt
+
+    def _account(self, ev: dict[str, Any]) -> None:
+        """Tokens per second: token events over wall time while streaming, the engine's count at the end."""
+        kind = ev["event"]
+        now = time.monotonic()
+        if kind == "turn_start":
+            self._turn_t0, self._turn_tokens, self._last_rate = now, 0, now
+        elif kind == "token":
+            self._turn_tokens += 1
+            if now - self._last_rate >= THROUGHPUT_EVERY_S and now > self._turn_t0:
+                self._last_rate = now
+                self._post(Throughput(ev["debate_id"], self._turn_tokens / (now - self._turn_t0)))
+        elif kind == "turn_end" and ev.get("role") == "debater":
+            latency, tokens = float(ev.get("latency_s") or 0.0), int(ev.get("output_tokens") or 0)
+            if latency > 0 and tokens > 0:
+                self._post(Throughput(ev["debate_id"], tokens / latency, final=True))
+
+    # -- replays from the store --------------------------------------------------------------------
+
+    async def _replay_all(self, debate_id: str) -> None:
+        record = self.store.get_debate(self.store.resolve_id(debate_id))
+        self.debate_id = record.debate_id
+        self._set_state("replay")
+        await self._replay_record(record, final=True)
+        # "running" here means another process (a sweep) is still at it: this is only a look at it
+        self._set_state(record.status if record.status != "running" else "replay")
+
+    def _schedule(self, record: DebateRecord) -> list[dict[str, Any]]:
+        try:
+            return [s.__dict__ for s in plan_debate(self._stored_spec(record), self.book, self.home).schedule]
+        except BonsaiError:
+            return []  # a persona or format that is gone: the turns still show, without the plan
+
+    async def _replay_record(self, record: DebateRecord, *, final: bool) -> None:
+        turns = self.store.turns(record.debate_id)
+        self._post(
+            DebateStarted(record.debate_id, record.motion, record.seats, record.format, record.rounds, self._schedule(record),
+                          False, len(turns), record.config.get("forked_from"), replay=True, adapters=adapter_versions(record))
+        )
+        await self._replay_turns(record.debate_id)
+        if not final:
+            return
+        verdicts = self.store.verdicts(record.debate_id)
+        if verdicts:
+            panel = verdicts[-1]
+            judges = [v.judge for v in verdicts if v.judge != "panel"] or [panel.judge]
+            self._post(Judging(record.debate_id, judges))
+            self._post(Verdict(record.debate_id, panel.winner, panel.prob_a, panel.confidence, panel.scores, panel.rationale, panel.parsed, judges))
+        self._post(DebateEnded(record.debate_id, record.status, record.winner))
+
+    async def _replay_turns(self, debate_id: str, *, below: int | None = None) -> None:
+        by_turn: dict[int, list[dict[str, Any]]] = {}
+        chosen: dict[int, int] = {}
+        for c in self.store.candidates(debate_id):
+            by_turn.setdefault(c.turn_index, []).append({"index": c.candidate_index, "score": c.score, "answer": c.answer})
+            if c.chosen:
+                chosen[c.turn_index] = c.candidate_index
+        for t in self.store.turns(debate_id):
+            if below is not None and t.turn_index >= below:
+                break
+            cands = by_turn.get(t.turn_index, [])
+            self._post(TurnStarted(debate_id, t.turn_index, t.speaker, t.team, t.role, t.phase, t.adapter_name, max(1, len(cands))))
+            if t.reasoning:
+                self._post(Token(debate_id, t.turn_index, t.team, t.role, "reasoning", t.reasoning))
+            for piece in self._chunks(t.answer):
+                self._post(Token(debate_id, t.turn_index, t.team, t.role, "answer", piece))
+                if self.replay_delay:
+                    await asyncio.sleep(self.replay_delay)
+            self._post(TurnDone(debate_id, t.turn_index, t.speaker, t.team, t.role, t.phase, t.answer, t.reasoning, t.output_tokens,
+                                t.latency_s, t.adapter_name, chosen.get(t.turn_index, 0), cands))
+            if t.role == "debater" and t.latency_s > 0 and t.output_tokens > 0:
+                self._post(Throughput(debate_id, t.output_tokens / t.latency_s, final=True))
+            await asyncio.sleep(0)
+
+    def _chunks(self, text: str) -> list[str]:
+        if not self.replay_delay:
+            return [text]
+        words = text.split(" ")
+        return [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
