@@ -72,11 +72,10 @@ async def main(args: argparse.Namespace) -> None:
                 wall = time.monotonic() - t1
                 debate_id = events[0]["debate_id"]
                 turns = store.turns(debate_id)
-                judge_tokens = 0
                 out_tokens = sum(t.output_tokens for t in turns)
                 verdict = store.verdicts(debate_id)[0]
                 row = {
-                    "debate": i, "wall_s": round(wall, 1), "turns": len(turns), "output_tokens": out_tokens + judge_tokens,
+                    "debate": i, "wall_s": round(wall, 1), "turns": len(turns), "debater_and_moderator_tokens": out_tokens,
                     "tokens_per_s": round(out_tokens / wall, 1), "winner": verdict.winner, "prob_a": round(verdict.prob_a, 3),
                     "judge_json_parsed": verdict.parsed,
                 }

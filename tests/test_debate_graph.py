@@ -111,3 +111,21 @@ async def test_motion_too_long_writes_nothing(tmp_path: Path, book: PersonaBook,
 def test_empty_motion_is_refused() -> None:
     with pytest.raises(ValueError, match="empty"):
         DebateSpec(motion="   ")
+
+
+async def test_consumer_that_stops_reading_leaves_a_resumable_debate(tmp_path: Path, book: PersonaBook, isolated_home: Path) -> None:
+    store_path, ck = tmp_path / "t.sqlite", tmp_path / "ck.sqlite"
+    with TranscriptStore(store_path) as store:
+        async with DebateRunner(FakeEngine(), store, ck, book, isolated_home, "fake") as runner:
+            gen = runner.run(DebateSpec(motion="Trains beat planes", format="quick", rounds=1, seed=2))
+            first = await gen.__anext__()
+            while (await gen.__anext__())["event"] != "turn_end":
+                pass
+            await gen.aclose()
+            debate_id = first["debate_id"]
+            assert store.get_debate(debate_id).status == "interrupted"
+        # resumed by a fresh runner, as `bonsai debate --resume` does (see the closing note on same-runner resume)
+        async with DebateRunner(FakeEngine(), store, ck, book, isolated_home, "fake") as runner:
+            events = [ev async for ev in runner.resume(debate_id)]
+        assert events[-1]["status"] == "finished"
+        assert [t.turn_index for t in store.turns(debate_id)] == [0, 1, 2, 3]

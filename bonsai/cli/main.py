@@ -19,6 +19,9 @@ SUBCOMMANDS = (
     "bonsai.cli.model_cmd",
     "bonsai.cli.data_cmd",
     "bonsai.cli.tui_cmd",
+    "bonsai.cli.train_cmd",
+    "bonsai.cli.adapters_cmd",
+    "bonsai.cli.loop_cmd",
 )
 
 

@@ -191,8 +191,10 @@ class DebateRunner:
         }
         yield {"event": "debate_start", "debate_id": debate_id, "motion": spec.motion, "seats": ctx.cast.seats(),
                "format": ctx.fmt.name, "rounds": spec.rounds, "schedule": [s.__dict__ for s in ctx.schedule], "resumed": False}
-        async for ev in self._drive(debate_id, initial, ctx):
-            yield ev
+        # aclosing: a consumer that stops reading closes the graph run now, so its status is recorded
+        async with contextlib.aclosing(self._drive(debate_id, initial, ctx)) as events:
+            async for ev in events:
+                yield ev
 
     async def resume(self, debate_id: str, *, gate: Gate | None = None, note: str | None = None) -> AsyncIterator[dict[str, Any]]:
         """Go on from the last checkpoint. A debate held between turns (see ``gate``) goes on from where it
@@ -228,8 +230,10 @@ class DebateRunner:
         yield {"event": "debate_start", "debate_id": debate_id, "motion": spec.motion, "seats": ctx.cast.seats(),
                "format": ctx.fmt.name, "rounds": spec.rounds, "schedule": [s.__dict__ for s in ctx.schedule], "resumed": True,
                "turns_done": done}
-        async for ev in self._drive(debate_id, initial, ctx):
-            yield ev
+        # aclosing: a consumer that stops reading closes the graph run now, so its status is recorded
+        async with contextlib.aclosing(self._drive(debate_id, initial, ctx)) as events:
+            async for ev in events:
+                yield ev
 
     async def fork(
         self, debate_id: str, at_turn: int, *, new_id: str | None = None, gate: Gate | None = None
@@ -275,8 +279,10 @@ class DebateRunner:
         yield {"event": "debate_start", "debate_id": new_id, "motion": spec.motion, "seats": ctx.cast.seats(),
                "format": ctx.fmt.name, "rounds": spec.rounds, "schedule": [s.__dict__ for s in ctx.schedule], "resumed": False,
                "turns_done": at_turn, "forked_from": {"debate_id": debate_id, "turn": at_turn}}
-        async for ev in self._drive(new_id, initial, ctx):
-            yield ev
+        # aclosing: a consumer that stops reading closes the graph run now, so its status is recorded
+        async with contextlib.aclosing(self._drive(new_id, initial, ctx)) as events:
+            async for ev in events:
+                yield ev
 
     async def _state_before(self, debate_id: str, at_turn: int, prepared: PreparedDebate) -> dict[str, Any]:
         """The graph state just before ``at_turn`` ran: the oldest checkpoint at that step (before any note
