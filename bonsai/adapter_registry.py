@@ -44,6 +44,24 @@ def version_path(home: Path, persona: str, version: str) -> Path:
     return path
 
 
+def resolve_version(home: Path, persona: str, ref: str) -> str:
+    """``current``, a full version name, or a unique prefix of one."""
+    if ref == CURRENT:
+        cur = current_version(home, persona)
+        if cur is None:
+            raise AdapterError(f"persona {persona!r} has no current adapter version", "promote one with `bonsai adapters promote`")
+        return cur
+    versions = list_versions(home, persona)
+    if ref in versions:
+        return ref
+    matches = [v for v in versions if v.startswith(ref)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise AdapterError(f"{persona}@{ref} matches several versions ({', '.join(matches)})", "give more of the version name")
+    raise AdapterError(f"adapter {persona}@{ref} does not exist", f"versions of {persona}: {', '.join(versions) or 'none'} (`bonsai adapters list`)")
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

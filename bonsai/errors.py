@@ -57,3 +57,18 @@ class StoreError(BonsaiError):
 
 class DebateNotFound(StoreError):
     pass
+
+
+class SweepIncomplete(BonsaiError):
+    """A sweep stopped before every debate finished (budget reached, or debates failed); resumable."""
+
+    exit_code = 4
+
+
+def describe_validation(exc: object) -> list[str]:
+    """One ``location: problem`` line per pydantic error, in words a YAML author can act on."""
+    lines = []
+    for e in exc.errors():  # type: ignore[attr-defined]
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"{loc}: unknown key" if e["type"] == "extra_forbidden" else f"{loc}: {e['msg'].removeprefix('Value error, ')}")
+    return lines

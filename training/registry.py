@@ -33,6 +33,7 @@ from bonsai.adapter_registry import (
     list_versions,
     persona_dir,
     read_manifest,
+    resolve_version,
     verify_version,
 )
 from bonsai.engine.adapters import MANIFEST_FILE, inspect_adapter
@@ -170,24 +171,6 @@ def version_info(home: Path, persona: str, version: str) -> VersionInfo:
         except AdapterError:
             manifest = {}
     return VersionInfo(persona, version, path, current_version(home, persona) == version, manifest, problem)
-
-
-def resolve_version(home: Path, persona: str, ref: str) -> str:
-    """``current``, a full version name, or a unique prefix of one."""
-    if ref == CURRENT:
-        cur = current_version(home, persona)
-        if cur is None:
-            raise AdapterError(f"persona {persona!r} has no current adapter version", "promote one with `bonsai adapters promote`")
-        return cur
-    versions = list_versions(home, persona)
-    if ref in versions:
-        return ref
-    matches = [v for v in versions if v.startswith(ref)]
-    if len(matches) == 1:
-        return matches[0]
-    if matches:
-        raise AdapterError(f"{persona}@{ref} matches several versions ({', '.join(matches)})", "give more of the version name")
-    raise AdapterError(f"adapter {persona}@{ref} does not exist", f"versions of {persona}: {', '.join(versions) or 'none'} (`bonsai adapters list`)")
 
 
 def versions(home: Path, persona: str | None = None) -> list[VersionInfo]:

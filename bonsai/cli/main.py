@@ -22,6 +22,8 @@ SUBCOMMANDS = (
     "bonsai.cli.train_cmd",
     "bonsai.cli.adapters_cmd",
     "bonsai.cli.loop_cmd",
+    "bonsai.cli.sweep_cmd",
+    "bonsai.cli.ratings_cmd",
 )
 
 

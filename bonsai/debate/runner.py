@@ -153,8 +153,19 @@ class DebateRunner:
                 "shorten the motion (a sentence or two is plenty)",
             )
 
-    async def start(self, spec: DebateSpec, *, debate_id: str | None = None, gate: Gate | None = None) -> tuple[str, DebateContext]:
-        """Validate and record a new debate; returns its id and context (nothing is written if invalid)."""
+    async def check(self, spec: DebateSpec) -> None:
+        """Everything ``start`` validates (personas, format, adapters loaded in the engine, the motion's
+        fit in the context), writing nothing: a sweep checks each distinct debate set-up before the first runs."""
+        prepared = plan_debate(spec, self.book, self.home)
+        ctx = await self._context(prepared)
+        self._check_motion_fits(ctx, spec.motion)
+
+    async def start(
+        self, spec: DebateSpec, *, debate_id: str | None = None, gate: Gate | None = None, extra: dict[str, Any] | None = None
+    ) -> tuple[str, DebateContext]:
+        """Validate and record a new debate; returns its id and context (nothing is written if invalid).
+
+        ``extra`` is stored with the debate's settings (a sweep records which competitor sat where)."""
         prepared = plan_debate(spec, self.book, self.home)
         ctx = await self._context(prepared, gate)
         self._check_motion_fits(ctx, spec.motion)
@@ -173,13 +184,15 @@ class DebateRunner:
                 candidates=spec.candidates,
                 created_at=time.time(),
                 sweep=spec.sweep,
-                config={"spec": pinned.model_dump(mode="json"), "adapters": {k: (v.name if v else None) for k, v in ctx.adapters.items()}},
+                config={**(extra or {}), "spec": pinned.model_dump(mode="json"), "adapters": {k: (v.name if v else None) for k, v in ctx.adapters.items()}},
             )
         )
         return debate_id, ctx
 
-    async def run(self, spec: DebateSpec, *, debate_id: str | None = None, gate: Gate | None = None) -> AsyncIterator[dict[str, Any]]:
-        debate_id, ctx = await self.start(spec, debate_id=debate_id, gate=gate)
+    async def run(
+        self, spec: DebateSpec, *, debate_id: str | None = None, gate: Gate | None = None, extra: dict[str, Any] | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        debate_id, ctx = await self.start(spec, debate_id=debate_id, gate=gate, extra=extra)
         initial = {
             "debate_id": debate_id,
             "motion": spec.motion,

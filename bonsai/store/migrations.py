@@ -125,6 +125,26 @@ def m001_initial(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m002_sweeps(db: sqlite3.Connection) -> None:
+    # One row per `bonsai sweep`: its resolved grid (motions read, names checked) and the hash compared on
+    # --resume. The sweep's debates are the debates rows tagged with its name.
+    db.execute(
+        """
+        CREATE TABLE sweeps (
+            name        TEXT PRIMARY KEY,
+            grid_hash   TEXT NOT NULL,
+            config      TEXT NOT NULL,
+            total       INTEGER NOT NULL,
+            status      TEXT NOT NULL,
+            created_at  REAL NOT NULL,
+            updated_at  REAL NOT NULL,
+            finished_at REAL
+        )
+        """
+    )
+
+
 def current_version(db: sqlite3.Connection) -> int:
     if not _has_table(db, "schema_version"):
         return 0

@@ -92,3 +92,18 @@ class VerdictRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class SweepRecord:
+    name: str
+    grid_hash: str
+    config: dict[str, Any]  # the resolved sweep (config + motions), as stored
+    total: int
+    status: str  # running | finished | incomplete | interrupted
+    created_at: float
+    updated_at: float
+    finished_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

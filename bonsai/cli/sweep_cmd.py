@@ -1,0 +1,312 @@
+"""``bonsai sweep SWEEP.yaml``: run a grid of debates at engine speed, resumable, then rate them."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from bonsai.cli.common import home_from, progress
+from bonsai.cli.debate_cmd import add_engine_options, build_engine_config
+from bonsai.debate.runner import DebateRunner
+from bonsai.engine import Engine, create_engine
+from bonsai.engine.adapters import inspect_adapter, validate_adapter
+from bonsai.errors import ConfigError, StoreError, SweepIncomplete
+from bonsai.model.prepare import resolve_base
+from bonsai.paths import checkpoints_path, store_path
+from bonsai.personas import PersonaBook
+from bonsai.store.records import SweepRecord
+from bonsai.store.transcripts import TranscriptStore
+from bonsai.sweep.config import ResolvedSweep, load_sweep
+from bonsai.sweep.executor import SweepExecutor, SweepProgress, SweepResult
+from bonsai.sweep.plan import SweepPlan, estimate, plan_sweep
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="run a grid of debates from a sweep file (resumable), then rate the competitors",
+        description="Run every debate of a sweep file concurrently against one engine, several servers (--endpoint) or a Ray cluster (--ray).",
+    )
+    p.add_argument("file", nargs="?", type=Path, help="the sweep YAML (see examples/sweep-quick.yaml)")
+    p.add_argument("--dry-run", action="store_true", help="print the number of debates and an estimate of tokens and time; run nothing")
+    p.add_argument("--resume", action="store_true", help="continue a sweep of the same name: skip finished debates, resume the rest from their checkpoints")
+    p.add_argument("--list", action="store_true", help="list the sweeps in the store and their progress")
+    p.add_argument("--concurrency", type=int, default=None, help="debates in flight at once (overrides the file)")
+    p.add_argument("--retries", type=int, default=None, help="engine errors a debate may hit before it is marked failed (overrides the file)")
+    p.add_argument("--budget-tokens", type=int, default=None, help="stop once the sweep's debates have generated this many tokens")
+    p.add_argument("--budget-time", type=float, default=None, metavar="SECONDS", help="stop this run after this many seconds")
+    p.add_argument("--tokens-per-s", type=float, default=None, help="throughput to base --dry-run's time estimate on (default: measured on earlier sweeps)")
+    p.add_argument("--kv-cache-gib", type=float, default=2.0, help="KV cache of the in-process engine (more fits more debates at once; default 2)")
+    p.add_argument("--ray", metavar="ADDRESS", default=None, help="run shards on a Ray cluster (e.g. auto, or ray://host:10001); each worker has its own engine")
+    p.add_argument("--ray-workers", type=int, default=None, help="Ray workers (default: one per GPU, or 1 without GPUs)")
+    p.add_argument("--store", type=Path, default=None, help="transcript store (default: $BONSAI_HOME/transcripts.sqlite)")
+    p.add_argument("--json", action="store_true", help="print one JSON summary at the end (and for --dry-run / --list)")
+    add_engine_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(_run_async(args))
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished debates are stored; continue with `bonsai sweep FILE --resume`", file=sys.stderr)
+        return 130
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {"concurrency": args.concurrency, "retries": args.retries}
+    if args.budget_tokens is not None or args.budget_time is not None:
+        out["budget"] = {"tokens": args.budget_tokens, "wall_s": args.budget_time}
+    return out
+
+
+async def _run_async(args: argparse.Namespace) -> int:
+    home = home_from(args)
+    store_file = args.store or store_path(home)
+    console = Console(highlight=False, soft_wrap=True)
+    if args.list:
+        return _list(store_file, console, as_json=args.json)
+    if args.file is None:
+        raise ConfigError("no sweep file given", "pass one: bonsai sweep SWEEP.yaml (see examples/sweep-quick.yaml)")
+    if args.endpoint and args.engine != "openai":
+        args.engine = "openai"
+    if args.ray and args.endpoint:
+        raise ConfigError("--ray and --endpoint do not go together", "Ray workers run their own engines; drop one of them")
+    book = PersonaBook.load(args.personas_dir)
+    sweep = load_sweep(args.file, overrides=_overrides(args))
+    stored = _stored_sweep(store_file, sweep, resume=args.resume)
+    plan = plan_sweep(sweep, book, home, resolved=(stored.config.get("resolved") if stored else None))
+    if args.dry_run:
+        return _dry_run(plan, book, store_file, args, console)
+
+    base = None if args.engine == "openai" else resolve_base(args.base, home)
+    refs = [inspect_adapter(c.adapter) for c in plan.competitors.values() if c.adapter is not None]
+    if base is not None:
+        for ref in refs:
+            validate_adapter(ref, base_dir=base.path, base_hash=base.content_hash, max_rank=args.max_lora_rank)
+    engine_config = build_engine_config(args, base, refs).model_copy(update={"kv_cache_gib": args.kv_cache_gib, "max_loras": max(1, min(16, len(refs)))})
+    if args.ray:
+        from bonsai.sweep.ray_executor import run_on_ray
+
+        with TranscriptStore(store_file) as store:
+            _record_sweep(store, plan, stored)
+            reporter = _Reporter(console, total=len(plan.jobs), quiet=args.json)
+            with reporter:
+                result = await run_on_ray(plan, store, engine_config, address=args.ray, workers=args.ray_workers, home=home,
+                                          personas_dir=args.personas_dir, on_progress=reporter.update)
+            return _finish(store, plan, result, console, args)
+
+    engine: Engine = create_engine(engine_config)
+    with progress(f"starting the {args.engine} engine", enabled=not args.json):
+        await engine.start()
+    try:
+        with TranscriptStore(store_file) as store:
+            async with DebateRunner(engine, store, checkpoints_path(home), book, home, base.name if base else engine.info.base_model) as runner:
+                cfg = plan.sweep.config
+                reporter = _Reporter(console, total=len(plan.jobs), quiet=args.json, engine=engine)
+                executor = SweepExecutor(runner, store, plan, concurrency=cfg.concurrency, retries=cfg.retries, backoff_s=cfg.backoff_s,
+                                         budget=cfg.budget, on_progress=reporter.update)
+                await executor.check()  # every set-up valid before the sweep is recorded
+                _record_sweep(store, plan, stored)
+                try:
+                    with reporter:
+                        result = await executor.run()
+                except (KeyboardInterrupt, asyncio.CancelledError):
+                    store.set_sweep_status(plan.name, "interrupted")
+                    raise
+                return _finish(store, plan, result, console, args)
+    finally:
+        await engine.close()
+
+
+def _stored_sweep(store_file: Path, sweep: ResolvedSweep, *, resume: bool) -> SweepRecord | None:
+    """The stored sweep of this name, checked against the file: a name runs one grid, once."""
+    name = sweep.config.name
+    record = None
+    if store_file.exists():
+        with TranscriptStore(store_file, create=False) as store:
+            record = store.get_sweep(name)
+    if record is None:
+        if resume:
+            raise ConfigError(f"there is no sweep named {name!r} in {store_file} to resume", "run it without --resume to start it")
+        return None
+    if not resume:
+        raise StoreError(
+            f"a sweep named {name!r} already exists in {store_file} ({record.status}, {record.total} debates)",
+            "continue it with --resume, or give this sweep another `name:`",
+        )
+    if record.grid_hash != sweep.grid_hash():
+        raise ConfigError(
+            f"the sweep file no longer matches the sweep {name!r} that was started (its motions or grid changed)",
+            "resume with the file as it was, or run the new grid under another `name:`",
+        )
+    return record
+
+
+def _record_sweep(store: TranscriptStore, plan: SweepPlan, stored: SweepRecord | None) -> None:
+    if stored is not None:
+        store.set_sweep_status(plan.name, "running")
+        return
+    now = time.time()
+    store.create_sweep(
+        SweepRecord(
+            name=plan.name, grid_hash=plan.sweep.grid_hash(),
+            config={"sweep": plan.sweep.model_dump(mode="json"), "resolved": plan.resolved_json()},
+            total=len(plan.jobs), status="running", created_at=now, updated_at=now,
+        )
+    )
+
+
+def _finish(store: TranscriptStore, plan: SweepPlan, result: SweepResult, console: Console, args: argparse.Namespace) -> int:
+    status = "finished" if result.complete else "incomplete"
+    store.set_sweep_status(plan.name, status)
+    summary = {
+        "sweep": plan.name, "store": str(store.path), "status": status, "debates": result.total, "finished": result.finished,
+        "finished_before": result.skipped, "failed": [f.__dict__ for f in result.failures], "stopped": result.stopped,
+        "tokens": result.tokens, "seconds": round(result.seconds, 2),
+        "tokens_per_s": round(result.tokens / result.seconds, 2) if result.seconds > 0 else None,
+    }
+    if args.json:
+        print(json.dumps(summary, ensure_ascii=False))
+    else:
+        rate = f", {summary['tokens_per_s']} tok/s" if summary["tokens_per_s"] else ""
+        console.print(f"sweep {plan.name}: {result.finished} of {result.total} debates finished "
+                      f"({result.finished - result.skipped} this run, {result.tokens} tokens in {result.seconds:.0f} s{rate})")
+        for f in result.failures[:10]:
+            console.print(f"  failed: {f.debate_id}: {f.message}", style="red")
+        if len(result.failures) > 10:
+            console.print(f"  ... and {len(result.failures) - 10} more failures", style="red")
+    if not result.complete:
+        why = result.stopped or f"{len(result.failures)} debates failed"
+        raise SweepIncomplete(
+            f"sweep {plan.name} stopped with {result.total - result.finished} of {result.total} debates unfinished: {why}",
+            f"continue it with `bonsai sweep {args.file} --resume` (finished debates are kept, the others resume)",
+        )
+    if not args.json:
+        console.print(f"rate it with `bonsai ratings {plan.name}`", style="dim")
+    return 0
+
+
+def _dry_run(plan: SweepPlan, book: PersonaBook, store_file: Path, args: argparse.Namespace, console: Console) -> int:
+    rate, basis = args.tokens_per_s, "--tokens-per-s"
+    done = 0
+    if store_file.exists():
+        with TranscriptStore(store_file, create=False) as store:
+            statuses = store.debate_statuses(j.debate_id for j in plan.jobs)
+            done = sum(1 for s in statuses.values() if s == "finished")
+            if rate is None:
+                rate, basis = _measured_rate(store)
+    est = estimate(plan, book, tokens_per_s=rate, basis=basis)
+    cfg = plan.sweep.config
+    todo = est.debates - done
+    seconds = est.seconds * todo / est.debates if est.seconds is not None and est.debates else None
+    out = {
+        "sweep": cfg.name, "debates": est.debates, "already_finished": done,
+        "axes": {"motions": len(plan.sweep.motions), "pairings": len(cfg.pairings), "sides": 2 if cfg.sides == "both" else 1,
+                 "seeds": len(cfg.seeds), "judges": len(cfg.judges), "formats": len(cfg.formats), "candidates": len(cfg.candidates)},
+        "competitors": sorted(plan.competitors), "max_tokens": est.tokens, "tokens_per_s": rate, "estimate_basis": basis if rate else None,
+        "estimated_seconds": round(seconds, 1) if seconds is not None else None, "concurrency": cfg.concurrency,
+    }
+    if args.json:
+        print(json.dumps(out, ensure_ascii=False))
+        return 0
+    axes = " x ".join(f"{v} {k}" for k, v in out["axes"].items())
+    console.print(f"sweep {cfg.name}: {est.debates} debates ({axes}){f', {done} already finished' if done else ''}")
+    console.print(f"competitors: {', '.join(out['competitors'])}")
+    console.print(f"tokens: at most {est.tokens:,} (every turn at its cap, both judge readings included)")
+    if seconds is not None:
+        console.print(f"time: about {_duration(seconds)} at {rate:,.1f} tok/s ({basis}); an upper bound, since turns often stop early")
+    else:
+        console.print("time: no throughput known yet; pass --tokens-per-s, or run a small sweep first and its rate is used")
+    return 0
+
+
+def _measured_rate(store: TranscriptStore) -> tuple[float | None, str]:
+    """Aggregate tokens/s of the latest finished sweep in this store (its wall span, all debates at once)."""
+    for record in reversed(store.list_sweeps()):
+        rows = store.sweep_results(record.name)
+        if not rows:
+            continue
+        start = min(d.created_at for d, _, _ in rows)
+        end = max(d.finished_at or d.created_at for d, _, _ in rows)
+        tokens = sum(t for _, _, t in rows)
+        if end > start and tokens:
+            return tokens / (end - start), f"measured on sweep {record.name}"
+    return None, "none"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _list(store_file: Path, console: Console, *, as_json: bool) -> int:
+    if not store_file.exists():
+        raise StoreError(f"there is no transcript store at {store_file}", "run a sweep first, or pass --store")
+    with TranscriptStore(store_file, create=False) as store:
+        rows = [{**{k: v for k, v in s.to_dict().items() if k != "config"}, "counts": store.sweep_status_counts(s.name)} for s in store.list_sweeps()]
+    if as_json:
+        print(json.dumps(rows, ensure_ascii=False))
+        return 0
+    if not rows:
+        console.print(f"no sweeps in {store_file}")
+    for r in rows:
+        c = r["counts"]
+        console.print(f"{r['name']:<24} {r['status']:<11} {c['finished']:>5}/{r['total']:<5} finished  {c['failed']} failed  "
+                      f"{c['running'] + c['interrupted']} to resume")
+    return 0
+
+
+class _Reporter:
+    """Progress on stderr: a live bar at a terminal, a line every 15 s otherwise (logs, CI, batch scripts)."""
+
+    def __init__(self, console: Console, *, total: int, quiet: bool, engine: Engine | None = None) -> None:
+        self.total = total
+        self.quiet = quiet
+        self.engine = engine
+        self.tty = sys.stderr.isatty()
+        self._last_line = 0.0
+        self._bar: Progress | None = None
+        self._task: Any = None
+
+    def __enter__(self) -> _Reporter:
+        if self.tty and not self.quiet:
+            self._bar = Progress(
+                TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
+                console=Console(stderr=True), transient=False,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task("sweep", total=self.total, stats="")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def update(self, p: SweepProgress) -> None:
+        eta = p.eta_s
+        health = ""
+        load = getattr(self.engine, "endpoint_health", None)
+        if callable(load):
+            down = [u for u, state in load().items() if state != "up"]
+            health = f" · down: {', '.join(down)}" if down else ""
+        stats = (f"{p.running} running · {p.failed} failed · {p.tokens_per_s:,.1f} tok/s · "
+                 f"ETA {_duration(eta) if eta is not None else '?'}{health}")
+        if self._bar is not None:
+            self._bar.update(self._task, completed=p.done + p.failed, stats=stats)
+        elif not self.quiet:
+            now = time.monotonic()
+            if now - self._last_line >= 15 or p.done + p.failed == self.total:
+                self._last_line = now
+                print(f"sweep: {p.done + p.failed}/{self.total} done · {stats}", file=sys.stderr, flush=True)

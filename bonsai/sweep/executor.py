@@ -1,0 +1,282 @@
+"""Run a sweep's debates concurrently against one engine, exactly once each, within budgets.
+
+All debates share one ``DebateRunner`` (one compiled graph, one checkpointer) and one engine, and up to
+``concurrency`` of them are in flight at once, so the engine's continuous batching sees many requests
+from many debates at every step instead of one debate's single stream.
+
+Exactly once: a debate's id comes from the plan, so a finished debate is found in the store and skipped,
+a debate that was in flight when the process died is resumed from its last checkpoint (the turn that was
+being generated is generated again; turns are written by key, never appended), and a debate that never
+started is started. Engine errors are retried with exponential backoff and jitter by resuming from the
+checkpoint; errors in the debate's own set-up (a motion that does not fit, a broken adapter) are not,
+because a retry cannot fix them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bonsai.debate.runner import DebateRunner
+from bonsai.errors import BonsaiError, EngineError
+from bonsai.store.transcripts import TranscriptStore
+from bonsai.sweep.config import Budget
+from bonsai.sweep.plan import SweepJob, SweepPlan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepProgress:
+    total: int
+    done: int = 0  # finished, this run and before
+    done_before: int = 0  # finished before this run started
+    failed: int = 0
+    running: int = 0
+    retries: int = 0
+    tokens: int = 0  # generated in this run
+    tokens_before: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        """Remaining debates at this run's finishing rate (None until one has finished)."""
+        finished_now = self.done - self.done_before
+        remaining = self.total - self.done - self.failed
+        if finished_now <= 0 or remaining <= 0:
+            return None if remaining > 0 else 0.0
+        return remaining * self.elapsed / finished_now
+
+
+@dataclass
+class Failure:
+    debate_id: str
+    message: str
+    attempts: int
+
+
+@dataclass
+class SweepResult:
+    total: int
+    finished: int
+    skipped: int
+    failures: list[Failure]
+    stopped: str | None  # why the run stopped early (budget), else None
+    tokens: int
+    seconds: float
+
+    @property
+    def complete(self) -> bool:
+        return self.finished == self.total
+
+
+ProgressHook = Callable[[SweepProgress], None]
+DebateHook = Callable[[SweepJob, dict[str, Any]], None]
+
+
+class _Stop(Exception):
+    """Raised inside the run to stop every worker (a budget was reached)."""
+
+
+class SweepExecutor:
+    def __init__(
+        self,
+        runner: DebateRunner,
+        store: TranscriptStore,
+        plan: SweepPlan,
+        *,
+        concurrency: int,
+        retries: int,
+        backoff_s: float,
+        budget: Budget | None = None,
+        on_progress: ProgressHook | None = None,
+        on_debate: DebateHook | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        seed: int = 0,
+    ) -> None:
+        self.runner = runner
+        self.store = store
+        self.plan = plan
+        self.concurrency = concurrency
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.budget = budget or Budget()
+        self.on_progress = on_progress
+        self.on_debate = on_debate
+        self._sleep = sleep
+        self._rng = random.Random(seed)
+        self.progress = SweepProgress(total=len(plan.jobs))
+        self._failures: list[Failure] = []
+        self._stop_reason: str | None = None
+        self._workers: list[asyncio.Task[None]] = []
+
+    # --- checks before anything runs ------------------------------------------------------------
+
+    async def check(self) -> None:
+        """Validate each distinct debate set-up against the engine (adapters load, motions fit)."""
+        seen: set[tuple[Any, ...]] = set()
+        for job in self.plan.jobs:
+            s = job.spec
+            key = (s.motion, s.format, tuple(s.personas or ()), tuple(sorted((s.adapters or {}).items(), key=str)), s.max_tokens)
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                await self.runner.check(s)
+            except BonsaiError as exc:
+                raise type(exc)(f"debate {job.debate_id} ({job.a} vs {job.b}, motion {s.motion[:60]!r}): {exc.message}", exc.hint) from None
+
+    # --- the run --------------------------------------------------------------------------------
+
+    async def run(self) -> SweepResult:
+        jobs = self.plan.jobs
+        statuses = self.store.debate_statuses(j.debate_id for j in jobs)
+        todo = [j for j in jobs if statuses.get(j.debate_id) != "finished"]
+        p = self.progress
+        p.done = p.done_before = len(jobs) - len(todo)
+        p.tokens_before = self.store.sweep_tokens(self.plan.name)
+        p.started = time.monotonic()
+        resumed = sum(1 for j in todo if j.debate_id in statuses)
+        log.info("sweep %s: %d debates, %d finished before, %d to resume, %d to start", self.plan.name, len(jobs), p.done, resumed, len(todo) - resumed)
+        self._emit()
+        try:
+            self._check_tokens()
+        except _Stop:
+            return SweepResult(len(jobs), p.done, p.done_before, [], self._stop_reason, 0, 0.0)
+        queue: asyncio.Queue[SweepJob] = asyncio.Queue()
+        for job in todo:
+            queue.put_nowait(job)
+        workers = [asyncio.create_task(self._worker(queue), name=f"sweep-worker-{i}") for i in range(min(self.concurrency, len(todo)))]
+        self._workers = workers
+        watchdog = asyncio.create_task(self._watchdog(workers)) if self.budget.wall_s else None
+        try:
+            results = await asyncio.gather(*workers, return_exceptions=True)
+        finally:
+            for w in workers:
+                w.cancel()
+            if watchdog is not None:
+                watchdog.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watchdog
+        for r in results:
+            if isinstance(r, BaseException) and not isinstance(r, (asyncio.CancelledError, _Stop)):
+                raise r
+        return SweepResult(
+            total=len(jobs), finished=p.done, skipped=p.done_before, failures=list(self._failures),
+            stopped=self._stop_reason, tokens=p.tokens, seconds=p.elapsed,
+        )
+
+    async def _watchdog(self, workers: list[asyncio.Task[None]]) -> None:
+        assert self.budget.wall_s is not None
+        await asyncio.sleep(self.budget.wall_s)
+        self._stop_reason = f"wall-time budget of {self.budget.wall_s:g} s reached"
+        log.warning("sweep %s: %s; stopping the debates in flight (they resume with --resume)", self.plan.name, self._stop_reason)
+        for w in workers:
+            w.cancel()
+
+    def _check_tokens(self) -> None:
+        cap = self.budget.tokens
+        if cap is not None and self.progress.tokens_before + self.progress.tokens >= cap:
+            self._stop_reason = f"token budget of {cap} reached ({self.progress.tokens_before + self.progress.tokens} generated)"
+            raise _Stop(self._stop_reason)
+
+    async def _worker(self, queue: asyncio.Queue[SweepJob]) -> None:
+        while True:
+            try:
+                job = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            if self._stop_reason is not None:
+                return
+            self.progress.running += 1
+            self._emit()
+            try:
+                await self._one(job)
+            except _Stop:
+                # stop every worker: cancelling the others marks their debates interrupted (resumable)
+                for task in self._workers:
+                    if task is not asyncio.current_task():
+                        task.cancel()
+                raise
+            finally:
+                self.progress.running -= 1
+                self._emit()
+
+    async def _one(self, job: SweepJob) -> None:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                summary = await self._attempt(job)
+            except _Stop:
+                raise
+            except EngineError as exc:
+                if attempt > self.retries:
+                    self._fail(job, f"engine error after {attempt} attempts: {exc.message}", attempt)
+                    return
+                delay = self.backoff_s * (2 ** (attempt - 1)) * self._rng.uniform(0.5, 1.5)
+                self.progress.retries += 1
+                log.warning("debate %s: %s; retry %d of %d in %.1f s (from its last checkpoint)", job.debate_id, exc.message, attempt, self.retries, delay)
+                await self._sleep(delay)
+                continue
+            except BonsaiError as exc:
+                self._fail(job, exc.message, attempt)
+                return
+            except Exception as exc:  # a bug in one debate must not take the other debates down
+                log.exception("debate %s failed", job.debate_id)
+                self._fail(job, f"{type(exc).__name__}: {exc}", attempt)
+                return
+            if summary.get("status") == "finished":
+                self.progress.done += 1
+            else:
+                self._fail(job, f"ended with status {summary.get('status')}", attempt)
+                return
+            if self.on_debate is not None:
+                self.on_debate(job, summary)
+            self._emit()
+            return
+
+    async def _attempt(self, job: SweepJob) -> dict[str, Any]:
+        exists = bool(self.store.debate_statuses([job.debate_id]))
+        events = self.runner.resume(job.debate_id) if exists else self.runner.run(job.spec, debate_id=job.debate_id, extra={"sweep_job": job.labels()})
+        summary: dict[str, Any] = {"debate_id": job.debate_id, "resumed": exists}
+        async with contextlib.aclosing(events) as stream:
+            async for ev in stream:
+                kind = ev["event"]
+                if kind == "turn_end":
+                    self.progress.tokens += int(ev.get("output_tokens") or 0)
+                    self._emit()
+                    self._check_tokens()
+                elif kind == "verdict":
+                    summary.update(prob_a=ev.get("prob_a"), confidence=ev.get("confidence"))
+                elif kind == "debate_end":
+                    summary.update(status=ev["status"], winner=ev["winner"])
+        return summary
+
+    def _fail(self, job: SweepJob, message: str, attempts: int) -> None:
+        self.progress.failed += 1
+        self._failures.append(Failure(job.debate_id, message, attempts))
+        with contextlib.suppress(BonsaiError):
+            if self.store.debate_statuses([job.debate_id]):
+                self.store.set_status(job.debate_id, "failed")
+        log.error("debate %s (%s vs %s) failed: %s", job.debate_id, job.a, job.b, message)
+        self._emit()
+
+    def _emit(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self.progress)
+
