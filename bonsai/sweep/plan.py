@@ -235,8 +235,8 @@ def estimate(plan: SweepPlan, book: PersonaBook, *, tokens_per_s: float | None, 
                     turns += cap * s.candidates
                 else:
                     turns += cap
-            judges = prepared.cast.judges
-            turns += sum(2 * j.sampling.max_tokens for j in judges)  # each judge reads both side orders
+            # each judge reads both side orders: a JSON verdict and a one-token probe per order
+            turns += len(prepared.cast.judges) * 2 * (prepared.fmt.judge.max_tokens + 1)
             cache[key] = turns
         total += cache[key]
     seconds = total / tokens_per_s if tokens_per_s else None

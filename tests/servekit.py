@@ -1,0 +1,81 @@
+"""Starting and stopping real `bonsai serve` processes for tests (each is a vLLM server on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bonsai.engine.server import serve_info_path, serve_log_path
+
+START_TIMEOUT_S = 300
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    home: Path
+    port: int
+    stdout: Path
+    stderr: Path
+    endpoint: str = ""
+    adapters: dict[str, str] | None = None
+    server_pid: int | None = None
+
+    def wait_ready(self, timeout: float = START_TIMEOUT_S + 30) -> Server:
+        deadline = time.monotonic() + timeout
+        while not self.stdout.read_text().strip():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                log = serve_log_path(self.home, self.port)
+                raise AssertionError(f"bonsai serve did not come up:\n{self.stderr.read_text()}\n{log.read_text() if log.exists() else ''}")
+            time.sleep(1)
+        ready = json.loads(self.stdout.read_text().splitlines()[0])
+        self.endpoint, self.adapters = ready["endpoint"], ready["adapters"]
+        self.server_pid = json.loads(serve_info_path(self.home, self.port).read_text())["server_pid"]
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the vLLM server itself (a crash, not a shutdown), then its `bonsai serve` parent."""
+        for pid in (self.server_pid, self.proc.pid):
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        """SIGTERM `bonsai serve` (it forwards it to vLLM); kill whatever is left, so nothing outlives the tests."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(90)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self.server_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.server_pid, signal.SIGKILL)
+
+
+def start_serve(root: Path, base: Path, *extra: str, port: int | None = None) -> Server:
+    """Launch `bonsai serve --json` in its own process group; call ``wait_ready()`` on the result."""
+    root.mkdir(parents=True, exist_ok=True)
+    home, port = root / "home", port or free_port()
+    args = ["--home", str(home), "serve", "--base", str(base), "--port", str(port), "--json", "--start-timeout", str(START_TIMEOUT_S), *extra]
+    stdout, stderr = root / "stdout", root / "stderr"
+    with open(stdout, "wb") as out, open(stderr, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "bonsai.cli.main", *args], stdout=out, stderr=err, start_new_session=True)
+    return Server(proc, home, port, stdout, stderr)
