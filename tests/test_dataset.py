@@ -193,7 +193,7 @@ async def test_bad_input_is_one_clear_error_and_writes_nothing(store_file: Path,
     with pytest.raises(StoreError, match="has no debates"):
         await build(options(tmp_path / "empty.sqlite"), base_model, isolated_home)
     other = BaseModel(path=tmp_path / "other-model", name="other-model", content_hash="0" * 64)
-    with pytest.raises(StoreError, match=rf"none of skeptic's 4 turns .* \(4 other base\)") as info:
+    with pytest.raises(StoreError, match=r"none of skeptic's 4 turns .* \(4 other base\)") as info:
         await build(options(store_file), other, isolated_home)
     assert base_model.name in (info.value.hint or "")
     assert not (isolated_home / "datasets").exists()

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from fakes import FailingEngine
 
-from bonsai.debate.prompts import debater_prompt
 from bonsai.debate.runner import DebateRunner, DebateSpec
 from bonsai.engine import ChatMessage, ChatPrompt
 from bonsai.personas import PersonaBook

@@ -99,3 +99,13 @@ def prompt_to_json(prompt: Prompt) -> Any:
         "messages": [{"role": m.role, "content": m.content} for m in prompt.messages],
         "continue_final_message": prompt.continue_final_message,
     }
+
+
+
+def prompt_from_json(data: Any) -> Prompt:
+    """The inverse of :func:`prompt_to_json`: a stored turn's prompt, ready to send again."""
+    if not isinstance(data, dict) or data.get("format") not in ("chat", "text"):
+        raise ValueError(f"not a stored prompt: {data!r:.80}")
+    if data["format"] == "text":
+        return TextPrompt(str(data["text"]))
+    return ChatPrompt.of(data["messages"], continue_final_message=bool(data.get("continue_final_message", False)))

@@ -213,7 +213,7 @@ class TranscriptStore:
         except sqlite3.IntegrityError:
             raise StoreError(
                 f"a sweep named {record.name!r} already exists in {self.path}",
-                f"continue it with `bonsai sweep FILE --resume`, or give the new sweep another name (see `bonsai sweep --list`)",
+                "continue it with `bonsai sweep FILE --resume`, or give the new sweep another name (see `bonsai sweep --list`)",
             ) from None
 
     def get_sweep(self, name: str) -> SweepRecord | None:

@@ -21,16 +21,15 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from bonsai.debate.prompts import prompt_from_json
 from bonsai.engine import (
     AdapterRef,
-    ChatPrompt,
     Completion,
     Engine,
     EngineConfig,
     GenerationRequest,
     Prompt,
     Sampling,
-    TextPrompt,
     create_engine,
 )
 from bonsai.engine.adapters import lora_rank_for
@@ -180,15 +179,6 @@ class Strategy(abc.ABC):
 
 
 # --- helpers strategies share -------------------------------------------------------------------
-
-
-def prompt_from_json(data: Any) -> Prompt:
-    """The prompt a turn was generated from, rebuilt from its stored JSON."""
-    if not isinstance(data, dict) or data.get("format") not in ("chat", "text"):
-        raise ValueError(f"not a stored prompt: {data!r:.80}")
-    if data["format"] == "text":
-        return TextPrompt(str(data["text"]))
-    return ChatPrompt.of(data["messages"], continue_final_message=bool(data.get("continue_final_message", False)))
 
 
 def pair_seed(seed: int, *parts: object) -> int:

