@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args()
 
-    from training.train import preload_backend
+    from training.backend import preload_backend
 
     preload_backend()
     import torch

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -344,6 +345,24 @@ async def test_requests_go_to_the_least_busy_endpoint(served: Served) -> None:
         rest = [[ev async for ev in first], [ev async for ev in second]]
         assert all(isinstance(evs[-1], Completion) for evs in rest)
         assert engine.endpoint_load() == {normalize_endpoint(u): 0 for u in urls}
+
+
+@pytest.mark.serve
+async def test_stats_read_the_servers_metrics(remote: OpenAIEngine) -> None:
+    # several 128-token blocks long, unique from the first token: the repeat must hit the prefix cache
+    history = " ".join(f"Turn {i}: cars crowd the centre, trains move more people per hour." for i in range(30))
+    prompt = ChatPrompt.of([{"role": "system", "content": f"Debate {uuid.uuid4().hex}. {history}"}, {"role": "user", "content": "Sum up."}])
+    sampling = Sampling(temperature=0.0, max_tokens=4)
+    before = await remote.stats()
+    assert before.missing_endpoints == () and None not in (before.prefix_cache_queries, before.prefix_cache_hits, before.prompt_tokens, before.generation_tokens, before.requests_finished)
+    first = await remote.generate(GenerationRequest("stats-1", prompt, sampling))
+    second = await remote.generate(GenerationRequest("stats-2", prompt, sampling))
+    delta = (await remote.stats()).since(before)
+    assert delta.requests_finished == 2
+    assert delta.prompt_tokens == delta.prefix_cache_queries == first.prompt_tokens + second.prompt_tokens
+    assert delta.generation_tokens == first.output_tokens + second.output_tokens
+    assert delta.prefix_cache_hits is not None and delta.prefix_cache_hits >= second.prompt_tokens // 2  # the repeat, from the cache
+    assert remote.endpoint_health() == {remote.endpoint_urls[0]: "up"}
 
 
 @pytest.mark.serve

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import uuid
 from pathlib import Path
 
 import pytest
@@ -230,3 +231,32 @@ async def test_repetition_penalty_reaches_the_sampler(vllm_engine: VLLMEngine) -
     )
     assert plain.logprobs is not None and penalised.logprobs is not None
     assert (plain.text, plain.logprobs[0].logprob) != (penalised.text, penalised.logprobs[0].logprob)
+
+
+@pytest.mark.engine
+async def test_stats_show_prefix_cache_hits_on_a_repeated_prompt(vllm_engine: VLLMEngine) -> None:
+    llm = vllm_engine._llm
+    assert llm.vllm_config.cache_config.enable_prefix_caching  # on for the CPU backend too
+    block = llm.vllm_config.cache_config.block_size
+    # unique from its first token, so no earlier test's blocks match; several blocks long
+    marker = f"Debate {uuid.uuid4().hex}."
+    history = " ".join(f"Turn {i}: cars crowd the centre, trains move more people per hour." for i in range(40))
+    prompt = ChatPrompt.of([{"role": "system", "content": f"{marker} {history}"}, {"role": "user", "content": "Sum up."}])
+    sampling = Sampling(temperature=0.0, max_tokens=4)
+
+    before = await vllm_engine.stats()
+    first = await vllm_engine.generate(GenerationRequest("stats-1", prompt, sampling))
+    middle = await vllm_engine.stats()
+    second = await vllm_engine.generate(GenerationRequest("stats-2", prompt, sampling))
+    after = await vllm_engine.stats()
+
+    assert first.prompt_tokens > 2 * block
+    cold, warm = middle.since(before), after.since(middle)
+    assert cold.requests_finished == warm.requests_finished == 1
+    assert cold.prompt_tokens == cold.prefix_cache_queries == first.prompt_tokens
+    assert cold.generation_tokens == first.output_tokens and warm.generation_tokens == second.output_tokens
+    assert cold.prefix_cache_hits == 0 and cold.hit_rate == 0
+    # every full block but the one holding the last prompt token (vLLM recomputes that one)
+    assert warm.prefix_cache_queries == second.prompt_tokens
+    assert warm.prefix_cache_hits == (second.prompt_tokens - 1) // block * block > 0
+    assert warm.hit_rate is not None and warm.hit_rate > 0.5

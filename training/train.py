@@ -12,7 +12,6 @@ an interrupted training leaves no version behind.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import tempfile
 import time
@@ -25,6 +24,7 @@ from bonsai.adapter_registry import current_version, persona_dir
 from bonsai.engine.adapters import WEIGHTS_FILE, inspect_adapter
 from bonsai.errors import ConfigError
 from bonsai.model.prepare import BaseModel as PreparedBase
+from training.backend import preload_backend, unsloth_available
 from training.config import Recipe, Stage, trl_config_class
 from training.metrics import MetricsLog, plot_metrics, read_metrics, summarize
 from training.registry import new_version
@@ -59,10 +59,6 @@ def training_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def unsloth_available() -> bool:
-    return importlib.util.find_spec("unsloth") is not None
-
-
 def pick_backend(requested: str, device: str) -> str:
     if requested == "unsloth":
         if device != "cuda":
@@ -73,15 +69,6 @@ def pick_backend(requested: str, device: str) -> str:
     if requested == "auto" and device == "cuda" and unsloth_available():
         return "unsloth"
     return "peft"
-
-
-def preload_backend(requested: str = "auto") -> None:
-    """Import Unsloth before anything imports trl or transformers, so its patches apply (CUDA only)."""
-    if requested in ("auto", "unsloth") and unsloth_available():
-        import torch
-
-        if torch.cuda.is_available():
-            import unsloth  # noqa: F401
 
 
 # --- checks -------------------------------------------------------------------------------------

@@ -168,6 +168,9 @@ async def _run_async(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from training.backend import preload_backend
+
+    preload_backend()  # Unsloth must be imported before transformers, peft and trl (CUDA only)
     try:
         return asyncio.run(_run_async(args))
     except BonsaiError:

@@ -49,7 +49,7 @@ def newest_dataset(home: Path, persona: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.train import preload_backend
+    from training.backend import preload_backend
 
     preload_backend()  # Unsloth must be imported before trl (CUDA only; a no-op here otherwise)
 

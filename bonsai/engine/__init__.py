@@ -18,6 +18,7 @@ from bonsai.engine.types import (
     Completion,
     Engine,
     EngineInfo,
+    EngineStats,
     GenerationRequest,
     Prompt,
     Sampling,
@@ -43,6 +44,8 @@ class EngineConfig(BaseModel):
     dtype: str = Field("auto", description="auto: float32 on CPU, bfloat16 on GPU.")
     kv_cache_gib: float = Field(1.0, gt=0)
     seed: int = 0
+    log_stats: bool = Field(True, description="Keep vLLM's counters for Engine.stats() (in-process vLLM engine).")
+    endpoint_retry_s: float = Field(15.0, ge=0, description="Seconds a down endpoint rests before it is probed again (kind=openai).")
 
 
 def create_engine(config: EngineConfig) -> Engine:
@@ -59,6 +62,7 @@ def create_engine(config: EngineConfig) -> Engine:
             dtype=config.dtype,
             kv_cache_gib=config.kv_cache_gib,
             seed=config.seed,
+            log_stats=config.log_stats,
         )
     if config.kind == "hf":
         from bonsai.engine.hf_peft import HFEngine
@@ -67,7 +71,7 @@ def create_engine(config: EngineConfig) -> Engine:
         return HFEngine(config.base_model, base_hash=config.base_hash, dtype=config.dtype, max_model_len=config.max_model_len)
     from bonsai.engine.openai_remote import OpenAIEngine
 
-    return OpenAIEngine(config.endpoints, base_model=str(config.base_model) if config.base_model else None)
+    return OpenAIEngine(config.endpoints, base_model=str(config.base_model) if config.base_model else None, endpoint_retry_s=config.endpoint_retry_s)
 
 
 __all__ = [
@@ -79,6 +83,7 @@ __all__ = [
     "EngineConfig",
     "EngineInfo",
     "EngineKind",
+    "EngineStats",
     "GenerationRequest",
     "Prompt",
     "Sampling",

@@ -33,10 +33,10 @@ import torch
 from bonsai.engine.adapters import validate_adapter
 from bonsai.engine.types import (
     AdapterRef,
-    ChatPrompt,
     Completion,
     Engine,
     EngineInfo,
+    EngineStats,
     GenerationRequest,
     Prompt,
     StreamEvent,
@@ -170,6 +170,8 @@ class HFEngine(Engine):
         self.info = EngineInfo(kind="hf", base_model=str(self.base_model), max_model_len=max_model_len, supports_json_schema=False, max_lora_rank=None)
         #: sizes of the most recent batches, newest last (to see whether requests were batched)
         self.recent_batch_sizes: collections.deque[int] = collections.deque(maxlen=64)
+        #: totals for stats(): prompt tokens, generated tokens, finished requests (no prefix cache here)
+        self._totals = [0, 0, 0]
         self._model: Any = None  # the base model, later the PeftModel wrapping it
         self._tokenizer: Any = None
         self._device = torch.device("cpu")
@@ -221,6 +223,11 @@ class HFEngine(Engine):
             log.info("max_model_len %d is above the model's %d positions: using %d", self.info.max_model_len, limit, limit)
             self.info = EngineInfo(kind="hf", base_model=self.info.base_model, max_model_len=limit, supports_json_schema=False, max_lora_rank=None)
         log.info("transformers engine: %s on %s (%s) in %.1f s", self.base_model.name, device, dtype, time.monotonic() - started)
+
+    async def stats(self) -> EngineStats:
+        """Tokens and requests this engine finished; it has no prefix cache, so those stay ``None``."""
+        prompt, generated, finished = self._totals
+        return EngineStats(prompt_tokens=prompt, generation_tokens=generated, requests_finished=finished)
 
     async def close(self) -> None:
         self._closing = True
@@ -487,6 +494,9 @@ class HFEngine(Engine):
             row.sent = end
         if finish:
             row.done = True
+            self._totals[0] += len(row.prompt_ids)
+            self._totals[1] += len(row.output_ids)
+            self._totals[2] += 1
             row.post(
                 Completion(
                     request_id=row.request.request_id,

