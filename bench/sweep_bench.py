@@ -11,9 +11,9 @@ projections (half for each team's persona, every A adapter paired with every B a
 Figures, each from vLLM's own counters (``Engine.stats()``, deltas around the measured part):
 - for each concurrency level: debates finished, wall time, debates/hour, generated tokens/s (every
   request: debater turns and judge readings), and the speed-up over concurrency 1;
-- sweep vs raw engine: every debater prompt the sweep sent at the top level, replayed straight into
-  the engine with the same adapters, sampling and number of requests in flight, no graph in between;
-  ratio = sweep tokens/s / raw tokens/s;
+- sweep vs raw engine: every request the sweep sent at the top level (debater turns, judge verdicts and
+  probes, same adapters and sampling), replayed straight into the engine all at once, no graph in
+  between; ratio = sweep tokens/s / raw tokens/s;
 - prefix-cache hit rate of a multi-round sweep (standard format): hit tokens / looked-up prompt tokens.
 
 Random weights (``--shape 8b``) generate random tokens up to every cap, which is the point for speed
@@ -152,30 +152,33 @@ async def run_sweep(engine: Any, store: Any, home: Path, book: Any, path: Path, 
     }
 
 
-async def replay_raw(engine: Any, store: Any, plan: Any, adapters: dict[str, Any], concurrency: int) -> dict[str, Any]:
-    """The sweep's debater prompts straight into the engine: same adapters, sampling, requests in flight."""
-    from bonsai.debate.prompts import prompt_from_json
-    from bonsai.engine import GenerationRequest, Sampling
+def recording_engine_class() -> type:
+    from bonsai.engine.vllm_local import VLLMEngine
 
-    requests = []
-    for job in plan.jobs:
-        for t in store.turns(job.debate_id):
-            if t.role != "debater" or not t.prompt:
-                continue
-            prompt = prompt_from_json(t.prompt)
-            s = t.sampling
-            sampling = Sampling(temperature=s["temperature"], top_p=s["top_p"], max_tokens=s["max_tokens"], seed=s.get("seed"),
-                                stop=tuple(s.get("stop") or ()), repetition_penalty=s.get("repetition_penalty", 1.0))
-            requests.append(GenerationRequest(f"raw-{t.debate_id}-{t.turn_index}", prompt, sampling, adapters.get(t.adapter_name or "")))
-    gate = asyncio.Semaphore(concurrency)
+    class RecordingVLLMEngine(VLLMEngine):
+        """Keeps every request while ``recording`` is on, so the raw replay sends exactly what the sweep sent
+        (debater turns, judge verdicts and probes, with their adapters and sampling)."""
 
-    async def one(r: Any) -> None:
-        async with gate:
-            await engine.generate(r)
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.recording = False
+            self.recorded: list[Any] = []
+
+        def stream(self, request: Any) -> Any:  # type: ignore[override]
+            if self.recording:
+                self.recorded.append(request)
+            return super().stream(request)
+
+    return RecordingVLLMEngine
+
+
+async def replay_raw(engine: Any, requests: list[Any]) -> dict[str, Any]:
+    """The sweep's requests straight into the engine, all at once: no graph, no waiting between turns."""
+    import dataclasses
 
     before = await engine.stats()
     t0 = time.perf_counter()
-    await asyncio.gather(*(one(r) for r in requests))
+    await asyncio.gather(*(engine.generate(dataclasses.replace(r, request_id=f"raw-{i}-{r.request_id}")) for i, r in enumerate(requests)))
     wall = time.perf_counter() - t0
     delta = (await engine.stats()).since(before)
     gen = delta.generation_tokens or 0
@@ -185,8 +188,6 @@ async def replay_raw(engine: Any, store: Any, plan: Any, adapters: dict[str, Any
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from bonsai.engine.adapters import inspect_adapter
-    from bonsai.engine.vllm_local import VLLMEngine
     from bonsai.model.prepare import prepare_embedded
     from bonsai.paths import bonsai_home
     from bonsai.personas import PersonaBook
@@ -211,11 +212,10 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             version = f"bench{i:02d}"
             make_lora(base_dir, home / "adapters" / names[side] / version, seed=100 + i, dtype=dtype)
             labels[side].append(f"{names[side]}@{version}")
-        refs = {r.name: r for r in (inspect_adapter(p) for p in (home / "adapters").glob("*/*"))}
         figures["make_adapters_s"] = round(time.perf_counter() - t0, 1)
         book = PersonaBook.load()
         extra = {"load_format": "dummy"} if args.shape == "8b" else {}
-        engine = VLLMEngine(base_dir, max_model_len=args.max_model_len, max_loras=max(1, args.adapters), max_lora_rank=16,
+        engine = recording_engine_class()(base_dir, max_model_len=args.max_model_len, max_loras=max(1, args.adapters), max_lora_rank=16,
                             dtype=dtype, kv_cache_gib=args.kv_cache_gib, seed=0, **extra)
         t0 = time.perf_counter()
         await engine.start()
@@ -225,13 +225,14 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 # warm-up: one tiny sweep so kernels and every adapter are loaded before timing
                 warm = write_sweep(home, "warmup", 1, labels["A"], labels["B"], args, concurrency=args.adapters * 2, fmt="quick", rounds=1)
                 await run_sweep(engine, store, home, book, warm, base_dir.name)
-                top_plan = None
                 for c in levels:
                     n_debates = max(c, args.min_debates)
                     per_motion = 2 * len(labels["A"]) * len(labels["B"])
                     path = write_sweep(home, f"c{c}", -(-n_debates // per_motion), labels["A"], labels["B"], args, concurrency=c, fmt="quick", rounds=1)
+                    engine.recording, engine.recorded = c == levels[-1], []
                     fig = await run_sweep(engine, store, home, book, path, base_dir.name)
-                    top_plan = fig.pop("plan")
+                    engine.recording = False
+                    fig.pop("plan")
                     figures["levels"][str(c)] = fig
                     print(f"concurrency {c:>4}: {fig['debates']:>4} debates in {fig['wall_s']:>8.1f} s  "
                           f"{fig['debates_per_hour']:>10.1f} debates/h  {fig['tokens_per_s']:>8.1f} tok/s", flush=True)
@@ -239,10 +240,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 for fig in figures["levels"].values():
                     fig["speedup_vs_first"] = round(fig["debates_per_hour"] / first["debates_per_hour"], 2)
                 top = levels[-1]
-                raw = await replay_raw(engine, store, top_plan, refs, top)
+                raw = await replay_raw(engine, engine.recorded)
                 sweep_fig = figures["levels"][str(top)]
                 figures["raw_engine"] = {**raw, "concurrency": top}
-                # the sweep also generates judge readings, the replay only debater turns: compare rates
                 figures["sweep_vs_raw"] = round(sweep_fig["tokens_per_s"] / raw["tokens_per_s"], 3) if raw["tokens_per_s"] else None
                 print(f"raw engine replay: {raw['requests']} requests, {raw['tokens_per_s']} tok/s; sweep/raw = {figures['sweep_vs_raw']}", flush=True)
                 path = write_sweep(home, "prefix", args.prefix_motions, labels["A"][:1], labels["B"][:1], args,

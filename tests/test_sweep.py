@@ -350,3 +350,17 @@ def test_ratings_of_an_unknown_sweep(isolated_home: Path, capsys: pytest.Capture
     TranscriptStore(isolated_home / "transcripts.sqlite").close()
     assert main(["ratings", "nope"]) == 2
     assert "no sweep named 'nope'" in capsys.readouterr().err
+
+
+async def test_tui_monitor_counts_the_planned_total_and_competitors(tmp_path: Path, book: PersonaBook, isolated_home: Path) -> None:
+    from bonsai.store.records import SweepRecord
+    from tui.sweep_stats import summarize
+
+    path = write_sweep(tmp_path, motions=["M1", "M2", "M3"], concurrency=1)
+    plan, result = await run_sweep(tmp_path, book, isolated_home, CountingEngine(), path, budget=Budget(tokens=40))
+    with TranscriptStore(tmp_path / "t.sqlite") as store:
+        store.create_sweep(SweepRecord("s1", "h", {}, len(plan.jobs), "incomplete", 0.0, 0.0))
+        debates = store.list_debates()
+        s = summarize("s1", debates, planned=store.get_sweep("s1").total)
+    assert s.total == 6 and s.finished == result.finished - result.skipped < 6
+    assert s.personas and {r.persona for r in s.personas} <= {"advocate@base", "skeptic@base"}

@@ -1,8 +1,9 @@
-"""Sweep progress and per-persona win rates, read from the transcript store.
+"""Sweep progress and per-competitor win rates, read from the transcript store.
 
-Sweeps (issue 4) do not exist yet as objects of their own: a sweep is the set of debates whose
-``sweep`` column carries its name, so progress is finished / all of them, and the ratings table is
-each debater persona's record over the finished ones.
+A sweep's debates are those whose ``sweep`` column carries its name; ``bonsai sweep`` also records the
+planned total (debates not started yet count too) and which competitor (``persona@version``) sat on each
+side. Debates tagged by hand, without those records, are counted by persona over the debates present.
+The full ratings (Bradley-Terry with intervals) are ``bonsai ratings``; this is the live glance.
 """
 
 from __future__ import annotations
@@ -45,15 +46,17 @@ def sweep_names(debates: list[DebateRecord]) -> list[str]:
     return sorted({d.sweep for d in debates if d.sweep})
 
 
-def summarize(name: str, debates: list[DebateRecord]) -> SweepSummary:
+def summarize(name: str, debates: list[DebateRecord], *, planned: int | None = None) -> SweepSummary:
     mine = [d for d in debates if d.sweep == name]
-    summary = SweepSummary(name, len(mine), Counter(d.status for d in mine))
+    summary = SweepSummary(name, max(planned or 0, len(mine)), Counter(d.status for d in mine))
     records: dict[tuple[str, str], PersonaRecord] = {}
     for d in mine:
         if d.status != "finished" or d.winner not in ("A", "B"):
             continue
+        job = d.config.get("sweep_job") if isinstance(d.config, dict) else None
         for team in ("A", "B"):
-            for persona in d.seats.get(team, []):
+            names = [str(job[team.lower()])] if isinstance(job, dict) and job.get(team.lower()) else d.seats.get(team, [])
+            for persona in names:
                 rec = records.setdefault((persona, team), PersonaRecord(persona, team))
                 rec.played += 1
                 rec.wins += d.winner == team

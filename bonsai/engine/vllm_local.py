@@ -88,6 +88,7 @@ class VLLMEngine(Engine):
         kv_cache_gib: float = 1.0,
         seed: int = 0,
         log_stats: bool = True,
+        load_format: str = "auto",
     ) -> None:
         """``log_stats`` keeps vLLM's counters for :meth:`stats`; its cost is negligible, and vLLM's
         periodic stats log line never appears in process (only its API server calls it)."""
@@ -100,6 +101,8 @@ class VLLMEngine(Engine):
         self.kv_cache_gib = kv_cache_gib
         self.seed = seed
         self.log_stats = log_stats
+        #: "dummy" gives random weights of the config's shape: benchmarks of large shapes without the files
+        self.load_format = load_format
         self.info = EngineInfo(
             kind="vllm",
             base_model=str(self.base_model),
@@ -148,6 +151,7 @@ class VLLMEngine(Engine):
                 # a debate re-sends its whole history every turn: the cache serves the shared prefix
                 # (vLLM's default too, on CPU as well, except for MLA models and RISC-V)
                 enable_prefix_caching=True,
+                load_format=self.load_format,
                 disable_log_stats=not self.log_stats,
             )
             t0 = time.perf_counter()

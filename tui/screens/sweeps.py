@@ -73,7 +73,8 @@ class SweepScreen(Screen[None]):
             text.update("No sweeps yet.")
             bar.update(total=1, progress=0)
             return
-        s = summarize(self.current, debates)
+        record = self.store.get_sweep(self.current)
+        s = summarize(self.current, debates, planned=record.total if record else None)
         others = ", ".join(f"{n} {k}" for k, n in sorted(s.statuses.items()) if k != "finished")
         text.update(f"{s.name}: {s.finished}/{s.total} debates finished" + (f" ({others})" if others else ""))
         bar.update(total=max(1, s.total), progress=s.finished)
