@@ -93,7 +93,7 @@ def shaped_base(tiny: Path, out: Path) -> Path:
     """A folder vLLM can load with ``load_format="dummy"``: the 8B config and the tiny model's tokenizer."""
     out.mkdir(parents=True, exist_ok=True)
     for f in tiny.iterdir():
-        if f.is_file() and not f.name.endswith(".safetensors") and f.name != "config.json":
+        if f.is_file() and not f.name.endswith(".safetensors") and f.name not in ("config.json", "bonsai_model.json"):
             shutil.copy(f, out / f.name)
     cfg = json.loads((tiny / "config.json").read_text())
     cfg.update(SHAPE_8B)
@@ -134,18 +134,19 @@ async def run_sweep(engine: Any, store: Any, home: Path, book: Any, path: Path, 
     plan = plan_sweep(sweep, book, home)
     async with DebateRunner(engine, store, home / f"ck-{sweep.config.name}.sqlite", book, home, base_name) as runner:
         ex = SweepExecutor(runner, store, plan, concurrency=sweep.config.concurrency, retries=0, backoff_s=0)
-        before = await engine.stats()
+        before, counted = await engine.stats(), engine.generated
         t0 = time.perf_counter()
         result = await ex.run()
         wall = time.perf_counter() - t0
         delta = (await engine.stats()).since(before)
     if result.failures:
         raise RuntimeError(f"{len(result.failures)} debates failed, e.g. {result.failures[0].message}")
-    gen = delta.generation_tokens or 0
+    completions = engine.generated - counted
+    gen = delta.generation_tokens if delta.generation_tokens is not None else completions
     return {
         "debates": result.finished - result.skipped, "wall_s": round(wall, 2),
         "debates_per_hour": round(3600 * (result.finished - result.skipped) / wall, 1),
-        "generated_tokens": gen, "tokens_per_s": round(gen / wall, 1), "prompt_tokens": delta.prompt_tokens,
+        "generated_tokens": gen, "completion_tokens": completions, "tokens_per_s": round(gen / wall, 1), "prompt_tokens": delta.prompt_tokens,
         "prefix_cache_queries": delta.prefix_cache_queries, "prefix_cache_hits": delta.prefix_cache_hits,
         "prefix_cache_hit_rate": round(delta.hit_rate, 4) if delta.hit_rate is not None else None,
         "plan": plan,
@@ -163,11 +164,18 @@ def recording_engine_class() -> type:
             super().__init__(*args, **kwargs)
             self.recording = False
             self.recorded: list[Any] = []
+            #: output tokens of every Completion: a cross-check of vLLM's generation-token counter
+            self.generated = 0
 
-        def stream(self, request: Any) -> Any:  # type: ignore[override]
+        async def stream(self, request: Any) -> Any:  # type: ignore[override]
+            from bonsai.engine import Completion
+
             if self.recording:
                 self.recorded.append(request)
-            return super().stream(request)
+            async for ev in super().stream(request):
+                if isinstance(ev, Completion):
+                    self.generated += ev.output_tokens
+                yield ev
 
     return RecordingVLLMEngine
 
@@ -176,12 +184,12 @@ async def replay_raw(engine: Any, requests: list[Any]) -> dict[str, Any]:
     """The sweep's requests straight into the engine, all at once: no graph, no waiting between turns."""
     import dataclasses
 
-    before = await engine.stats()
+    before, counted = await engine.stats(), engine.generated
     t0 = time.perf_counter()
     await asyncio.gather(*(engine.generate(dataclasses.replace(r, request_id=f"raw-{i}-{r.request_id}")) for i, r in enumerate(requests)))
     wall = time.perf_counter() - t0
     delta = (await engine.stats()).since(before)
-    gen = delta.generation_tokens or 0
+    gen = delta.generation_tokens if delta.generation_tokens is not None else engine.generated - counted
     return {"requests": len(requests), "wall_s": round(wall, 2), "generated_tokens": gen, "tokens_per_s": round(gen / wall, 1)}
 
 
