@@ -5,6 +5,7 @@ The same flows run on the real vLLM engine in test_debate_real.py.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,22 @@ async def test_consumer_that_stops_reading_leaves_a_resumable_debate(tmp_path: P
             events = [ev async for ev in runner.resume(debate_id)]
         assert events[-1]["status"] == "finished"
         assert [t.turn_index for t in store.turns(debate_id)] == [0, 1, 2, 3]
+
+
+async def test_stream_closed_right_after_a_turn_resumes_to_the_end(tmp_path: Path, book: PersonaBook, isolated_home: Path) -> None:
+    """A consumer that stops reading at a turn_end (inside the node, its turn already stored) leaves a
+    checkpoint with nothing scheduled; a fresh runner must still finish the debate, each turn once."""
+    spec = DebateSpec(motion="Tea beats coffee", format="quick", rounds=1, seed=3)
+    with TranscriptStore(tmp_path / "t.sqlite") as store:
+        async with DebateRunner(FakeEngine(), store, tmp_path / "ck.sqlite", book, isolated_home, "fake") as runner:
+            async with contextlib.aclosing(runner.run(spec, stream_tokens=False)) as events:
+                async for ev in events:
+                    if ev["event"] == "turn_end":
+                        debate_id = ev["debate_id"]
+                        break
+        async with DebateRunner(FakeEngine(), store, tmp_path / "ck.sqlite", book, isolated_home, "fake") as runner:
+            events = [ev async for ev in runner.resume(debate_id, stream_tokens=False)]
+        assert events[-1]["event"] == "debate_end" and events[-1]["status"] == "finished"
+        turns = store.turns(debate_id)
+        assert [t.turn_index for t in turns] == list(range(len(turns))) and len(turns) == 4
+        assert not [e for e in events if e["event"] == "token"]

@@ -97,11 +97,23 @@ async def _run_async(args: argparse.Namespace) -> int:
         from bonsai.sweep.ray_executor import run_on_ray
 
         with TranscriptStore(store_file) as store:
-            _record_sweep(store, plan, stored)
             reporter = _Reporter(console, total=len(plan.jobs), quiet=args.json)
-            with reporter:
-                result = await run_on_ray(plan, store, engine_config, address=args.ray, workers=args.ray_workers, home=home,
-                                          personas_dir=args.personas_dir, on_progress=reporter.update)
+            recorded = False
+
+            def on_ready() -> None:  # workers started and every set-up checked, as the local path does first
+                nonlocal recorded
+                _record_sweep(store, plan, stored)
+                recorded = True
+
+            try:
+                with reporter:
+                    result = await run_on_ray(plan, store, engine_config, address=args.ray, workers=args.ray_workers, home=home,
+                                              personas_dir=args.personas_dir, on_progress=reporter.update,
+                                              base_name=base.name if base else None, on_ready=on_ready)
+            except (KeyboardInterrupt, asyncio.CancelledError):
+                if recorded:
+                    store.set_sweep_status(plan.name, "interrupted")
+                raise
             return _finish(store, plan, result, console, args)
 
     engine: Engine = create_engine(engine_config)

@@ -6,6 +6,7 @@ names the criteria every verdict scores.
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,13 +91,28 @@ def builtin_formats_dir() -> Path:
 
 
 def load_format(name_or_path: str) -> DebateFormat:
-    """A built-in format by name (``standard``), or a YAML file path."""
+    """A built-in format by name (``standard``), or a YAML file path.
+
+    Parsed once per file version (path and modification time): a sweep starts hundreds of debates of the
+    same format, and parsing YAML for each was measurable on the event loop they share."""
     p = Path(name_or_path)
     if not p.suffix:
         p = builtin_formats_dir() / f"{name_or_path}.yaml"
         if not p.is_file():
             known = ", ".join(sorted(f.stem for f in builtin_formats_dir().glob("*.yaml")))
             raise ConfigError(f"unknown debate format {name_or_path!r}", f"built-in formats: {known}; or pass a YAML file path")
+    try:
+        stamp = p.stat().st_mtime_ns
+    except FileNotFoundError:
+        raise ConfigError(f"format file {p} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read format file {p}: {exc}") from None
+    return _parse_format(str(p.resolve()), stamp).model_copy(deep=True)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_format(path: str, stamp: int) -> DebateFormat:
+    p = Path(path)
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -53,6 +53,9 @@ class DebateContext:
     #: there (a LangGraph ``interrupt`` in the ``steer`` node) until it is resumed, possibly with a
     #: moderator note. None (the CLI) never holds. Lets a front end pause, step and take notes.
     gate: Callable[[int], bool] | None = None
+    #: False: no token events, whole completions only (a sweep has no one to show tokens to, and at
+    #: hundreds of debates per event loop the per-token events cost more than the engine's decoding)
+    stream_tokens: bool = True
 
     def __post_init__(self) -> None:
         self.personas = {p.name: p for p in self.cast.everyone()}
@@ -136,6 +139,8 @@ async def _stream_one(
     emit: Callable[[dict[str, Any]], None],
     tags: dict[str, Any],
 ) -> Completion:
+    if not ctx.stream_tokens:
+        return await ctx.engine.generate(request)
     splitter = StreamSplitter(fmt)
     final: Completion | None = None
     async for ev in ctx.engine.stream(request):

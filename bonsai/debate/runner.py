@@ -121,7 +121,7 @@ class DebateRunner:
         assert self._graph is not None, "use `async with DebateRunner(...)`"
         return self._graph
 
-    async def _context(self, prepared: PreparedDebate, gate: Gate | None = None) -> DebateContext:
+    async def _context(self, prepared: PreparedDebate, gate: Gate | None = None, *, stream_tokens: bool = True) -> DebateContext:
         refs = adapter_refs(prepared)
         for ref in refs.values():
             if ref is not None:
@@ -138,6 +138,7 @@ class DebateRunner:
             seed=prepared.spec.seed,
             max_tokens=prepared.spec.max_tokens,
             gate=gate,
+            stream_tokens=stream_tokens,
         )
 
     def _check_motion_fits(self, ctx: DebateContext, motion: str) -> None:
@@ -161,13 +162,14 @@ class DebateRunner:
         self._check_motion_fits(ctx, spec.motion)
 
     async def start(
-        self, spec: DebateSpec, *, debate_id: str | None = None, gate: Gate | None = None, extra: dict[str, Any] | None = None
+        self, spec: DebateSpec, *, debate_id: str | None = None, gate: Gate | None = None, extra: dict[str, Any] | None = None,
+        stream_tokens: bool = True,
     ) -> tuple[str, DebateContext]:
         """Validate and record a new debate; returns its id and context (nothing is written if invalid).
 
         ``extra`` is stored with the debate's settings (a sweep records which competitor sat where)."""
         prepared = plan_debate(spec, self.book, self.home)
-        ctx = await self._context(prepared, gate)
+        ctx = await self._context(prepared, gate, stream_tokens=stream_tokens)
         self._check_motion_fits(ctx, spec.motion)
         debate_id = debate_id or uuid.uuid4().hex[:12]
         pinned = spec.model_copy(update={"adapters": {k: (str(v) if v else None) for k, v in prepared.adapter_paths.items()}})
@@ -190,9 +192,11 @@ class DebateRunner:
         return debate_id, ctx
 
     async def run(
-        self, spec: DebateSpec, *, debate_id: str | None = None, gate: Gate | None = None, extra: dict[str, Any] | None = None
+        self, spec: DebateSpec, *, debate_id: str | None = None, gate: Gate | None = None, extra: dict[str, Any] | None = None,
+        stream_tokens: bool = True,
     ) -> AsyncIterator[dict[str, Any]]:
-        debate_id, ctx = await self.start(spec, debate_id=debate_id, gate=gate, extra=extra)
+        """``stream_tokens=False``: no ``token`` events (turns still end with their full text)."""
+        debate_id, ctx = await self.start(spec, debate_id=debate_id, gate=gate, extra=extra, stream_tokens=stream_tokens)
         initial = {
             "debate_id": debate_id,
             "motion": spec.motion,
@@ -209,7 +213,9 @@ class DebateRunner:
             async for ev in events:
                 yield ev
 
-    async def resume(self, debate_id: str, *, gate: Gate | None = None, note: str | None = None) -> AsyncIterator[dict[str, Any]]:
+    async def resume(
+        self, debate_id: str, *, gate: Gate | None = None, note: str | None = None, stream_tokens: bool = True
+    ) -> AsyncIterator[dict[str, Any]]:
         """Go on from the last checkpoint. A debate held between turns (see ``gate``) goes on from where it
         waits, taking ``note`` as a moderator note; ``note`` is refused for a debate that is not waiting."""
         record = self.store.get_debate(debate_id)
@@ -220,7 +226,7 @@ class DebateRunner:
             raise ConfigError(f"debate {debate_id} has no stored settings to resume from")
         spec = DebateSpec.model_validate(spec_data)
         prepared = plan_debate(spec, self.book, self.home)
-        ctx = await self._context(prepared, gate)
+        ctx = await self._context(prepared, gate, stream_tokens=stream_tokens)
         config = {"configurable": {"thread_id": debate_id}}
         snapshot = await self.graph.aget_state(config)
         waiting = bool(snapshot.interrupts)

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,9 @@ from bonsai.engine.types import (
 from bonsai.errors import AdapterError, BonsaiError, EngineError, PromptTooLong
 
 log = logging.getLogger(__name__)
+
+#: prompts whose encoding is kept (a few per debate in flight is plenty)
+ENCODE_CACHE_SIZE = 2048
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -101,6 +105,7 @@ class VLLMEngine(Engine):
         self.kv_cache_gib = kv_cache_gib
         self.seed = seed
         self.log_stats = log_stats
+        self._encoded: OrderedDict[Prompt, tuple[str, list[int]]] = OrderedDict()
         #: "dummy" gives random weights of the config's shape: benchmarks of large shapes without the files
         self.load_format = load_format
         self.info = EngineInfo(
@@ -239,10 +244,21 @@ class VLLMEngine(Engine):
         )
 
     def _encode(self, prompt: Prompt) -> tuple[str, list[int]]:
+        # The debate graph counts a prompt's tokens (room for the answer) just before sending it: remember
+        # the last few encodings, so a request is templated and tokenized once. With hundreds of debates on
+        # one event loop, tokenization is a good part of the time the loop is busy.
+        cached = self._encoded.get(prompt)
+        if cached is not None:
+            self._encoded.move_to_end(prompt)
+            return cached
         text = self.render(prompt)
         # a chat template writes its own special tokens; raw text gets what the tokenizer adds
         ids = self._require_tokenizer()(text, add_special_tokens=isinstance(prompt, TextPrompt)).input_ids
-        return text, list(ids)
+        result = (text, list(ids))
+        self._encoded[prompt] = result
+        if len(self._encoded) > ENCODE_CACHE_SIZE:
+            self._encoded.popitem(last=False)
+        return result
 
     def count_tokens(self, prompt: Prompt) -> int:
         return len(self._encode(prompt)[1])
@@ -276,7 +292,7 @@ class VLLMEngine(Engine):
 
     # --- generation -----------------------------------------------------------------------------
 
-    def _sampling_params(self, sampling: Sampling) -> Any:
+    def _sampling_params(self, sampling: Sampling, *, final_only: bool = False) -> Any:
         from vllm.sampling_params import RequestOutputKind, SamplingParams
 
         extra: dict[str, Any] = {}
@@ -290,14 +306,12 @@ class VLLMEngine(Engine):
             seed=sampling.seed,
             stop=list(sampling.stop) or None,
             logprobs=sampling.logprobs,
-            output_kind=RequestOutputKind.DELTA,
+            output_kind=RequestOutputKind.FINAL_ONLY if final_only else RequestOutputKind.DELTA,
             **extra,
         )
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
-        llm = self._require_llm()
-        from vllm.inputs import TokensPrompt
-
+    async def _prepare(self, request: GenerationRequest, *, final_only: bool) -> tuple[list[int], Any, Any]:
+        """Token ids, LoRA request and sampling parameters, after the checks every request gets."""
         _, ids = self._encode(request.prompt)
         sampling = request.sampling
         if len(ids) + sampling.max_tokens > self.max_model_len:
@@ -310,7 +324,51 @@ class VLLMEngine(Engine):
             if request.adapter.name not in self._loaded:
                 await self.add_adapter(request.adapter)
             lora = self._lora_request(request.adapter)
-        params = self._sampling_params(sampling)
+        return ids, lora, self._sampling_params(sampling, final_only=final_only)
+
+    async def generate(self, request: GenerationRequest) -> Completion:
+        """One output per request (vLLM's FINAL_ONLY): no per-token work in this process, which is what
+        lets hundreds of debates share one event loop without it becoming the bottleneck."""
+        llm = self._require_llm()
+        from vllm.inputs import TokensPrompt
+
+        ids, lora, params = await self._prepare(request, final_only=True)
+        sampling = request.sampling
+        t0 = time.perf_counter()
+        final: Any = None
+        outputs = llm.generate(TokensPrompt(prompt_token_ids=ids), params, request.request_id, lora_request=lora)
+        try:
+            async for out in outputs:
+                final = out
+        except BonsaiError:
+            raise
+        except Exception as exc:
+            raise EngineError(f"vLLM request {request.request_id} failed: {_root_cause(exc)}", "see the log above; the request may be malformed (schema, sampling)") from exc
+        finally:
+            if final is None or not final.finished:
+                with contextlib.suppress(Exception):
+                    await outputs.aclose()
+        if final is None or not final.finished:
+            raise EngineError(f"vLLM request {request.request_id} ended without an output", "see the log above")
+        choice = final.outputs[0]
+        return Completion(
+            request_id=request.request_id,
+            text=choice.text,
+            prompt_tokens=len(ids),
+            output_tokens=len(choice.token_ids),
+            finish_reason=choice.finish_reason or "stop",
+            first_token_s=None,
+            total_s=time.perf_counter() - t0,
+            logprobs=tuple(_token_logprobs(choice.token_ids, choice.logprobs)) if sampling.logprobs is not None and choice.logprobs else (() if sampling.logprobs is not None else None),
+            adapter_name=request.adapter.name if request.adapter is not None else None,
+        )
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        llm = self._require_llm()
+        from vllm.inputs import TokensPrompt
+
+        ids, lora, params = await self._prepare(request, final_only=False)
+        sampling = request.sampling
 
         t0 = time.perf_counter()
         first_token_s: float | None = None

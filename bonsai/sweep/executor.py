@@ -123,6 +123,8 @@ class SweepExecutor:
         self._failures: list[Failure] = []
         self._stop_reason: str | None = None
         self._workers: list[asyncio.Task[None]] = []
+        #: how long debates get to reach their next event after the wall-time budget, before cancellation
+        self.stop_grace_s = 30.0
 
     # --- checks before anything runs ------------------------------------------------------------
 
@@ -153,9 +155,7 @@ class SweepExecutor:
         resumed = sum(1 for j in todo if j.debate_id in statuses)
         log.info("sweep %s: %d debates, %d finished before, %d to resume, %d to start", self.plan.name, len(jobs), p.done, resumed, len(todo) - resumed)
         self._emit()
-        try:
-            self._check_tokens()
-        except _Stop:
+        if self._tokens_spent():
             return SweepResult(len(jobs), p.done, p.done_before, [], self._stop_reason, 0, 0.0)
         queue: asyncio.Queue[SweepJob] = asyncio.Queue()
         for job in todo:
@@ -181,18 +181,25 @@ class SweepExecutor:
         )
 
     async def _watchdog(self, workers: list[asyncio.Task[None]]) -> None:
+        """Past the wall-time budget, debates stop at their next event (between turns, where nothing is
+        being written); one that has not stopped within ``stop_grace_s`` is cancelled outright."""
         assert self.budget.wall_s is not None
         await asyncio.sleep(self.budget.wall_s)
-        self._stop_reason = f"wall-time budget of {self.budget.wall_s:g} s reached"
-        log.warning("sweep %s: %s; stopping the debates in flight (they resume with --resume)", self.plan.name, self._stop_reason)
+        self._stop(f"wall-time budget of {self.budget.wall_s:g} s reached")
+        await asyncio.sleep(self.stop_grace_s)
         for w in workers:
             w.cancel()
 
-    def _check_tokens(self) -> None:
+    def _stop(self, reason: str) -> None:
+        if self._stop_reason is None:
+            self._stop_reason = reason
+            log.warning("sweep %s: %s; stopping the debates in flight (they resume with --resume)", self.plan.name, reason)
+
+    def _tokens_spent(self) -> bool:
         cap = self.budget.tokens
         if cap is not None and self.progress.tokens_before + self.progress.tokens >= cap:
-            self._stop_reason = f"token budget of {cap} reached ({self.progress.tokens_before + self.progress.tokens} generated)"
-            raise _Stop(self._stop_reason)
+            self._stop(f"token budget of {cap} reached ({self.progress.tokens_before + self.progress.tokens} generated)")
+        return self._stop_reason is not None
 
     async def _worker(self, queue: asyncio.Queue[SweepJob]) -> None:
         while True:
@@ -207,11 +214,7 @@ class SweepExecutor:
             try:
                 await self._one(job)
             except _Stop:
-                # stop every worker: cancelling the others marks their debates interrupted (resumable)
-                for task in self._workers:
-                    if task is not asyncio.current_task():
-                        task.cancel()
-                raise
+                return  # the debate was closed at an event: saved as interrupted, resumable
             finally:
                 self.progress.running -= 1
                 self._emit()
@@ -232,6 +235,8 @@ class SweepExecutor:
                 self.progress.retries += 1
                 log.warning("debate %s: %s; retry %d of %d in %.1f s (from its last checkpoint)", job.debate_id, exc.message, attempt, self.retries, delay)
                 await self._sleep(delay)
+                if self._stop_reason is not None:
+                    raise _Stop(self._stop_reason)
                 continue
             except BonsaiError as exc:
                 self._fail(job, exc.message, attempt)
@@ -252,7 +257,11 @@ class SweepExecutor:
 
     async def _attempt(self, job: SweepJob) -> dict[str, Any]:
         exists = bool(self.store.debate_statuses([job.debate_id]))
-        events = self.runner.resume(job.debate_id) if exists else self.runner.run(job.spec, debate_id=job.debate_id, extra={"sweep_job": job.labels()})
+        # no token events: progress needs only whole turns, and per-token events cost more than decoding at scale
+        if exists:
+            events = self.runner.resume(job.debate_id, stream_tokens=False)
+        else:
+            events = self.runner.run(job.spec, debate_id=job.debate_id, extra={"sweep_job": job.labels()}, stream_tokens=False)
         summary: dict[str, Any] = {"debate_id": job.debate_id, "resumed": exists}
         async with contextlib.aclosing(events) as stream:
             async for ev in stream:
@@ -260,11 +269,15 @@ class SweepExecutor:
                 if kind == "turn_end":
                     self.progress.tokens += int(ev.get("output_tokens") or 0)
                     self._emit()
-                    self._check_tokens()
+                    self._tokens_spent()
                 elif kind == "verdict":
                     summary.update(prob_a=ev.get("prob_a"), confidence=ev.get("confidence"))
                 elif kind == "debate_end":
                     summary.update(status=ev["status"], winner=ev["winner"])
+                if self._stop_reason is not None and kind in ("turn_start", "judging"):
+                    # a node that has not started generating: closing the stream here cancels it before it
+                    # writes anything, so the resume re-runs exactly that turn (saved as interrupted)
+                    raise _Stop(self._stop_reason)
         return summary
 
     def _fail(self, job: SweepJob, message: str, attempts: int) -> None:
