@@ -177,6 +177,14 @@ def recording_engine_class() -> type:
                     self.generated += ev.output_tokens
                 yield ev
 
+        async def generate(self, request: Any) -> Any:  # type: ignore[override]
+            # sweeps use generate() (no token events): recorded and counted the same way
+            if self.recording:
+                self.recorded.append(request)
+            completion = await super().generate(request)
+            self.generated += completion.output_tokens
+            return completion
+
     return RecordingVLLMEngine
 
 
