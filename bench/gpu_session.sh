@@ -3,9 +3,10 @@
 # (see docs/benchmarks.md, "Sweeps on the GPU"): installs the kits, then runs, in order,
 #   1. bench/sweep_bench.py on a Llama-8B-shaped model with random weights and 4 adapters;
 #   2. the closed training loop (`bonsai loop`, 2 generations) on the real embedded SmolLM2-135M.
-# Usage (from the repository root there):  setsid nohup bash bench/gpu_session.sh /tmp/gpu-out >/dev/null 2>&1 &
+# Usage (from the repository root there):  setsid nohup bash bench/gpu_session.sh /tmp/gpu-out [all|sweep|loop] >/dev/null 2>&1 &
 set -u
-out=${1:?usage: gpu_session.sh OUTDIR}
+out=${1:?usage: gpu_session.sh OUTDIR [all|sweep|loop]}
+what=${2:-all}
 mkdir -p "$out"
 exec >"$out/session.log" 2>&1
 repo=$PWD
@@ -20,13 +21,17 @@ cd "$repo"
 export PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false BONSAI_HOME=/tmp/bonsai-home
 nvidia-smi --query-gpu=name,memory.total --format=csv
 python3 -m bonsai.cli.main model prepare
+if [ "$what" != loop ]; then
 echo "== sweep bench (8B shape, random weights) =="
 python3 bench/sweep_bench.py --shape 8b --levels 1,4,16,64,256 --adapters 4 --max-tokens 64 --kv-cache-gib 40 \
   --model-home /tmp/bonsai-home --json-out "$out/sweep-bench.json" > "$out/sweep-bench.log" 2>&1
 echo "sweep bench exit $?"
+fi
+if [ "$what" != sweep ]; then
 echo "== closed loop (SmolLM2-135M, 2 generations) =="
 start=$SECONDS
 python3 -m bonsai.cli.main loop --personas advocate,skeptic --generations 2 --max-steps 2 --debates 8 \
   --eval-max-motions 4 --json > "$out/loop.jsonl" 2> "$out/loop.err"
 echo "loop exit $? after $((SECONDS - start)) s"
+fi
 echo DONE
