@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.bonsai-installed
-EXTRAS ?= cpu,train,tui,dev
+EXTRAS ?= cpu,train,tui,dev,ray
 MOTION ?= This house believes that cities should ban private cars from their centres
 PYTEST_ARGS ?=
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.types import Command
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -109,7 +110,12 @@ class DebateRunner:
 
     async def __aenter__(self) -> DebateRunner:
         self.checkpoints.parent.mkdir(parents=True, exist_ok=True)
-        saver = await self._stack.enter_async_context(AsyncSqliteSaver.from_conn_string(str(self.checkpoints)))
+        conn = await self._stack.enter_async_context(aiosqlite.connect(str(self.checkpoints)))
+        # WAL (set by the saver) with synchronous=NORMAL: a commit survives the process being killed, and
+        # only an OS crash can lose the last ones. The default (FULL) syncs the disk on every checkpoint,
+        # and with hundreds of debates sharing this one connection those syncs became the bottleneck.
+        await conn.execute("PRAGMA synchronous=NORMAL")
+        saver = AsyncSqliteSaver(conn)
         self._graph = build_graph().compile(checkpointer=saver)
         return self
 

@@ -15,7 +15,9 @@ workers (Ray restarts them, ``max_restarts``) are retried with exponential backo
 ``retries``, the debate resubmitted to whichever live worker is free (one that ran an earlier attempt resumes
 it from its own checkpoint; any other starts it afresh); other errors fail the debate at once. Tokens are
 counted from each imported bundle's turns, so the token budget is checked per finished debate rather than
-per turn; reaching either budget cancels the debates in flight, which ``--resume`` runs again.
+per turn; reaching either budget cancels the debates in flight at once (unlike the local executor's stop
+between turns, nothing of theirs would be kept: their partial rows stay on the workers), and ``--resume``
+runs them again.
 
 A worker needs only bonsai (and its engine's extra) installed. The driver pins every seat's adapter folder
 before anything runs, and ships the files of the folders through the object store; a worker that does not
@@ -237,11 +239,13 @@ class DebateWorker:
         job = SweepJob.model_validate_json(job_json)
         status = self._store.debate_statuses([job.debate_id]).get(job.debate_id)
         if status != "finished":
+            # no token events: nobody watches them here, and at many debates per worker they cost more than decoding
             if status is None:
                 spec = await self.localise(job.spec)
-                events = runner.run(spec, debate_id=job.debate_id, extra={"sweep_job": job.labels(), "ray_worker": dict(self.info)})
+                extra = {"sweep_job": job.labels(), "ray_worker": dict(self.info)}
+                events = runner.run(spec, debate_id=job.debate_id, extra=extra, stream_tokens=False)
             else:
-                events = runner.resume(job.debate_id)
+                events = runner.resume(job.debate_id, stream_tokens=False)
             async with contextlib.aclosing(events) as stream:
                 async for _ in stream:
                     pass
