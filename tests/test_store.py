@@ -159,14 +159,14 @@ def test_migrations_run_once_and_later_ones_are_applied_and_recorded(tmp_path: P
     TranscriptStore(path).close()  # reopening must not re-run (m001 would fail: tables exist)
 
     def m999_extra(db: sqlite3.Connection) -> None:
-        db.execute("CREATE TABLE sweeps (sweep TEXT PRIMARY KEY)")
+        db.execute("CREATE TABLE extra_things (name TEXT PRIMARY KEY)")
 
     monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, m999_extra])
     with TranscriptStore(path) as s:
         assert s.get_debate("d1").motion == MOTION_JA  # data survives the migration
         names = [r[0] for r in s._db.execute("SELECT name FROM schema_version ORDER BY version")]
         assert names[-1] == "m999_extra" and len(names) == len(migrations.MIGRATIONS)
-        s._db.execute("SELECT * FROM sweeps").fetchall()
+        s._db.execute("SELECT * FROM extra_things").fetchall()
 
 
 def test_failed_migration_rolls_back_entirely(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
