@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from bonsai.errors import ConfigError, PersonaNotFound
+from bonsai.errors import ConfigError, PersonaNotFound, describe_validation
 
 
 class Team(str, Enum):
@@ -95,14 +95,7 @@ class Persona(BaseModel):
 
 
 def _format_validation_error(path: Path, err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        if e["type"] == "extra_forbidden":
-            lines.append(f"{loc}: unknown key")
-        else:
-            lines.append(f"{loc}: {e['msg'].removeprefix('Value error, ')}")  # our own checks' messages read as sentences
-    return f"{path}: invalid persona:\n    " + "\n    ".join(lines)
+    return f"{path}: invalid persona:\n    " + "\n    ".join(describe_validation(err))
 
 
 def load_persona(path: Path) -> Persona:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from bonsai.errors import ConfigError
+from bonsai.errors import ConfigError, describe_validation
 
 Method = Literal["orpo", "dpo", "sft"]
 
@@ -161,11 +161,7 @@ def builtin_recipes() -> list[str]:
 
 
 def _format_errors(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"{loc}: unknown key" if e["type"] == "extra_forbidden" else f"{loc}: {e['msg'].removeprefix('Value error, ')}")
-    return "; ".join(lines)
+    return "; ".join(describe_validation(err))
 
 
 def recipe_path(name_or_path: str | Path) -> Path:

@@ -15,7 +15,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from bonsai.errors import ConfigError
+from bonsai.errors import ConfigError, describe_validation
 
 SideLabel = Literal["A", "B"]
 
@@ -122,8 +122,5 @@ def _parse_format(path: str, stamp: int) -> DebateFormat:
     try:
         return DebateFormat.model_validate(raw)
     except ValidationError as exc:
-        msgs = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {'unknown key' if e['type'] == 'extra_forbidden' else e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors()
-        )
+        msgs = "; ".join(describe_validation(exc))
         raise ConfigError(f"{p}: invalid debate format: {msgs}", "see bonsai/formats/standard.yaml for a valid format") from None
