@@ -114,7 +114,43 @@ def write_sweep(folder: Path, name: str, n_motions: int, a: list[str], b: list[s
     return path
 
 
-async def run_sweep(engine: Any, store: Any, home: Path, book: Any, path: Path, base_name: str) -> dict[str, Any]:
+class Sampler:
+    """Every 20 ms: requests in flight at the engine, and how late the event loop woke this task (lag).
+
+    Mean in-flight below the engine's batch size means the debates, not the engine, set the pace; a large
+    lag means the one event loop that runs every debate (and vLLM's output handling) is saturated."""
+
+    def __init__(self, engine: Any, period: float = 0.02) -> None:
+        self.engine, self.period = engine, period
+        self.inflight: list[int] = []
+        self.lag: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            t0 = time.perf_counter()
+            await asyncio.sleep(self.period)
+            self.lag.append(time.perf_counter() - t0 - self.period)
+            self.inflight.append(self.engine.inflight)
+
+    def __enter__(self) -> Sampler:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+    def figures(self) -> dict[str, Any]:
+        if not self.lag:
+            return {}
+        lag = sorted(self.lag)
+        return {"mean_inflight": round(sum(self.inflight) / len(self.inflight), 1), "max_inflight": max(self.inflight),
+                "loop_lag_ms_p50": round(1000 * lag[len(lag) // 2], 2), "loop_lag_ms_p99": round(1000 * lag[int(len(lag) * 0.99)], 2),
+                "loop_lag_ms_max": round(1000 * lag[-1], 1)}
+
+
+async def run_sweep(engine: Any, store: Any, home: Path, book: Any, path: Path, base_name: str, *, profile: Path | None = None) -> dict[str, Any]:
     from bonsai.debate.runner import DebateRunner
     from bonsai.sweep.config import load_sweep
     from bonsai.sweep.executor import SweepExecutor
@@ -125,9 +161,26 @@ async def run_sweep(engine: Any, store: Any, home: Path, book: Any, path: Path, 
     async with DebateRunner(engine, store, home / f"ck-{sweep.config.name}.sqlite", book, home, base_name) as runner:
         ex = SweepExecutor(runner, store, plan, concurrency=sweep.config.concurrency, retries=0, backoff_s=0)
         before, counted = await engine.stats(), engine.generated
+        prof = None
+        if profile is not None:
+            import cProfile
+
+            prof = cProfile.Profile()
+            prof.enable()
         t0 = time.perf_counter()
-        result = await ex.run()
+        with Sampler(engine) as sampler:
+            result = await ex.run()
         wall = time.perf_counter() - t0
+        if prof is not None:
+            import io
+            import pstats
+
+            prof.disable()
+            text = io.StringIO()
+            stats = pstats.Stats(prof, stream=text)
+            stats.sort_stats("tottime").print_stats(40)
+            stats.sort_stats("cumulative").print_stats(80)
+            profile.write_text(text.getvalue())
         delta = (await engine.stats()).since(before)
     if result.failures:
         raise RuntimeError(f"{len(result.failures)} debates failed, e.g. {result.failures[0].message}")
@@ -139,6 +192,7 @@ async def run_sweep(engine: Any, store: Any, home: Path, book: Any, path: Path, 
         "generated_tokens": gen, "completion_tokens": completions, "tokens_per_s": round(gen / wall, 1), "prompt_tokens": delta.prompt_tokens,
         "prefix_cache_queries": delta.prefix_cache_queries, "prefix_cache_hits": delta.prefix_cache_hits,
         "prefix_cache_hit_rate": round(delta.hit_rate, 4) if delta.hit_rate is not None else None,
+        **sampler.figures(),
         "plan": plan,
     }
 
@@ -156,39 +210,60 @@ def recording_engine_class() -> type:
             self.recorded: list[Any] = []
             #: output tokens of every Completion: a cross-check of vLLM's generation-token counter
             self.generated = 0
+            self.inflight = 0
 
         async def stream(self, request: Any) -> Any:  # type: ignore[override]
             from bonsai.engine import Completion
 
             if self.recording:
                 self.recorded.append(request)
-            async for ev in super().stream(request):
-                if isinstance(ev, Completion):
-                    self.generated += ev.output_tokens
-                yield ev
+            self.inflight += 1
+            try:
+                async for ev in super().stream(request):
+                    if isinstance(ev, Completion):
+                        self.generated += ev.output_tokens
+                    yield ev
+            finally:
+                self.inflight -= 1
 
         async def generate(self, request: Any) -> Any:  # type: ignore[override]
             # sweeps use generate() (no token events): recorded and counted the same way
             if self.recording:
                 self.recorded.append(request)
-            completion = await super().generate(request)
+            self.inflight += 1
+            try:
+                completion = await super().generate(request)
+            finally:
+                self.inflight -= 1
             self.generated += completion.output_tokens
             return completion
 
     return RecordingVLLMEngine
 
 
-async def replay_raw(engine: Any, requests: list[Any]) -> dict[str, Any]:
-    """The sweep's requests straight into the engine, all at once: no graph, no waiting between turns."""
+async def replay_raw(engine: Any, requests: list[Any], limit: int | None = None) -> dict[str, Any]:
+    """The sweep's requests straight into the engine, no graph, no waiting between turns: all at once, or
+    at most ``limit`` in flight (as many as the sweep's debates, each of which has one turn out at a time)."""
     import dataclasses
+
+    gate = asyncio.Semaphore(limit) if limit else None
+
+    async def send(i: int, r: Any) -> Any:
+        r = dataclasses.replace(r, request_id=f"raw{limit or ''}-{i}-{r.request_id}")
+        if gate is None:
+            return await engine.generate(r)
+        async with gate:
+            return await engine.generate(r)
 
     before, counted = await engine.stats(), engine.generated
     t0 = time.perf_counter()
-    await asyncio.gather(*(engine.generate(dataclasses.replace(r, request_id=f"raw-{i}-{r.request_id}")) for i, r in enumerate(requests)))
+    with Sampler(engine) as sampler:
+        await asyncio.gather(*(send(i, r) for i, r in enumerate(requests)))
     wall = time.perf_counter() - t0
     delta = (await engine.stats()).since(before)
     gen = delta.generation_tokens if delta.generation_tokens is not None else engine.generated - counted
-    return {"requests": len(requests), "wall_s": round(wall, 2), "generated_tokens": gen, "tokens_per_s": round(gen / wall, 1)}
+    return {"requests": len(requests), "limit": limit, "wall_s": round(wall, 2), "generated_tokens": gen, "tokens_per_s": round(gen / wall, 1),
+            **sampler.figures()}
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -206,7 +281,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     levels = [int(x) for x in args.levels.split(",")]
     figures: dict[str, Any] = {"vllm": vllm_version(), "python": platform.python_version(), "shape": args.shape, "levels": {},
-                               "max_tokens": args.max_tokens, "adapters": args.adapters}
+                               "max_tokens": args.max_tokens, "adapters": args.adapters, "max_num_seqs": args.max_num_seqs}
     home = Path(tempfile.mkdtemp(prefix="bonsai-sweep-bench-"))
     try:
         tiny = prepare_embedded(bonsai_home(args.model_home) if args.model_home else home)
@@ -224,35 +299,48 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         book = PersonaBook.load()
         extra = {"load_format": "dummy"} if args.shape == "8b" else {}
         engine = recording_engine_class()(base_dir, max_model_len=args.max_model_len, max_loras=max(1, args.adapters), max_lora_rank=16,
-                            dtype=dtype, kv_cache_gib=args.kv_cache_gib, seed=0, **extra)
+                            dtype=dtype, kv_cache_gib=args.kv_cache_gib, seed=0, max_num_seqs=args.max_num_seqs, **extra)
         t0 = time.perf_counter()
         await engine.start()
         figures["engine_start_s"] = round(time.perf_counter() - t0, 1)
+        sched = engine._llm.vllm_config.scheduler_config  # what vLLM actually chose for this device
+        figures["engine_max_num_seqs"], figures["engine_max_num_batched_tokens"] = sched.max_num_seqs, sched.max_num_batched_tokens
+        print(f"engine: max_num_seqs {sched.max_num_seqs}, max_num_batched_tokens {sched.max_num_batched_tokens}", flush=True)
+        if args.profile_dir:
+            args.profile_dir.mkdir(parents=True, exist_ok=True)
         try:
             with TranscriptStore(home / "transcripts.sqlite") as store:
                 # warm-up: one tiny sweep so kernels and every adapter are loaded before timing
                 warm = write_sweep(home, "warmup", 1, labels["A"], labels["B"], args, concurrency=args.adapters * 2, fmt="quick", rounds=1)
                 await run_sweep(engine, store, home, book, warm, base_dir.name)
-                for c in levels:
+                for c in [] if args.prefix_only else levels:
                     n_debates = max(c, args.min_debates)
                     per_motion = 2 * len(labels["A"]) * len(labels["B"])
                     path = write_sweep(home, f"c{c}", -(-n_debates // per_motion), labels["A"], labels["B"], args, concurrency=c, fmt="quick", rounds=1)
                     engine.recording, engine.recorded = c == levels[-1], []
-                    fig = await run_sweep(engine, store, home, book, path, base_dir.name)
+                    profile = args.profile_dir / f"profile-c{c}.txt" if args.profile_dir and c == levels[-1] else None
+                    fig = await run_sweep(engine, store, home, book, path, base_dir.name, profile=profile)
                     engine.recording = False
                     fig.pop("plan")
                     figures["levels"][str(c)] = fig
                     print(f"concurrency {c:>4}: {fig['debates']:>4} debates in {fig['wall_s']:>8.1f} s  "
-                          f"{fig['debates_per_hour']:>10.1f} debates/h  {fig['tokens_per_s']:>8.1f} tok/s", flush=True)
-                first = figures["levels"][str(levels[0])]
-                for fig in figures["levels"].values():
-                    fig["speedup_vs_first"] = round(fig["debates_per_hour"] / first["debates_per_hour"], 2)
-                top = levels[-1]
-                raw = await replay_raw(engine, engine.recorded)
-                sweep_fig = figures["levels"][str(top)]
-                figures["raw_engine"] = {**raw, "concurrency": top}
-                figures["sweep_vs_raw"] = round(sweep_fig["tokens_per_s"] / raw["tokens_per_s"], 3) if raw["tokens_per_s"] else None
-                print(f"raw engine replay: {raw['requests']} requests, {raw['tokens_per_s']} tok/s; sweep/raw = {figures['sweep_vs_raw']}", flush=True)
+                          f"{fig['debates_per_hour']:>10.1f} debates/h  {fig['tokens_per_s']:>8.1f} tok/s  "
+                          f"in flight {fig.get('mean_inflight')} (max {fig.get('max_inflight')})  loop lag p99 {fig.get('loop_lag_ms_p99')} ms", flush=True)
+                if not args.prefix_only:
+                    first = figures["levels"][str(levels[0])]
+                    for fig in figures["levels"].values():
+                        fig["speedup_vs_first"] = round(fig["debates_per_hour"] / first["debates_per_hour"], 2)
+                    top = levels[-1]
+                    raw = await replay_raw(engine, engine.recorded)
+                    sweep_fig = figures["levels"][str(top)]
+                    figures["raw_engine"] = {**raw, "concurrency": top}
+                    figures["sweep_vs_raw"] = round(sweep_fig["tokens_per_s"] / raw["tokens_per_s"], 3) if raw["tokens_per_s"] else None
+                    print(f"raw engine replay: {raw['requests']} requests, {raw['tokens_per_s']} tok/s; sweep/raw = {figures['sweep_vs_raw']}", flush=True)
+                    same = await replay_raw(engine, engine.recorded, limit=top)
+                    figures["raw_engine_same_concurrency"] = same
+                    figures["sweep_vs_raw_same_concurrency"] = round(sweep_fig["tokens_per_s"] / same["tokens_per_s"], 3) if same["tokens_per_s"] else None
+                    print(f"raw engine replay, at most {top} in flight: {same['tokens_per_s']} tok/s; sweep/raw = {figures['sweep_vs_raw_same_concurrency']}",
+                          flush=True)
                 path = write_sweep(home, "prefix", args.prefix_motions, labels["A"][:1], labels["B"][:1], args,
                                    concurrency=args.prefix_concurrency, fmt="standard", rounds=2)
                 pre = await run_sweep(engine, store, home, book, path, base_dir.name)
@@ -279,6 +367,9 @@ def main() -> None:
     parser.add_argument("--kv-cache-gib", type=float, default=4.0)
     parser.add_argument("--prefix-motions", type=int, default=4, help="motions of the prefix-cache sweep (x2 sides)")
     parser.add_argument("--prefix-concurrency", type=int, default=8)
+    parser.add_argument("--prefix-only", action="store_true", help="only the prefix-cache sweep (no levels, no raw replay)")
+    parser.add_argument("--max-num-seqs", type=int, default=None, help="engine batch size (default: vLLM's throughput default for the device)")
+    parser.add_argument("--profile-dir", type=Path, default=None, help="write a cProfile of the top level's sweep (the event loop's thread) here")
     parser.add_argument("--model-home", default=None, help="BONSAI_HOME holding the prepared embedded model (default: a fresh one)")
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()

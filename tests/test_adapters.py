@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from bonsai.engine.adapters import AdapterRegistry, inspect_adapter, lora_rank_for, validate_adapter
+from bonsai.engine.adapters import AdapterInspector, AdapterRegistry, inspect_adapter, lora_rank_for, validate_adapter
 from bonsai.errors import AdapterError
 from bonsai.model.prepare import BaseModel
 
@@ -225,3 +226,77 @@ def test_lora_rank_for(lora_adapters: list[Path], base_model: BaseModel, tmp_pat
     huge = inspect_adapter(synthetic_lora(base_model.path, tmp_path / "r600", rank=600, layers=1))
     with pytest.raises(AdapterError, match="above vLLM's largest"):
         lora_rank_for([huge])
+
+
+def test_inspector_hashes_a_folder_once_until_its_files_change(lora_adapters: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sweep inspects the same adapters at every debate start: hashing them each time held the event loop."""
+    import asyncio
+    import os
+
+    import bonsai.engine.adapters as adapters_mod
+
+    calls: list[Path] = []
+    real = adapters_mod.inspect_adapter
+
+    def counting(path: Path) -> Any:
+        calls.append(path)
+        return real(path)
+
+    monkeypatch.setattr(adapters_mod, "inspect_adapter", counting)
+    folder = shutil.copytree(lora_adapters[0], tmp_path / "a")
+    inspector = AdapterInspector()
+    first = inspector.inspect(folder)
+    assert inspector.inspect(folder) is first
+    assert asyncio.run(inspector.ainspect(folder)) is first
+    assert len(calls) == 1
+
+    # new weights, written the way the registry writes them (a new file renamed over the old one)
+    weights = folder / "adapter_model.safetensors"
+    tensors = load_file(str(weights))
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] + 1.0
+    save_file(tensors, str(folder / "new.safetensors"))
+    os.replace(folder / "new.safetensors", weights)
+    changed = inspector.inspect(folder)
+    assert changed.content_hash != first.content_hash and len(calls) == 2
+
+    # a `current` link moved to another version is another adapter
+    other = shutil.copytree(lora_adapters[1], tmp_path / "b")
+    link = tmp_path / "current"
+    link.symlink_to(folder)
+    assert inspector.inspect(link).content_hash == changed.content_hash
+    link.unlink()
+    link.symlink_to(other)
+    assert inspector.inspect(link).content_hash == inspect_adapter(other).content_hash
+
+    # a missing folder is refused every time, never remembered
+    for _ in range(2):
+        with pytest.raises(AdapterError, match="does not exist"):
+            inspector.inspect(tmp_path / "gone")
+
+
+def test_inspector_hashes_once_for_debates_that_start_together(lora_adapters: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    import time
+
+    import bonsai.engine.adapters as adapters_mod
+
+    calls: list[Path] = []
+    real = adapters_mod.inspect_adapter
+
+    def slow(path: Path) -> Any:
+        calls.append(path)
+        time.sleep(0.2)  # long enough that every caller arrives while the first is still hashing
+        return real(path)
+
+    monkeypatch.setattr(adapters_mod, "inspect_adapter", slow)
+    inspector = AdapterInspector()
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(*(inspector.ainspect(lora_adapters[0]) for _ in range(20)), inspector.ainspect(tmp_path / "gone"),
+                                    return_exceptions=True)
+
+    *refs, missing = asyncio.run(main())
+    assert len({r.content_hash for r in refs}) == 1 and all(not isinstance(r, BaseException) for r in refs)
+    assert isinstance(missing, AdapterError)
+    assert len([c for c in calls if c == lora_adapters[0]]) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -73,7 +74,6 @@ def test_ids_are_stable_and_depend_on_the_grid(tmp_path: Path, book: PersonaBook
 
 
 def test_versions_resolve_and_are_pinned(tmp_path: Path, book: PersonaBook, isolated_home: Path, lora_adapters: list[Path]) -> None:
-    import shutil
 
     version_dir = isolated_home / "adapters" / "advocate" / "v1abc"
     shutil.copytree(lora_adapters[0], version_dir)
@@ -285,6 +285,28 @@ async def test_wall_budget_interrupts_and_resume_finishes(tmp_path: Path, book: 
     _, done = await run_sweep(tmp_path, book, isolated_home, CountingEngine(), path, budget=Budget())
     assert done.complete
     assert_each_finished_once(tmp_path / "t.sqlite", plan)
+
+
+async def test_a_sweep_hashes_each_adapter_once(tmp_path: Path, book: PersonaBook, isolated_home: Path, lora_adapters: list[Path],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hashing an adapter at every debate start (an 8B adapter is ~100 MB) held the event loop and capped GPU sweeps."""
+    import bonsai.engine.adapters as adapters_mod
+
+    version_dir = isolated_home / "adapters" / "advocate" / "v1abc"
+    shutil.copytree(lora_adapters[0], version_dir)
+    calls: list[Path] = []
+    real = adapters_mod.inspect_adapter
+    monkeypatch.setattr(adapters_mod, "inspect_adapter", lambda path: calls.append(Path(path)) or real(path))
+    path = write_sweep(tmp_path, motions=["M1", "M2", "M3"], pairings=[{"a": "advocate@v1abc", "b": "skeptic"}], concurrency=6)
+    plan, result = await run_sweep(tmp_path, book, isolated_home, CountingEngine(delay=0.01), path)
+    assert result.complete and result.finished == 6
+    assert [p.resolve() for p in calls] == [version_dir.resolve()]
+
+
+def test_max_num_seqs_must_be_positive(tmp_path: Path, isolated_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sweep", str(write_sweep(tmp_path)), "--max-num-seqs", "0"]) == 2
+    assert "--max-num-seqs must be at least 1" in capsys.readouterr().err
+    assert not (isolated_home / "transcripts.sqlite").exists()
 
 
 # --- the command line -----------------------------------------------------------------------------------

@@ -45,6 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget-time", type=float, default=None, metavar="SECONDS", help="stop this run after this many seconds")
     p.add_argument("--tokens-per-s", type=float, default=None, help="throughput to base --dry-run's time estimate on (default: measured on earlier sweeps)")
     p.add_argument("--kv-cache-gib", type=float, default=2.0, help="KV cache of the in-process engine (more fits more debates at once; default 2)")
+    p.add_argument("--max-num-seqs", type=int, default=None, metavar="N",
+                   help="requests the in-process engine batches at once (default: vLLM's throughput default for the device, 1024 on an H100)")
     p.add_argument("--ray", metavar="ADDRESS", default=None, help="run shards on a Ray cluster (e.g. auto, or ray://host:10001); each worker has its own engine")
     p.add_argument("--ray-workers", type=int, default=None, help="Ray workers (default: one per GPU, or 1 without GPUs)")
     p.add_argument("--store", type=Path, default=None, help="transcript store (default: $BONSAI_HOME/transcripts.sqlite)")
@@ -78,6 +80,8 @@ async def _run_async(args: argparse.Namespace) -> int:
         raise ConfigError("no sweep file given", "pass one: bonsai sweep SWEEP.yaml (see examples/sweep-quick.yaml)")
     if args.endpoint and args.engine != "openai":
         args.engine = "openai"
+    if args.max_num_seqs is not None and args.max_num_seqs < 1:
+        raise ConfigError(f"--max-num-seqs must be at least 1, not {args.max_num_seqs}", "leave it out to take vLLM's default for the device")
     if args.ray and args.endpoint:
         raise ConfigError("--ray and --endpoint do not go together", "Ray workers run their own engines; drop one of them")
     book = PersonaBook.load(args.personas_dir)
@@ -92,7 +96,8 @@ async def _run_async(args: argparse.Namespace) -> int:
     if base is not None:
         for ref in refs:
             validate_adapter(ref, base_dir=base.path, base_hash=base.content_hash, max_rank=args.max_lora_rank)
-    engine_config = build_engine_config(args, base, refs).model_copy(update={"kv_cache_gib": args.kv_cache_gib, "max_loras": max(1, min(16, len(refs)))})
+    engine_config = build_engine_config(args, base, refs).model_copy(update={"kv_cache_gib": args.kv_cache_gib, "max_loras": max(1, min(16, len(refs))),
+                                                                          "max_num_seqs": args.max_num_seqs})
     if args.ray:
         from bonsai.sweep.ray_executor import run_on_ray
 

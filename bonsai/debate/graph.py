@@ -117,7 +117,7 @@ async def steer_node(state: DebateState, runtime: Runtime[DebateContext]) -> dic
     return {"turns": [note_summary(step, note)], "notes": [note]}
 
 
-def _summary(slot: Slot, text: str, answer: str) -> dict[str, Any]:
+def turn_summary(slot: Slot, text: str, answer: str) -> dict[str, Any]:
     return {
         "index": slot.index,
         "kind": slot.kind,
@@ -203,7 +203,7 @@ async def moderator_node(state: DebateState, runtime: Runtime[DebateContext]) ->
     ctx.store.record_turn(_turn_record(ctx, debate_id, slot, persona, adapter, prompt, sampling, result, answer, None, time.monotonic() - t0))
     emit(event("turn_end", debate_id, turn=step, speaker=persona.name, team="none", role="moderator", phase=slot.title, answer=answer, reasoning=None,
                output_tokens=result.output_tokens, latency_s=result.total_s, adapter=adapter.name if adapter else None, candidates=[]))
-    return {"step": step + 1, "turns": [_summary(slot, result.text, answer)]}
+    return {"step": step + 1, "turns": [turn_summary(slot, result.text, answer)]}
 
 
 def _turn_record(
@@ -298,7 +298,7 @@ async def debater_node(state: DebateState, runtime: Runtime[DebateContext]) -> d
                         judge,
                         ctx.adapters.get(judge.name),
                         state["motion"],
-                        [*history, _summary(slot, r.text, p.answer)],
+                        [*history, turn_summary(slot, r.text, p.answer)],
                         slot.team,
                         ctx.fmt.judge.criteria,
                         f"{debate_id}-t{step}-c{i}-score",
@@ -348,7 +348,7 @@ async def debater_node(state: DebateState, runtime: Runtime[DebateContext]) -> d
             candidates=[{"index": i, "score": s, "answer": p.answer} for i, (s, p) in enumerate(zip(scores, parsed, strict=False))],
         )
     )
-    return {"step": step + 1, "turns": [_summary(slot, result.text, chosen.answer)]}
+    return {"step": step + 1, "turns": [turn_summary(slot, result.text, chosen.answer)]}
 
 
 async def judge_node(state: DebateState, runtime: Runtime[DebateContext]) -> dict[str, Any]:

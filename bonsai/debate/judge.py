@@ -202,10 +202,11 @@ async def read_once(
         seed=seed,
         json_schema=verdict_schema(criteria) if engine.info.supports_json_schema else None,
     )
-    (probs, found), verdict = await asyncio.gather(
-        probe_labels(engine, adapter, messages, f"{request_id}-probe"),
-        engine.generate(GenerationRequest(f"{request_id}-json", ChatPrompt(tuple(messages)), sampling, adapter)),
-    )
+    # The probe first, then the verdict: the probe is one token, so it costs little more than its prefill,
+    # and the verdict's prompt (the whole transcript) is then served from the prefix cache. Sent together,
+    # both were prefilled in the same engine step and neither could reuse the other's blocks.
+    probs, found = await probe_labels(engine, adapter, messages, f"{request_id}-probe")
+    verdict = await engine.generate(GenerationRequest(f"{request_id}-json", ChatPrompt(tuple(messages)), sampling, adapter))
     winner_label, scores_by_label, rationale, error = parse_verdict(verdict.text, criteria)
     return OrderReading(
         order=order,

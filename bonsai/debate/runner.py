@@ -28,11 +28,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bonsai.adapter_registry import resolve_persona_adapter
 from bonsai.debate.formats import DebateFormat, load_format
-from bonsai.debate.graph import DebateContext, _summary, build_graph
+from bonsai.debate.graph import DebateContext, build_graph, turn_summary
 from bonsai.debate.prompts import debater_prompt
 from bonsai.debate.schedule import Cast, Slot, build_schedule
 from bonsai.engine import AdapterRef, Engine
-from bonsai.engine.adapters import inspect_adapter
+from bonsai.engine.adapters import AdapterInspector, inspect_adapter
 from bonsai.errors import BonsaiError, ConfigError, DebateNotFound, PromptTooLong
 from bonsai.personas import PersonaBook
 from bonsai.store.records import DebateRecord
@@ -107,6 +107,7 @@ class DebateRunner:
         self.base_model = base_model
         self._stack = contextlib.AsyncExitStack()
         self._graph: Any = None
+        self._inspector = AdapterInspector()
 
     async def __aenter__(self) -> DebateRunner:
         self.checkpoints.parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +129,7 @@ class DebateRunner:
         return self._graph
 
     async def _context(self, prepared: PreparedDebate, gate: Gate | None = None, *, stream_tokens: bool = True) -> DebateContext:
-        refs = adapter_refs(prepared)
+        refs = {name: (await self._inspector.ainspect(path) if path else None) for name, path in prepared.adapter_paths.items()}
         for ref in refs.values():
             if ref is not None:
                 await self.engine.add_adapter(ref)
@@ -327,7 +328,7 @@ class DebateRunner:
             "motion": prepared.spec.motion,
             "step": at_turn,
             "plan": [s.kind for s in prepared.schedule],
-            "turns": [_summary(prepared.schedule[t.turn_index], t.text, t.answer) for t in stored],
+            "turns": [turn_summary(prepared.schedule[t.turn_index], t.text, t.answer) for t in stored],
             "notes": [],
         }
 

@@ -43,6 +43,7 @@ class EngineConfig(BaseModel):
     max_lora_rank: int = Field(16, ge=1)
     dtype: str = Field("auto", description="auto: float32 on CPU, bfloat16 on GPU.")
     kv_cache_gib: float = Field(1.0, gt=0)
+    max_num_seqs: int | None = Field(None, ge=1, description="Requests in one batch (in-process vLLM); None: vLLM's throughput default for the device.")
     seed: int = 0
     log_stats: bool = Field(True, description="Keep vLLM's counters for Engine.stats() (in-process vLLM engine).")
     endpoint_retry_s: float = Field(15.0, ge=0, description="Seconds a down endpoint rests before it is probed again (kind=openai).")
@@ -63,6 +64,7 @@ def create_engine(config: EngineConfig) -> Engine:
             kv_cache_gib=config.kv_cache_gib,
             seed=config.seed,
             log_stats=config.log_stats,
+            max_num_seqs=config.max_num_seqs,
         )
     if config.kind == "hf":
         from bonsai.engine.hf_peft import HFEngine

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -132,6 +133,67 @@ def inspect_adapter(path: Path) -> AdapterRef:
         target_modules=_target_modules(config),
         base_model=str(base_hash) if base_hash else None,
     )
+
+
+class AdapterInspector:
+    """``inspect_adapter`` remembered per folder while its files stay the same (size, mtime, inode).
+
+    A sweep starts hundreds of debates on the same few adapters; hashing an 8B-shaped adapter (~100 MB)
+    at every start held the event loop for ~0.2 s per debate, which capped a whole GPU sweep. Adapters
+    are written by atomic rename (a new inode), so a changed adapter is never served from here.
+    """
+
+    def __init__(self) -> None:
+        self._refs: dict[tuple[Any, ...], AdapterRef] = {}
+        self._pending: dict[tuple[Any, ...], Any] = {}  # key -> the asyncio future hashing it now
+
+    @staticmethod
+    def _key(path: Path) -> tuple[Any, ...] | None:
+        # not resolved: stat follows a `current` link, so a re-pointed link gives another key
+        parts: list[Any] = [os.path.abspath(path)]
+        for name in (CONFIG_FILE, WEIGHTS_FILE, MANIFEST_FILE):
+            try:
+                st = (path / name).stat()
+            except FileNotFoundError:
+                parts.append(None)
+                continue
+            except OSError:
+                return None  # unreadable: let inspect_adapter say why
+            parts.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(parts)
+
+    def inspect(self, path: Path) -> AdapterRef:
+        key = self._key(Path(path))
+        ref = self._refs.get(key) if key is not None else None
+        if ref is None:
+            ref = inspect_adapter(Path(path))
+            if key is not None:
+                self._refs[key] = ref
+        return ref
+
+    async def ainspect(self, path: Path) -> AdapterRef:
+        """The same, hashing off the event loop on a miss. Debates that start together share one hashing
+        of a folder (a sweep starts hundreds at once: each hashing it again filled the thread pool)."""
+        import asyncio
+
+        key = self._key(Path(path))
+        if key is None:
+            return await asyncio.to_thread(inspect_adapter, Path(path))
+        ref = self._refs.get(key)
+        if ref is not None:
+            return ref
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(asyncio.to_thread(inspect_adapter, Path(path)))
+            self._pending[key] = pending
+            pending.add_done_callback(lambda done: self._settle(key, done))
+        # shielded: one debate being cancelled must not cancel the hashing the others wait on
+        return await asyncio.shield(pending)
+
+    def _settle(self, key: tuple[Any, ...], done: Any) -> None:
+        self._pending.pop(key, None)
+        if not done.cancelled() and done.exception() is None:
+            self._refs[key] = done.result()
 
 
 # --- the base model's linear layers -------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -93,9 +94,11 @@ class VLLMEngine(Engine):
         seed: int = 0,
         log_stats: bool = True,
         load_format: str = "auto",
+        max_num_seqs: int | None = None,
     ) -> None:
         """``log_stats`` keeps vLLM's counters for :meth:`stats`; its cost is negligible, and vLLM's
-        periodic stats log line never appears in process (only its API server calls it)."""
+        periodic stats log line never appears in process (only its API server calls it).
+        ``max_num_seqs``: requests in one batch; None takes vLLM's throughput default for the device."""
         self.base_model = Path(base_model)
         self.base_hash = base_hash
         self.max_model_len = max_model_len
@@ -108,6 +111,7 @@ class VLLMEngine(Engine):
         self._encoded: OrderedDict[Prompt, tuple[str, list[int]]] = OrderedDict()
         #: "dummy" gives random weights of the config's shape: benchmarks of large shapes without the files
         self.load_format = load_format
+        self.max_num_seqs = max_num_seqs
         self.info = EngineInfo(
             kind="vllm",
             base_model=str(self.base_model),
@@ -140,6 +144,7 @@ class VLLMEngine(Engine):
             from transformers import AutoTokenizer
             from vllm.platforms import current_platform
             from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm.usage.usage_lib import UsageContext
             from vllm.v1.engine.async_llm import AsyncLLM
 
             self._tokenizer = AutoTokenizer.from_pretrained(str(self.base_model))
@@ -159,12 +164,16 @@ class VLLMEngine(Engine):
                 enable_prefix_caching=True,
                 load_format=self.load_format,
                 disable_log_stats=not self.log_stats,
+                max_num_seqs=self.max_num_seqs,
                 **_cpu_workarounds(current_platform.is_cpu(), self.max_model_len),
             )
             t0 = time.perf_counter()
             # building the engine takes ~30 s on CPU: do it off the event loop so a UI stays live
             # (AsyncLLM starts its output handler lazily on the first request, in this loop)
-            self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+            # LLM_CLASS: vLLM's batch sizes for throughput on this device (an H100: 1024 requests and 16k
+            # tokens a step). The default context here (ENGINE_CONTEXT) falls back to 128 and 2048, which
+            # left a GPU sweep of 256 debates queueing behind a half-empty batch; `vllm serve` gets 1024.
+            self._llm = await asyncio.to_thread(functools.partial(AsyncLLM.from_engine_args, args, usage_context=UsageContext.LLM_CLASS))
             log.info("vLLM engine on %s started in %.1f s", self.base_model, time.perf_counter() - t0)
         except Exception as exc:
             self._llm = None
@@ -270,10 +279,12 @@ class VLLMEngine(Engine):
     async def add_adapter(self, adapter: AdapterRef) -> None:
         llm = self._require_llm()
         async with self._adapter_lock:
+            if adapter.name in self._loaded:
+                # the name is the content hash: these weights were validated when they were loaded
+                self._registry.register(adapter)
+                return
             validate_adapter(adapter, base_dir=self.base_model, base_hash=self.base_hash, max_rank=self.max_lora_rank)
             self._registry.register(adapter)
-            if adapter.name in self._loaded:
-                return
             try:
                 await llm.add_lora(self._lora_request(adapter))
             except Exception as exc:
