@@ -1,6 +1,6 @@
 """Prefix-cache hit rate a sweep could reach: vLLM's cache simulated over the sweep's real prompts.
 
-    .venv/bin/python bench/prefix_sim.py [CONCURRENCY] [MOTIONS]     # default 1 4: the bench's prefix sweep
+    .venv/bin/python bench/prefix_sim.py [CONCURRENCY] [MOTIONS] [ROUNDS]   # default 1 4 2: the bench's prefix sweep
 
 Runs the standard-format, 2-round sweep of ``sweep_bench.py``'s prefix figure through bonsai's own executor
 and graph on a scripted engine (``tests/fakes.py``) that answers with fixed prose, renders every prompt
@@ -64,7 +64,7 @@ def simulate(log, block=16):
         cache.update(chain(ids + out))
     return q, h, per
 
-async def main(conc, motions):
+async def main(conc, motions, rounds=2):
     from sweep_bench import write_sweep, make_lora
     from bonsai.personas import PersonaBook
     from bonsai.store.transcripts import TranscriptStore
@@ -76,7 +76,7 @@ async def main(conc, motions):
     labels = {"A": [], "B": []}
     for i, (side, name) in enumerate([("A","advocate"),("B","skeptic")]):
         make_lora(BASE, home/"adapters"/name/f"bench{i:02d}", seed=i); labels[side].append(f"{name}@bench{i:02d}")
-    path = write_sweep(home, "p", motions, labels["A"], labels["B"], argparse.Namespace(max_tokens=64), concurrency=conc, fmt="standard", rounds=2)
+    path = write_sweep(home, "p", motions, labels["A"], labels["B"], argparse.Namespace(max_tokens=64), concurrency=conc, fmt="standard", rounds=rounds)
     book = PersonaBook.load(); eng = Rec()
     with TranscriptStore(home/"t.sqlite") as store:
         sweep = load_sweep(path); plan = plan_sweep(sweep, book, home)
@@ -84,10 +84,12 @@ async def main(conc, motions):
             r = await SweepExecutor(runner, store, plan, concurrency=conc, retries=0, backoff_s=0).run()
     q, h, per = simulate(eng.log)
     iso = [((rid.split("-")[0] + rid.split("-")[1]), a, ids, out, rid) for a, ids, out, rid in eng.log]
-    q2, h2, _ = simulate([(f"{d}|{a}", ids, out, rid) for d, a, ids, out, rid in iso])
+    q2, h2, per2 = simulate([(f"{d}|{a}", ids, out, rid) for d, a, ids, out, rid in iso])
     print(f"without sharing between debates: {h2}/{q2} = {h2/q2:.3f}")
     print(f"{r.finished} debates, {len(eng.log)} requests: ideal hit {h}/{q} = {h/q:.3f}")
-    for k, (qq, hh) in per.items(): print(f"  {k:12s} {qq:7d} prompt tokens ({qq/q:.0%}), hit {hh/qq:.3f}")
+    for k, (qq, hh) in per.items():
+        print(f"  {k:12s} {qq:7d} prompt tokens ({qq/q:.0%}), hit {hh/qq:.3f} (without sharing between debates {per2[k][1]/per2[k][0]:.3f})")
     shutil.rmtree(home)
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 1, int(sys.argv[2]) if len(sys.argv) > 2 else 4))
+    args = [int(a) for a in sys.argv[1:]]
+    asyncio.run(main(*(args + [1, 4, 2][len(args):])))

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from bonsai.debate.formats import load_format
-from bonsai.debate.graph import _summary
+from bonsai.debate.graph import turn_summary
 from bonsai.debate.prompts import (
     ALPACA_STOP,
     LANGUAGE_HINT,
@@ -62,13 +62,13 @@ def simulate(book: PersonaBook, names: list[str], rounds: int) -> tuple[dict[str
     for slot in schedule:
         if slot.kind == "moderator":
             text = f"{slot.title.capitalize()}. {slot.instruction}"
-            history.append(_summary(slot, text, text))
+            history.append(turn_summary(slot, text, text))
             continue
         persona = book.get(slot.speaker)
         prompt = debater_prompt(persona, MOTION, history, slot)
         text = raw_output(persona.name, persona.reasoning, len(own.get(persona.name, [])))
         own.setdefault(persona.name, []).append((slot, prompt, text))
-        history.append(_summary(slot, text, parse(text, persona.reasoning).answer))
+        history.append(turn_summary(slot, text, parse(text, persona.reasoning).answer))
     return own, history
 
 
