@@ -22,7 +22,7 @@ from textual.message_pump import MessagePump
 
 from bonsai.debate.runner import DebateRunner, DebateSpec, adapter_refs, plan_debate
 from bonsai.engine import AdapterRef, Engine, EngineConfig, create_engine
-from bonsai.engine.adapters import lora_rank_for, validate_adapter
+from bonsai.engine.adapters import AdapterInspector, lora_rank_for, validate_adapter
 from bonsai.errors import BonsaiError, ConfigError, EngineError
 from bonsai.model.prepare import resolve_base
 from bonsai.paths import checkpoints_path
@@ -331,7 +331,8 @@ class LiveRunner:
 
     async def _debate_runner(self, spec: DebateSpec) -> DebateRunner:
         if self._debates is None:
-            refs = list(adapter_refs(plan_debate(spec, self.book, self.home)).values())
+            inspector = AdapterInspector()
+            refs = list(adapter_refs(plan_debate(spec, self.book, self.home), inspector).values())
             self._post(EngineStatus("starting"))
             try:
                 engine, base_name = await self.engines.acquire(refs)
@@ -340,7 +341,7 @@ class LiveRunner:
                 raise
             self._post(EngineStatus("ready", engine.info.kind))
             self._debates = await self._stack.enter_async_context(
-                DebateRunner(engine, self.store, self.checkpoints, self.book, self.home, base_name)
+                DebateRunner(engine, self.store, self.checkpoints, self.book, self.home, base_name, inspector)
             )
         return self._debates
 

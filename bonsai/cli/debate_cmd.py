@@ -16,7 +16,7 @@ from rich.text import Text
 from bonsai.cli.common import home_from, progress
 from bonsai.debate.runner import DebateRunner, DebateSpec, adapter_refs, latest_unfinished, plan_debate
 from bonsai.engine import Engine, EngineConfig, create_engine
-from bonsai.engine.adapters import lora_rank_for, validate_adapter
+from bonsai.engine.adapters import AdapterInspector, lora_rank_for, validate_adapter
 from bonsai.errors import BonsaiError, ConfigError
 from bonsai.model.prepare import BaseModel, resolve_base
 from bonsai.paths import checkpoints_path, store_path
@@ -81,7 +81,9 @@ def _spec_from_args(args: argparse.Namespace) -> DebateSpec:
         raise ConfigError(f"invalid debate settings: {msg}", "see `bonsai debate --help`") from None
 
 
-def _preflight(args: argparse.Namespace, book: PersonaBook, home: Path) -> tuple[DebateSpec | None, BaseModel | None, list[Any]]:
+def _preflight(
+    args: argparse.Namespace, book: PersonaBook, home: Path, inspector: AdapterInspector
+) -> tuple[DebateSpec | None, BaseModel | None, list[Any]]:
     """Everything that can be checked without the engine, so bad input fails in a second, not after start-up."""
     if args.engine == "openai" and not args.endpoint:
         raise ConfigError("--engine openai needs --endpoint URL", "start a server with `bonsai serve` and pass its URL")
@@ -92,7 +94,7 @@ def _preflight(args: argparse.Namespace, book: PersonaBook, home: Path) -> tuple
     refs: list[Any] = []
     if spec is not None:
         prepared = plan_debate(spec, book, home)
-        refs = list(adapter_refs(prepared).values())
+        refs = list(adapter_refs(prepared, inspector).values())
         if base is not None:
             for ref in refs:
                 if ref is not None:
@@ -171,7 +173,8 @@ class Printer:
 async def _run_async(args: argparse.Namespace) -> int:
     home = home_from(args)
     book = PersonaBook.load(args.personas_dir)
-    spec, base, refs = _preflight(args, book, home)
+    inspector = AdapterInspector()
+    spec, base, refs = _preflight(args, book, home, inspector)
     quiet = args.json or args.jsonl
     console = Console(no_color=args.no_color, highlight=False, soft_wrap=True)
     store_file = args.store or store_path(home)
@@ -182,7 +185,8 @@ async def _run_async(args: argparse.Namespace) -> int:
     debate_id: str | None = None
     try:
         with TranscriptStore(store_file) as store:
-            async with DebateRunner(engine, store, checkpoints_path(home), book, home, base.name if base else engine.info.base_model) as runner:
+            async with DebateRunner(engine, store, checkpoints_path(home), book, home, base.name if base else engine.info.base_model,
+                                    inspector) as runner:
                 if args.resume:
                     debate_id = await latest_unfinished(store) if args.resume == "latest" else args.resume
                     store.get_debate(debate_id)

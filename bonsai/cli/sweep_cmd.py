@@ -17,7 +17,7 @@ from bonsai.cli.common import home_from, progress
 from bonsai.cli.debate_cmd import add_engine_options, build_engine_config
 from bonsai.debate.runner import DebateRunner
 from bonsai.engine import Engine, create_engine
-from bonsai.engine.adapters import inspect_adapter, validate_adapter
+from bonsai.engine.adapters import AdapterInspector, validate_adapter
 from bonsai.errors import ConfigError, StoreError, SweepIncomplete
 from bonsai.model.prepare import resolve_base
 from bonsai.paths import checkpoints_path, store_path
@@ -92,7 +92,8 @@ async def _run_async(args: argparse.Namespace) -> int:
         return _dry_run(plan, book, store_file, args, console)
 
     base = None if args.engine == "openai" else resolve_base(args.base, home)
-    refs = [inspect_adapter(c.adapter) for c in plan.competitors.values() if c.adapter is not None]
+    inspector = AdapterInspector()
+    refs = [inspector.inspect(c.adapter) for c in plan.competitors.values() if c.adapter is not None]
     if base is not None:
         for ref in refs:
             validate_adapter(ref, base_dir=base.path, base_hash=base.content_hash, max_rank=args.max_lora_rank)
@@ -126,7 +127,8 @@ async def _run_async(args: argparse.Namespace) -> int:
         await engine.start()
     try:
         with TranscriptStore(store_file) as store:
-            async with DebateRunner(engine, store, checkpoints_path(home), book, home, base.name if base else engine.info.base_model) as runner:
+            async with DebateRunner(engine, store, checkpoints_path(home), book, home, base.name if base else engine.info.base_model,
+                                    inspector) as runner:
                 cfg = plan.sweep.config
                 reporter = _Reporter(console, total=len(plan.jobs), quiet=args.json, engine=engine)
                 executor = SweepExecutor(runner, store, plan, concurrency=cfg.concurrency, retries=cfg.retries, backoff_s=cfg.backoff_s,

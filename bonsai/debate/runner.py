@@ -91,14 +91,19 @@ def plan_debate(spec: DebateSpec, book: PersonaBook, home: Path) -> PreparedDeba
     return PreparedDebate(spec, fmt, cast, build_schedule(fmt, spec.rounds, cast), paths)
 
 
-def adapter_refs(prepared: PreparedDebate) -> dict[str, AdapterRef | None]:
-    return {name: (inspect_adapter(path) if path else None) for name, path in prepared.adapter_paths.items()}
+def adapter_refs(prepared: PreparedDebate, inspector: AdapterInspector | None = None) -> dict[str, AdapterRef | None]:
+    inspect = inspector.inspect if inspector is not None else inspect_adapter
+    return {name: (inspect(path) if path else None) for name, path in prepared.adapter_paths.items()}
 
 
 class DebateRunner:
     """Owns the compiled graph and its checkpointer for the lifetime of an engine session."""
 
-    def __init__(self, engine: Engine, store: TranscriptStore, checkpoints: Path, book: PersonaBook, home: Path, base_model: str) -> None:
+    def __init__(
+        self, engine: Engine, store: TranscriptStore, checkpoints: Path, book: PersonaBook, home: Path, base_model: str,
+        inspector: AdapterInspector | None = None,
+    ) -> None:
+        """``inspector``: the one the command already used for its checks, so no adapter is hashed twice."""
         self.engine = engine
         self.store = store
         self.checkpoints = checkpoints
@@ -107,7 +112,7 @@ class DebateRunner:
         self.base_model = base_model
         self._stack = contextlib.AsyncExitStack()
         self._graph: Any = None
-        self._inspector = AdapterInspector()
+        self._inspector = inspector or AdapterInspector()
 
     async def __aenter__(self) -> DebateRunner:
         self.checkpoints.parent.mkdir(parents=True, exist_ok=True)

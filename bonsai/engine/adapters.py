@@ -9,6 +9,7 @@ No vLLM import here.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -138,14 +139,15 @@ def inspect_adapter(path: Path) -> AdapterRef:
 class AdapterInspector:
     """``inspect_adapter`` remembered per folder while its files stay the same (size, mtime, inode).
 
-    A sweep starts hundreds of debates on the same few adapters; hashing an 8B-shaped adapter (~100 MB)
+    A sweep starts hundreds of debates on the same few adapters; hashing an 8B-shaped adapter (~84 MB)
     at every start held the event loop for ~0.2 s per debate, which capped a whole GPU sweep. Adapters
-    are written by atomic rename (a new inode), so a changed adapter is never served from here.
+    are written by atomic rename (a new inode), so a changed adapter is never served from here. One
+    inspector serves a whole command: its pre-flight checks and every debate it then runs.
     """
 
     def __init__(self) -> None:
         self._refs: dict[tuple[Any, ...], AdapterRef] = {}
-        self._pending: dict[tuple[Any, ...], Any] = {}  # key -> the asyncio future hashing it now
+        self._pending: dict[tuple[Any, ...], asyncio.Future[AdapterRef]] = {}  # folders being hashed now
 
     @staticmethod
     def _key(path: Path) -> tuple[Any, ...] | None:
@@ -164,33 +166,28 @@ class AdapterInspector:
 
     def inspect(self, path: Path) -> AdapterRef:
         key = self._key(Path(path))
-        ref = self._refs.get(key) if key is not None else None
-        if ref is None:
-            ref = inspect_adapter(Path(path))
-            if key is not None:
-                self._refs[key] = ref
-        return ref
+        if key is None:
+            return inspect_adapter(Path(path))
+        if key not in self._refs:
+            self._refs[key] = inspect_adapter(Path(path))
+        return self._refs[key]
 
     async def ainspect(self, path: Path) -> AdapterRef:
         """The same, hashing off the event loop on a miss. Debates that start together share one hashing
         of a folder (a sweep starts hundreds at once: each hashing it again filled the thread pool)."""
-        import asyncio
-
         key = self._key(Path(path))
         if key is None:
             return await asyncio.to_thread(inspect_adapter, Path(path))
-        ref = self._refs.get(key)
-        if ref is not None:
-            return ref
+        if key in self._refs:
+            return self._refs[key]
         pending = self._pending.get(key)
         if pending is None:
-            pending = asyncio.ensure_future(asyncio.to_thread(inspect_adapter, Path(path)))
-            self._pending[key] = pending
+            pending = self._pending[key] = asyncio.ensure_future(asyncio.to_thread(inspect_adapter, Path(path)))
             pending.add_done_callback(lambda done: self._settle(key, done))
         # shielded: one debate being cancelled must not cancel the hashing the others wait on
         return await asyncio.shield(pending)
 
-    def _settle(self, key: tuple[Any, ...], done: Any) -> None:
+    def _settle(self, key: tuple[Any, ...], done: asyncio.Future[AdapterRef]) -> None:
         self._pending.pop(key, None)
         if not done.cancelled() and done.exception() is None:
             self._refs[key] = done.result()

@@ -279,12 +279,12 @@ class VLLMEngine(Engine):
     async def add_adapter(self, adapter: AdapterRef) -> None:
         llm = self._require_llm()
         async with self._adapter_lock:
-            if adapter.name in self._loaded:
-                # the name is the content hash: these weights were validated when they were loaded
-                self._registry.register(adapter)
-                return
-            validate_adapter(adapter, base_dir=self.base_model, base_hash=self.base_hash, max_rank=self.max_lora_rank)
+            # the name is the content hash: weights already loaded were validated then
+            if adapter.name not in self._loaded:
+                validate_adapter(adapter, base_dir=self.base_model, base_hash=self.base_hash, max_rank=self.max_lora_rank)
             self._registry.register(adapter)
+            if adapter.name in self._loaded:
+                return
             try:
                 await llm.add_lora(self._lora_request(adapter))
             except Exception as exc:
