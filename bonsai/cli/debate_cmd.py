@@ -156,7 +156,7 @@ class Printer:
                     c.print(Text(ev["answer"], style=TEAM_STYLE.get(ev["team"], "").replace("bold ", "")))
         elif kind == "judging":
             c.print()
-            c.rule(Text(f"Judging ({', '.join(ev['judges'])}, both side orders)", style="bold"))
+            c.rule(Text(f"Judging ({', '.join(ev['judges'])}, labels both ways)", style="bold"))
         elif kind == "verdict":
             winner = ev["winner"]
             c.print(Text(f"Winner: team {winner}", style=TEAM_STYLE[winner]), Text(f"  P(A wins) = {ev['prob_a']:.2f}, confidence {ev['confidence']:.2f}"))

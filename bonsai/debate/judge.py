@@ -1,11 +1,17 @@
 """The judge: a verdict that always parses, with a confidence read from the winner token's logprobs.
 
-Each judge reads the debate twice, with the sides' labels and order swapped, and the two readings are
-averaged: a small model's preference for the label "A" or for whichever side it read first cancels
-out. The probability comes from a one-token probe (the assistant message is pre-filled with
-``{"winner": "`` and the next token's logprobs are read), so it exists even when the JSON verdict
-that follows is malformed; the JSON (schema-guided where the engine supports it) adds per-criterion
-scores and a rationale when it parses, and is recorded as unparsed when it does not.
+Each judge reads the debate twice, with the labels "A" and "B" swapped between the sides, and the two
+readings are averaged: a small model's preference for the label "A" cancels out. The probability
+comes from a one-token probe (the assistant message is pre-filled with ``{"winner": "`` and the next
+token's logprobs are read), so it exists even when the JSON verdict that follows is malformed; the
+JSON (schema-guided where the engine supports it) adds per-criterion scores and a rationale when it
+parses, and is recorded as unparsed when it does not.
+
+Both readings show the speeches in speaking order, naming sides by stance, and assign the labels only
+in the closing question: the two prompts share everything up to that question, so the second reading
+(and the verdict after each probe) is served from the engine's prefix cache. Which side speaks first
+is the format's, the same in both readings; a sweep runs both side assignments, and the ratings report
+the win rate per side, so an advantage of speaking first shows there instead of hiding in each verdict.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ PROBE_TOP = 20
 
 
 def labels_for(order: Order) -> dict[str, str]:
-    """team -> label shown to the judge. In "BA" team B is called "A" and is read first."""
+    """team -> label asked for. In "BA" team B (against the motion) is called "A"."""
     return {"A": "A", "B": "B"} if order == "AB" else {"A": "B", "B": "A"}
 
 
@@ -58,18 +64,27 @@ def verdict_schema(criteria: Sequence[str]) -> dict[str, Any]:
 
 
 def judge_messages(judge: Persona, motion: str, turns: Sequence[dict[str, Any]], order: Order, criteria: Sequence[str]) -> list[ChatMessage]:
+    """Everything before the closing question is the same in both orders and only grows as the debate
+    does (best-of-N scoring reads it turn by turn), so it stays in the prefix cache."""
     labels = labels_for(order)
-    blocks = []
-    for team in sorted(labels, key=lambda t: labels[t]):
-        speeches = [f"- {t['title']} ({t['speaker']}): {t['answer']}" for t in turns if t["kind"] == "debater" and t["team"] == team]
-        blocks.append(f"Side {labels[team]} ({SIDE_STANCE[team]} the motion):\n" + ("\n".join(speeches) or "- (no speeches)"))
+    speeches = [
+        f"{t['title'].capitalize()}, {t['speaker']} ({SIDE_STANCE[t['team']]} the motion):\n{t['answer']}"
+        for t in turns
+        if t["kind"] == "debater"
+    ]
+    silent = [f"The side {SIDE_STANCE[team]} the motion has not spoken." for team in ("A", "B") if not any(
+        t["kind"] == "debater" and t["team"] == team for t in turns)]
     # Placeholders rather than sample numbers: a small model copies concrete example values verbatim.
     per_side = ", ".join(f'"{c}": <1-10>' for c in criteria)
     example = f'{{"winner": "<A or B>", "scores": {{"A": {{{per_side}}}, "B": {{{per_side}}}}}, "rationale": "<one sentence>"}}'
+    by_label = sorted(labels, key=lambda team: labels[team])
+    naming = " and ".join(f'the side {SIDE_STANCE[team]} the motion "{labels[team]}"' for team in by_label)
+    # the labels come last: the part both readings share ends just before them
     user = (
-        f'Motion: "{motion}"\n\n' + "\n\n".join(blocks) + "\n\n"
-        f"Which side argued better? Score each side from 1 to 10 on: {', '.join(criteria)}. "
-        f"Answer with JSON only, in this form: {example}"
+        f'Motion: "{motion}"\n\nThe speeches, in the order they were given:\n\n' + "\n\n".join(speeches or ["(none)"]) + "\n\n"
+        + "".join(f"{line}\n\n" for line in silent)
+        + f"Which side argued better? Score each side from 1 to 10 on: {', '.join(criteria)}. "
+        f"Answer with JSON only, in this form: {example}\nIn this answer, call {naming}."
     )
     return [ChatMessage("system", judge.system_prompt.strip()), ChatMessage("user", user)]
 
@@ -119,6 +134,38 @@ def _score(value: Any) -> float | None:
     return None if math.isnan(value) else min(10.0, max(1.0, value))
 
 
+def close_truncated(text: str) -> str | None:
+    """The JSON object that ``text`` starts, closed where the token limit cut it inside a string: the
+    string ended and open brackets closed. A verdict cut inside its rationale keeps its winner and scores
+    this way. ``None`` when nothing was cut, or the cut fell outside a string (a number may be incomplete)."""
+    start = text.find("{")
+    if start < 0:
+        return None
+    stack: list[str] = []
+    in_string = escaped = False
+    for ch in text[start:]:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[":
+            stack.append("}" if ch == "{" else "]")
+        elif ch in "}]":
+            if not stack or stack.pop() != ch:
+                return None
+            if not stack:
+                return None  # the object was complete: nothing was cut
+    if not in_string:
+        return None  # cut in a number or between tokens: a score "1" may have been going to be "10"
+    body = text[start:]
+    return (body[:-1] if escaped else body) + '"' + "".join(reversed(stack))
+
+
 def parse_verdict(text: str, criteria: Sequence[str]) -> tuple[str | None, dict[str, dict[str, float]], str, str | None]:
     """(winner label, scores by label, rationale, error). Never raises: a tiny model's JSON is often broken."""
     data: Any = None
@@ -126,12 +173,15 @@ def parse_verdict(text: str, criteria: Sequence[str]) -> tuple[str | None, dict[
     candidate = text.strip()
     if not candidate.startswith("{"):
         candidate = WINNER_PREFIX + candidate if candidate[:1] in "AB" else candidate
-    for attempt in (candidate, candidate[candidate.find("{") : candidate.rfind("}") + 1] if "{" in candidate else ""):
+    closed = close_truncated(candidate)
+    attempts = [candidate, candidate[candidate.find("{") : candidate.rfind("}") + 1] if "{" in candidate else "", closed or ""]
+    for attempt in attempts:
         try:
             data = json.loads(attempt)
             break
         except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
-            error = f"invalid JSON: {exc}"
+            error = error or f"invalid JSON: {exc}"
+    truncated = closed is not None and attempt is closed
     if not isinstance(data, dict):
         data = {}
     else:
@@ -148,6 +198,8 @@ def parse_verdict(text: str, criteria: Sequence[str]) -> tuple[str | None, dict[
         if vals:
             scores[label] = vals
     rationale = data.get("rationale") if isinstance(data.get("rationale"), str) else ""
+    if rationale and truncated:
+        rationale = rationale.rstrip() + "…"  # cut by the token limit
     if not rationale:
         m = re.search(r'"rationale"\s*:\s*"([^"]*)', candidate)
         rationale = m.group(1) if m else ""
@@ -191,7 +243,9 @@ async def read_once(
     max_tokens: int,
     request_id: str,
     seed: int | None,
+    probed: tuple[dict[str, float], bool] | None = None,
 ) -> OrderReading:
+    """``probed``: this order's label probe, when the caller already sent it."""
     messages = judge_messages(judge, motion, turns, order, criteria)
     labels = labels_for(order)
     team_of = {v: k for k, v in labels.items()}
@@ -205,7 +259,7 @@ async def read_once(
     # The probe first, then the verdict: the probe is one token, so it costs little more than its prefill,
     # and the verdict's prompt (the whole transcript) is then served from the prefix cache. Sent together,
     # both were prefilled in the same engine step and neither could reuse the other's blocks.
-    probs, found = await probe_labels(engine, adapter, messages, f"{request_id}-probe")
+    probs, found = probed if probed is not None else await probe_labels(engine, adapter, messages, f"{request_id}-probe")
     verdict = await engine.generate(GenerationRequest(f"{request_id}-json", ChatPrompt(tuple(messages)), sampling, adapter))
     winner_label, scores_by_label, rationale, error = parse_verdict(verdict.text, criteria)
     return OrderReading(
@@ -218,6 +272,30 @@ async def read_once(
         scores={team_of[label]: s for label, s in scores_by_label.items()},
         rationale=rationale,
         error=error,
+    )
+
+
+async def read_both_orders(
+    engine: Engine,
+    judge: Persona,
+    adapter: AdapterRef | None,
+    motion: str,
+    turns: Sequence[dict[str, Any]],
+    criteria: Sequence[str],
+    max_tokens: int,
+    request_id: str,
+    seed: int | None,
+) -> list[OrderReading]:
+    """The first order's probe alone, then everything else at once: the transcript is prefilled once, and
+    the other three requests (sent together, they would all have been prefilled in the same engine step)
+    find it in the prefix cache."""
+    first, second = ORDERS
+    first_probe = await probe_labels(engine, adapter, judge_messages(judge, motion, turns, first, criteria), f"{request_id}-{first}-probe")
+    return list(
+        await asyncio.gather(
+            read_once(engine, judge, adapter, motion, turns, first, criteria, max_tokens, f"{request_id}-{first}", seed, probed=first_probe),
+            read_once(engine, judge, adapter, motion, turns, second, criteria, max_tokens, f"{request_id}-{second}", seed),
+        )
     )
 
 
@@ -274,12 +352,10 @@ async def judge_debate(
     seed: int | None,
 ) -> tuple[list[VerdictRecord], VerdictRecord]:
     """One verdict per judge (both orders each), and the panel's combined verdict (the judge's own if alone)."""
-    jobs = [
-        read_once(engine, j, adapters.get(j.name), motion, turns, order, criteria, max_tokens, f"{debate_id}-judge-{j.name}-{order}", seed)
-        for j in judges
-        for order in ORDERS
-    ]
-    readings = await asyncio.gather(*jobs)
+    per_judge_readings = await asyncio.gather(
+        *(read_both_orders(engine, j, adapters.get(j.name), motion, turns, criteria, max_tokens, f"{debate_id}-judge-{j.name}", seed) for j in judges)
+    )
+    readings = [r for pair in per_judge_readings for r in pair]
     per_judge = [combine(j.name, debate_id, readings[2 * i : 2 * i + 2]) for i, j in enumerate(judges)]
     if len(per_judge) == 1:
         return per_judge, per_judge[0]
@@ -311,7 +387,6 @@ async def side_win_probability(
     request_id: str,
 ) -> float:
     """P(``side`` wins | the debate so far), both orders averaged: the best-of-N score of a candidate."""
-    probs = await asyncio.gather(
-        *(probe_labels(engine, adapter, judge_messages(judge, motion, turns, order, criteria), f"{request_id}-{order}") for order in ORDERS)
-    )
+    # one order after the other: the second finds the transcript in the prefix cache
+    probs = [await probe_labels(engine, adapter, judge_messages(judge, motion, turns, order, criteria), f"{request_id}-{order}") for order in ORDERS]
     return sum(p[labels_for(order)[side]] for (p, _), order in zip(probs, ORDERS, strict=True)) / len(ORDERS)

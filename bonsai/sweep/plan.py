@@ -235,7 +235,7 @@ def estimate(plan: SweepPlan, book: PersonaBook, *, tokens_per_s: float | None, 
                     turns += cap * s.candidates
                 else:
                     turns += cap
-            # each judge reads both side orders: a JSON verdict and a one-token probe per order
+            # each judge reads the debate with the labels both ways: a JSON verdict and a one-token probe each
             turns += len(prepared.cast.judges) * 2 * (prepared.fmt.judge.max_tokens + 1)
             cache[key] = turns
         total += cache[key]

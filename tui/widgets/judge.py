@@ -61,7 +61,7 @@ class JudgePanel(Static):
         if self.state == "idle":
             lines.append(Text(f"{who}: waiting for the debate to end", style="dim"))
         elif self.state == "judging":
-            lines.append(Text(f"{who}: judging (both side orders)…", style="italic"))
+            lines.append(Text(f"{who}: judging (labels both ways)…", style="italic"))
         elif self.verdict is not None:
             lines.append(self._verdict())
         if self.candidates is not None and self.candidates.candidates:
