@@ -3,14 +3,15 @@
     .venv/bin/python bench/prefix_sim.py [CONCURRENCY] [MOTIONS] [ROUNDS]   # default 1 4 2: the bench's prefix sweep
 
 Runs the standard-format, 2-round sweep of ``sweep_bench.py``'s prefix figure through bonsai's own executor
-and graph on a scripted engine (``tests/fakes.py``) that answers with fixed prose, renders every prompt
+and graph on a scripted engine (``tests/fakes.py``) that answers with prose (the same words, shuffled per
+request, so debates share only what a real sweep's debates share), renders every prompt
 with the embedded model's chat template and tokenizer, and replays the prompts in arrival order through a
 simulated prefix cache (16-token blocks, hashed in a chain, one namespace per adapter; hits stop at the
 first missing block and leave the prompt's last token to compute, as vLLM does). Prints the rate with
 sharing between debates, without it, and per kind of request. Each request is assumed to find every
 earlier request's blocks cached, so this is the ceiling for requests sent one after another.
 """
-import asyncio, sys, tempfile, shutil, argparse, hashlib
+import asyncio, sys, tempfile, shutil, argparse, hashlib, random
 from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 for p in (REPO, REPO / "tests", REPO / "bench"):
@@ -38,7 +39,10 @@ class Rec(FakeEngine):
         async for ev in s.stream(request): last = ev
         text = last.text
         if request.sampling.max_tokens > 1 and "-json" not in request.request_id:
-            text = " ".join(PROSE.split()[: int(request.sampling.max_tokens * 0.75)])
+            # each speech its own word order: debates must not share transcripts by accident
+            words = PROSE.split()
+            random.Random(request.request_id).shuffle(words)
+            text = " ".join(words[: int(request.sampling.max_tokens * 0.75)])
         ids = tok(s.render(request.prompt), add_special_tokens=False).input_ids
         s.log.append((request.adapter.name if request.adapter else None, ids, tok(text, add_special_tokens=False).input_ids, request.request_id))
         return Completion(last.request_id, text, len(ids), len(text.split()), "stop", 0.0, 0.0, last.logprobs, last.adapter_name)

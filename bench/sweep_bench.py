@@ -241,6 +241,16 @@ def recording_engine_class() -> type:
     return RecordingVLLMEngine
 
 
+async def cold_cache(engine: Any) -> bool:
+    """Empty vLLM's prefix cache before a measurement. The raw replay sends the very prompts the sweep just
+    sent, so with the sweep's blocks still cached it prefilled almost nothing (runs 1-9 measured it that
+    way: raw was flattered); each level and the prefix sweep likewise start from what a new sweep finds."""
+    llm = getattr(engine, "_llm", None)
+    if llm is None:
+        return False
+    return await llm.reset_prefix_cache() is not False
+
+
 async def replay_raw(engine: Any, requests: list[Any], limit: int | None = None) -> dict[str, Any]:
     """The sweep's requests straight into the engine, no graph, no waiting between turns: all at once, or
     at most ``limit`` in flight (as many as the sweep's debates, each of which has one turn out at a time)."""
@@ -263,7 +273,7 @@ async def replay_raw(engine: Any, requests: list[Any], limit: int | None = None)
     delta = (await engine.stats()).since(before)
     gen = delta.generation_tokens if delta.generation_tokens is not None else engine.generated - counted
     return {"requests": len(requests), "limit": limit, "wall_s": round(wall, 2), "generated_tokens": gen, "tokens_per_s": round(gen / wall, 1),
-            **sampler.figures()}
+            "prefix_cache_hit_rate": round(delta.hit_rate, 4) if delta.hit_rate is not None else None, **sampler.figures()}
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -313,11 +323,13 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 # warm-up: one tiny sweep so kernels and every adapter are loaded before timing
                 warm = write_sweep(home, "warmup", 1, labels["A"], labels["B"], args, concurrency=args.adapters * 2, fmt="quick", rounds=1)
                 await run_sweep(engine, store, home, book, warm, base_dir.name)
+                cold: list[bool] = []
                 for c in [] if args.prefix_only else levels:
                     n_debates = max(c, args.min_debates)
                     per_motion = 2 * len(labels["A"]) * len(labels["B"])
                     path = write_sweep(home, f"c{c}", -(-n_debates // per_motion), labels["A"], labels["B"], args, concurrency=c, fmt="quick", rounds=1)
                     engine.recording, engine.recorded = c == levels[-1], []
+                    cold.append(await cold_cache(engine))
                     profile = args.profile_dir / f"profile-c{c}.txt" if args.profile_dir and c == levels[-1] else None
                     fig = await run_sweep(engine, store, home, book, path, base_dir.name, profile=profile)
                     engine.recording = False
@@ -331,11 +343,14 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     for fig in figures["levels"].values():
                         fig["speedup_vs_first"] = round(fig["debates_per_hour"] / first["debates_per_hour"], 2)
                     top = levels[-1]
+                    cold.append(await cold_cache(engine))
                     raw = await replay_raw(engine, engine.recorded)
                     sweep_fig = figures["levels"][str(top)]
                     figures["raw_engine"] = {**raw, "concurrency": top}
                     figures["sweep_vs_raw"] = round(sweep_fig["tokens_per_s"] / raw["tokens_per_s"], 3) if raw["tokens_per_s"] else None
-                    print(f"raw engine replay: {raw['requests']} requests, {raw['tokens_per_s']} tok/s; sweep/raw = {figures['sweep_vs_raw']}", flush=True)
+                    print(f"raw engine replay: {raw['requests']} requests, {raw['tokens_per_s']} tok/s (prefix hit {raw['prefix_cache_hit_rate']}); "
+                          f"sweep/raw = {figures['sweep_vs_raw']}", flush=True)
+                    cold.append(await cold_cache(engine))
                     same = await replay_raw(engine, engine.recorded, limit=top)
                     figures["raw_engine_same_concurrency"] = same
                     figures["sweep_vs_raw_same_concurrency"] = round(sweep_fig["tokens_per_s"] / same["tokens_per_s"], 3) if same["tokens_per_s"] else None
@@ -343,9 +358,11 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                           flush=True)
                 path = write_sweep(home, "prefix", args.prefix_motions, labels["A"][:1], labels["B"][:1], args,
                                    concurrency=args.prefix_concurrency, fmt="standard", rounds=2)
+                cold.append(await cold_cache(engine))
                 pre = await run_sweep(engine, store, home, book, path, base_dir.name)
                 pre.pop("plan")
                 figures["prefix_cache"] = pre
+                figures["cold_cache_each_measurement"] = all(cold)
                 print(f"prefix cache (standard format, 2 rounds): {pre['prefix_cache_hits']} of {pre['prefix_cache_queries']} prompt tokens hit "
                       f"= {pre['prefix_cache_hit_rate']}", flush=True)
         finally:
