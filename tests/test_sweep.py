@@ -287,9 +287,8 @@ async def test_wall_budget_interrupts_and_resume_finishes(tmp_path: Path, book: 
     assert_each_finished_once(tmp_path / "t.sqlite", plan)
 
 
-async def test_a_sweep_hashes_each_adapter_once(tmp_path: Path, book: PersonaBook, isolated_home: Path, lora_adapters: list[Path],
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """Hashing an adapter at every debate start (an 8B adapter is ~84 MB) held the event loop and capped GPU sweeps."""
+def _counted_adapter(isolated_home: Path, lora_adapters: list[Path], monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[Path]]:
+    """advocate@v1abc installed, and a list that records every hashing of an adapter folder."""
     import bonsai.engine.adapters as adapters_mod
 
     version_dir = isolated_home / "adapters" / "advocate" / "v1abc"
@@ -297,6 +296,13 @@ async def test_a_sweep_hashes_each_adapter_once(tmp_path: Path, book: PersonaBoo
     calls: list[Path] = []
     real = adapters_mod.inspect_adapter
     monkeypatch.setattr(adapters_mod, "inspect_adapter", lambda path: calls.append(Path(path)) or real(path))
+    return version_dir, calls
+
+
+async def test_a_sweep_hashes_each_adapter_once(tmp_path: Path, book: PersonaBook, isolated_home: Path, lora_adapters: list[Path],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hashing an adapter at every debate start (an 8B adapter is ~84 MB) held the event loop and capped GPU sweeps."""
+    version_dir, calls = _counted_adapter(isolated_home, lora_adapters, monkeypatch)
     path = write_sweep(tmp_path, motions=["M1", "M2", "M3"], pairings=[{"a": "advocate@v1abc", "b": "skeptic"}], concurrency=6)
     plan, result = await run_sweep(tmp_path, book, isolated_home, CountingEngine(delay=0.01), path)
     assert result.complete and result.finished == 6
@@ -306,15 +312,11 @@ async def test_a_sweep_hashes_each_adapter_once(tmp_path: Path, book: PersonaBoo
 async def test_checks_and_debates_share_one_inspector(tmp_path: Path, book: PersonaBook, isolated_home: Path, lora_adapters: list[Path],
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """`bonsai sweep` checks every competitor's adapter before the runner starts: the runner reuses that hash."""
-    import bonsai.engine.adapters as adapters_mod
+    from bonsai.engine.adapters import AdapterInspector
 
-    version_dir = isolated_home / "adapters" / "advocate" / "v1abc"
-    shutil.copytree(lora_adapters[0], version_dir)
-    calls: list[Path] = []
-    real = adapters_mod.inspect_adapter
-    monkeypatch.setattr(adapters_mod, "inspect_adapter", lambda path: calls.append(Path(path)) or real(path))
+    version_dir, calls = _counted_adapter(isolated_home, lora_adapters, monkeypatch)
     plan = plan_sweep(load_sweep(write_sweep(tmp_path, motions=["M1", "M2"], pairings=[{"a": "advocate@v1abc", "b": "skeptic"}])), book, isolated_home)
-    inspector = adapters_mod.AdapterInspector()
+    inspector = AdapterInspector()
     checked = [inspector.inspect(c.adapter) for c in plan.competitors.values() if c.adapter is not None]
     with TranscriptStore(tmp_path / "t.sqlite") as store:
         async with DebateRunner(CountingEngine(), store, tmp_path / "ck.sqlite", book, isolated_home, "fake", inspector) as runner:

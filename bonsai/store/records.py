@@ -82,12 +82,12 @@ class VerdictRecord:
     debate_id: str
     judge: str  # persona name, or "panel" for the combined verdict
     winner: str  # "A" | "B"
-    prob_a: float  # P(team A wins), averaged over both side orders
+    prob_a: float  # P(team A wins), averaged over both labellings (A/B swapped)
     confidence: float  # max(prob_a, 1 - prob_a)
     scores: dict[str, dict[str, float]]  # team -> criterion -> score
     rationale: str
     parsed: bool  # whether the judge's JSON parsed (else winner comes from the logprobs alone)
-    orders: list[dict[str, Any]]  # per side order: raw text, label probabilities, parse errors
+    orders: list[dict[str, Any]]  # per labelling ("AB": team A called "A"; "BA": swapped): raw text, label probabilities, parse errors
     created_at: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:

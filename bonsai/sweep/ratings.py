@@ -59,7 +59,7 @@ class Outcome:
     a: str  # competitor label on side A
     b: str  # competitor label on side B
     winner: str  # "A" or "B"
-    prob_a: float | None  # judge's P(A wins), averaged over both side orders
+    prob_a: float | None  # judge's P(A wins), averaged over both labellings
     confidence: float | None  # max(prob_a, 1-prob_a)
     judge: str
     format: str
