@@ -473,8 +473,10 @@ def test_export_replaces_an_existing_file_atomically(tmp_path: Path) -> None:
     out = tmp_path / "turns.jsonl"
     out.write_text("old\n")
     with filled_store(tmp_path / "t.sqlite") as s:
+        with pytest.raises(StoreError, match="already exists"):
+            export_turns(s, out, "jsonl")  # never replaced unasked
         with pytest.raises(DebateNotFound):
-            export_turns(s, out, "jsonl", ["missing"])
+            export_turns(s, out, "jsonl", ["missing"], force=True)
         assert out.read_text() == "old\n"  # a failed export keeps the previous file
-        assert export_turns(s, out, "jsonl") == 3
+        assert export_turns(s, out, "jsonl", force=True) == 3
     assert out.read_text(encoding="utf-8").count("\n") == 3

@@ -50,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     export = actions.add_parser("export", parents=[store_opt], help="debater turns as a JSONL or Parquet dataset")
     export.add_argument("--format", dest="fmt", choices=("jsonl", "parquet"), help="file format (default: from the file's suffix)")
-    export.add_argument("-o", "--output", type=Path, required=True, help="file to write (replaced atomically)")
+    export.add_argument("-o", "--output", type=Path, required=True, help="file to write (appears whole, or not at all)")
+    export.add_argument("--force", action="store_true", help="replace OUTPUT if it exists (never the transcript store itself)")
     export.add_argument("--debate", dest="debates", action="append", metavar="ID", help="export only this debate (repeatable)")
     export.add_argument("--include-moderator", action="store_true", help="also export the moderator's lines")
     export.set_defaults(func=run_export)
@@ -273,7 +274,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     fmt = args.fmt or _format_from_suffix(args.output)
     with _open(args) as store:
-        count = export_turns(store, args.output, fmt, args.debates, include_moderator=args.include_moderator)
+        count = export_turns(store, args.output, fmt, args.debates, include_moderator=args.include_moderator, force=args.force)
     print(f"wrote {count} turns to {args.output}", file=sys.stderr)
     return 0
 
