@@ -107,7 +107,7 @@ def _stored_spec(args: argparse.Namespace, home: Path) -> DebateSpec | None:
     store_file = args.store or store_path(home)
     if not store_file.exists():
         raise ConfigError(f"there is no transcript store at {store_file}, so nothing to resume", "run a debate first, or pass --store")
-    with TranscriptStore(store_file, create=False) as store:
+    with TranscriptStore(store_file, read_only=True) as store:
         debate_id = args.resume
         if debate_id == "latest":
             unfinished = [d for d in store.list_debates(newest_first=True) if d.status != "finished"]

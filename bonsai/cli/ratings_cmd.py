@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         from bonsai.errors import ConfigError
 
         raise ConfigError(f"--bootstrap must be at least 1, not {args.bootstrap}", "1000 is a good default")
-    with TranscriptStore(store_file, create=False) as store:
+    with TranscriptStore(store_file, read_only=True) as store:
         outcomes = sweep_outcomes(store, args.sweep)
         record = store.get_sweep(args.sweep)
     report = summarize(outcomes, bootstrap=args.bootstrap, seed=args.seed)

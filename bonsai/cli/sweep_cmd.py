@@ -151,7 +151,7 @@ def _stored_sweep(store_file: Path, sweep: ResolvedSweep, *, resume: bool) -> Sw
     name = sweep.config.name
     record = None
     if store_file.exists():
-        with TranscriptStore(store_file, create=False) as store:
+        with TranscriptStore(store_file, read_only=True) as store:
             record = store.get_sweep(name)
     if record is None:
         if resume:
@@ -218,7 +218,7 @@ def _dry_run(plan: SweepPlan, book: PersonaBook, store_file: Path, args: argpars
     rate, basis = args.tokens_per_s, "--tokens-per-s"
     done = 0
     if store_file.exists():
-        with TranscriptStore(store_file, create=False) as store:
+        with TranscriptStore(store_file, read_only=True) as store:
             statuses = store.debate_statuses(j.debate_id for j in plan.jobs)
             done = sum(1 for s in statuses.values() if s == "finished")
             if rate is None:
@@ -273,7 +273,7 @@ def _duration(seconds: float) -> str:
 def _list(store_file: Path, console: Console, *, as_json: bool) -> int:
     if not store_file.exists():
         raise StoreError(f"there is no transcript store at {store_file}", "run a sweep first, or pass --store")
-    with TranscriptStore(store_file, create=False) as store:
+    with TranscriptStore(store_file, read_only=True) as store:
         rows = [{**{k: v for k, v in s.to_dict().items() if k != "config"}, "counts": store.sweep_status_counts(s.name)} for s in store.list_sweeps()]
     if as_json:
         print(json.dumps(rows, ensure_ascii=False))

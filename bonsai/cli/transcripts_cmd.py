@@ -69,7 +69,7 @@ def _positive_int(raw: str) -> int:
 
 def _open(args: argparse.Namespace) -> TranscriptStore:
     path = args.store.expanduser() if args.store else store_path(home_from(args))
-    return TranscriptStore(path, create=False)
+    return TranscriptStore(path, read_only=True)
 
 
 def _console() -> Console:

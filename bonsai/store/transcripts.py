@@ -97,13 +97,15 @@ VERDICTS = _Table(
 class TranscriptStore:
     """The transcript database at ``path``.
 
-    ``create=False`` is for read-only commands: a missing file is an error instead of a fresh empty store.
+    ``create=False``: a missing file is an error instead of a fresh empty store. ``read_only=True`` (for
+    commands that only read) also never migrates, converts or writes the file: see :func:`open_store`.
     """
 
-    def __init__(self, path: Path, *, create: bool = True) -> None:
+    def __init__(self, path: Path, *, create: bool = True, read_only: bool = False) -> None:
         self.path = Path(path)
+        self.read_only = read_only
         self._lock = threading.RLock()
-        self._db = open_store(self.path, create=create)
+        self._db = open_store(self.path, create=create and not read_only, read_only=read_only)
         self._db.row_factory = sqlite3.Row
 
     def __repr__(self) -> str:
