@@ -22,6 +22,7 @@ from bonsai.model.prepare import BaseModel, resolve_base
 from bonsai.paths import checkpoints_path, store_path
 from bonsai.personas import PersonaBook
 from bonsai.store.transcripts import TranscriptStore
+from bonsai.text import printable_all
 
 TEAM_STYLE = {"A": "bold cyan", "B": "bold magenta", "none": "yellow"}
 
@@ -125,6 +126,7 @@ class Printer:
         self.console = console
 
     def __call__(self, ev: dict[str, Any]) -> None:
+        ev = printable_all(ev)  # motions, names and model output may hold terminal escape sequences
         kind = ev["event"]
         c = self.console
         if kind == "debate_start":

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from bonsai.errors import BonsaiError
 from bonsai.paths import store_path
 from bonsai.store.records import CandidateRecord, DebateRecord, TurnRecord, VerdictRecord
 from bonsai.store.transcripts import STATUSES, TranscriptStore
+from bonsai.text import printable_all, terminal_json
 
 MOTION_WIDTH = 60
 
@@ -87,11 +87,12 @@ def run_list(args: argparse.Namespace) -> int:
         path = store.path
     if args.json:
         for debate in debates:
-            print(json.dumps({**debate.to_dict(), "turns": counts.get(debate.debate_id, 0)}, ensure_ascii=False))
+            print(terminal_json({**debate.to_dict(), "turns": counts.get(debate.debate_id, 0)}))
         return 0
     if not debates:
         print(f"No debates{' match' if _any_filter(args) else ''} in {path}.", file=sys.stderr)
         return 0
+    debates = printable_all(debates)  # motions and names are stored as typed: no escape sequences reach the terminal
     console = _console()
     seats = {d.debate_id: _seats_lines(d) for d in debates}
     # Every column but the motion keeps its full width; the motion gets what is left of the line.
@@ -181,8 +182,11 @@ def run_show(args: argparse.Namespace) -> int:
             "turns": [{**t.to_dict(), "candidates": [c.to_dict() for c in by_turn.get(t.turn_index, [])]} for t in turns],
             "verdicts": [v.to_dict() for v in verdicts],
         }
-        print(json.dumps(doc, ensure_ascii=False, indent=2))
+        print(terminal_json(doc, indent=2))
         return 0
+    # stored text (motion, model output, names) may hold escape sequences: none reach the terminal
+    debate, turns, verdicts = printable_all(debate), printable_all(turns), printable_all(verdicts)
+    by_turn = printable_all(by_turn)
     console = _console()
     console.print(_header(debate))
     if not turns:

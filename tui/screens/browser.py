@@ -17,6 +17,7 @@ from textual.widgets import DataTable, Footer, Input, Select, Static
 
 from bonsai.store.records import DebateRecord
 from bonsai.store.transcripts import STATUSES, TranscriptStore
+from bonsai.text import printable_all
 
 if TYPE_CHECKING:
     from tui.app import BonsaiApp
@@ -83,7 +84,7 @@ class BrowserScreen(Screen[None]):
         self.rows = debates
         table = self.query_one(DataTable)
         table.clear()
-        for d in debates:
+        for d in printable_all(debates):  # stored motions and names: no escape sequences onto the terminal
             motion = d.motion if len(d.motion) <= 48 else d.motion[:47] + "…"
             table.add_row(d.debate_id, when(d.created_at), d.status, d.winner or "-", ", ".join(d.seats.get("A", [])),
                           ", ".join(d.seats.get("B", [])), motion, d.sweep or "-", f"{d.format}/{d.rounds}", key=d.debate_id)
