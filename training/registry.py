@@ -32,6 +32,7 @@ from bonsai.adapter_registry import (
     list_personas,
     list_versions,
     persona_dir,
+    check_version_name,
     read_manifest,
     resolve_version,
     verify_version,
@@ -157,7 +158,7 @@ class VersionInfo:
 
 
 def version_info(home: Path, persona: str, version: str) -> VersionInfo:
-    path = persona_dir(home, persona) / version
+    path = persona_dir(home, persona) / check_version_name(version)
     if version.startswith(".") or not (path / "adapter_config.json").is_file():
         known = ", ".join(list_versions(home, persona)) or "none"
         raise AdapterError(f"adapter {persona}@{version} does not exist", f"versions of {persona}: {known}")
@@ -174,7 +175,7 @@ def version_info(home: Path, persona: str, version: str) -> VersionInfo:
 
 
 def versions(home: Path, persona: str | None = None) -> list[VersionInfo]:
-    personas = [persona] if persona else list_personas(home)
+    personas = [persona] if persona is not None else list_personas(home)
     return [version_info(home, p, v) for p in personas for v in list_versions(home, p)]
 
 
@@ -256,7 +257,7 @@ def rollback(home: Path, persona: str, *, to: str | None = None) -> tuple[str | 
 
 
 def evaluation_path(home: Path, persona: str, version: str) -> Path:
-    return persona_dir(home, persona) / EVALUATIONS / f"{version}.json"
+    return persona_dir(home, persona) / EVALUATIONS / f"{check_version_name(version)}.json"
 
 
 def save_evaluation(home: Path, persona: str, version: str, result: dict[str, Any]) -> Path:
