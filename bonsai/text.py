@@ -68,3 +68,29 @@ def terminal_json(value: Any, **kwargs: Any) -> str:
     import json
 
     return _RAW_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(value, ensure_ascii=False, **kwargs))
+
+
+#: the longest motion accepted: a motion is a sentence or two, and it is repeated in every prompt of
+#: the debate, so a pasted essay would crowd the speeches out of the context window
+MAX_MOTION_CHARS = 1000
+
+
+def check_motion(text: str) -> str:
+    """The motion, stripped; ``ValueError`` (with a message a user can act on) if it cannot be one.
+
+    Text that cannot be encoded as UTF-8 (a lone surrogate: undecodable bytes on the command line, or a
+    ``\\ud800`` escape in a JSON file) would fail later inside hashing, the store or the tokenizer.
+    """
+    text = text.strip()
+    if not text:
+        raise ValueError("the motion is empty")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"the motion is not valid Unicode text (character {exc.start + 1} is a lone surrogate, "
+            "e.g. bytes that are not UTF-8); write it in UTF-8"
+        ) from None
+    if len(text) > MAX_MOTION_CHARS:
+        raise ValueError(f"the motion is {len(text):,} characters long; the limit is {MAX_MOTION_CHARS:,}")
+    return text

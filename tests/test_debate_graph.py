@@ -105,7 +105,7 @@ async def test_motion_too_long_writes_nothing(tmp_path: Path, book: PersonaBook,
     with TranscriptStore(tmp_path / "t.sqlite") as store:
         async with DebateRunner(engine, store, tmp_path / "ck.sqlite", book, isolated_home, "fake") as runner:
             with pytest.raises(PromptTooLong, match="too long"):
-                await run_all(runner, DebateSpec(motion="word " * 400, format="quick", rounds=1))
+                await run_all(runner, DebateSpec(motion="word " * 199, format="quick", rounds=1))
         assert store.list_debates() == []
 
 

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from bonsai import __version__
+from bonsai.cli.limits import check_numeric_options
 from bonsai.errors import BonsaiError
 
 SUBCOMMANDS = (
@@ -57,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
     try:
+        check_numeric_options(args)
         return int(args.func(args) or 0)
     except BonsaiError as exc:
         print(f"error: {exc.message}", file=sys.stderr)

@@ -27,6 +27,7 @@ from langgraph.types import Command
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bonsai.adapter_registry import resolve_persona_adapter
+from bonsai.text import check_motion
 from bonsai.debate.formats import DebateFormat, load_format
 from bonsai.debate.graph import DebateContext, build_graph, turn_summary
 from bonsai.debate.prompts import debater_prompt
@@ -62,10 +63,7 @@ class DebateSpec(BaseModel):
     @field_validator("motion")
     @classmethod
     def _motion_not_empty(cls, v: str) -> str:
-        v = v.strip()
-        if not v:
-            raise ValueError("the motion is empty")
-        return v
+        return check_motion(v)  # empty, too long, or not encodable (a lone surrogate)
 
 
 @dataclass
