@@ -56,6 +56,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--include-moderator", action="store_true", help="also export the moderator's lines")
     export.set_defaults(func=run_export)
 
+    vac = actions.add_parser(
+        "vacuum", parents=[store_opt], help="drop old finished debates' checkpoints and compact the databases",
+        description="Drop the checkpoints of debates finished more than --older-than days ago, then VACUUM the transcript "
+        "store and the checkpoint database. Unfinished debates stay resumable; transcripts are never deleted.",
+    )
+    vac.add_argument("--older-than", type=float, default=30.0, metavar="DAYS", help="drop all checkpoints of debates finished this long ago (default 30)")
+    vac.add_argument("--checkpoints", type=Path, default=None, help="checkpoint database (default: checkpoints.sqlite in the bonsai home)")
+    vac.set_defaults(func=run_vacuum)
+
 
 def _positive_int(raw: str) -> int:
     try:
@@ -280,6 +289,22 @@ def run_export(args: argparse.Namespace) -> int:
     with _open(args) as store:
         count = export_turns(store, args.output, fmt, args.debates, include_moderator=args.include_moderator, force=args.force)
     print(f"wrote {count} turns to {args.output}", file=sys.stderr)
+    return 0
+
+
+def run_vacuum(args: argparse.Namespace) -> int:
+    from bonsai.debate.checkpoints import vacuum
+    from bonsai.paths import checkpoints_path
+
+    if not args.older_than >= 0:
+        raise BonsaiError(f"--older-than must be 0 days or more, not {args.older_than}", hint="for example --older-than 30")
+    home = home_from(args)
+    store = args.store.expanduser() if args.store else store_path(home)
+    checkpoints = args.checkpoints.expanduser() if args.checkpoints else checkpoints_path(home)
+    report = vacuum(store, checkpoints, older_than_days=args.older_than)
+    print(f"checkpoints: dropped those of {report.debates_dropped} debates finished more than {args.older_than:g} days ago "
+          f"({report.rows_deleted} rows); unfinished debates keep theirs")
+    print(f"vacuum: {report.bytes_before:,} -> {report.bytes_after:,} bytes ({report.bytes_saved:,} bytes saved)")
     return 0
 
 
