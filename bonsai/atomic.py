@@ -3,16 +3,25 @@
 Each write is staged beside its target (a hidden ``.NAME.*.tmp`` file or ``.NAME.*.partial`` folder),
 fsynced, renamed into place, and then the parent directory is fsynced too: the rename is a change to the
 directory, and without that fsync an OS crash can forget it even though the file's bytes are on disk.
+
+A stage's name carries the pid of the process writing it (``.NAME.PID.RANDOM.tmp``), so a process killed
+with SIGKILL leaves something :func:`clean_orphans` can recognise as dead at the next start, while a live
+writer's stage (a long training, another command) is left alone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -33,7 +42,7 @@ def staged_file(final: Path, *, suffix: str = ".tmp") -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent)
+    fd, name = tempfile.mkstemp(prefix=stage_prefix(final.name), suffix=suffix, dir=final.parent)
     os.close(fd)
     tmp = Path(name)
     try:
@@ -55,7 +64,7 @@ def staged_dir(final: Path) -> Iterator[Path]:
     If ``final`` appears meanwhile (another process won the race) the staged copy is dropped.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=stage_prefix(final.name), suffix=".partial", dir=final.parent))
     try:
         yield tmp
         fsync_dir(tmp)
@@ -80,3 +89,65 @@ def fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def stage_prefix(name: str) -> str:
+    return f".{name}.{os.getpid()}."
+
+
+_STAGE = re.compile(r"^\..+\.(?P<pid>\d+)\.[^.]+\.(?:tmp|partial)$")
+#: a stage whose writer is gone is removed after this long (the rename it waited for is never coming);
+#: one whose writer cannot be told (an older name, or another host on a shared disk) after a week
+DEAD_AFTER_S = 60.0
+UNKNOWN_AFTER_S = 7 * 86400.0
+
+
+def clean_orphans(root: Path, *, depth: int = 3, now: float | None = None) -> list[Path]:
+    """Remove stages that a killed process left under ``root`` (up to ``depth`` folders down); returns them.
+
+    Only hidden ``*.tmp`` / ``*.partial`` entries are candidates, and only when the pid in their name is
+    not running (and they are a minute old), or when they are a week old.
+    """
+    now = time.time() if now is None else now
+    removed: list[Path] = []
+    folders = [(Path(root), 0)]
+    while folders:
+        folder, level = folders.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            path = Path(entry.path)
+            if entry.name.startswith(".") and entry.name.endswith((".tmp", ".partial")):
+                if _orphaned(entry, now):
+                    with contextlib.suppress(OSError):
+                        shutil.rmtree(path) if entry.is_dir(follow_symlinks=False) else path.unlink()
+                        removed.append(path)
+                        log.info("removed %s, left by an interrupted write", path)
+            elif level < depth and entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
+                folders.append((path, level + 1))
+    return removed
+
+
+def _orphaned(entry: os.DirEntry[str], now: float) -> bool:
+    try:
+        age = now - entry.stat(follow_symlinks=False).st_mtime
+    except OSError:
+        return False
+    m = _STAGE.match(entry.name)
+    if m is None:
+        return age > UNKNOWN_AFTER_S
+    return age > UNKNOWN_AFTER_S or (age > DEAD_AFTER_S and not _alive(int(m["pid"])))
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True

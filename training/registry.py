@@ -13,6 +13,7 @@ works from the history's view of what came before whatever ``current`` says now.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -43,6 +44,8 @@ from bonsai.errors import AdapterError
 log = logging.getLogger(__name__)
 
 HISTORY = "history.json"
+#: the sidecar file promote/rollback lock (flock) while they read and rewrite ``current`` and the history
+LOCK = "history.json.lock"
 EVALUATIONS = "evaluations"
 #: hex digits of the content hash that name a version
 VERSION_CHARS = 12
@@ -67,7 +70,8 @@ def new_version(home: Path, persona: str) -> Iterator[Draft]:
     """
     root = persona_dir(home, persona)
     root.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f".{persona}-", suffix=".partial", dir=root))
+    # the pid in the name lets the next start tell a dead process's leftover from a live stage (atomic.clean_orphans)
+    staged = Path(tempfile.mkdtemp(prefix=atomic.stage_prefix(persona), suffix=".partial", dir=root))
     draft = Draft(persona=persona, path=staged)
     try:
         yield draft
@@ -206,7 +210,22 @@ def promotion_stack(events: list[dict[str, Any]]) -> list[str]:
     return stack
 
 
+@contextlib.contextmanager
+def _locked(home: Path, persona: str) -> Iterator[None]:
+    """Hold the persona's history lock: two promotions or rollbacks at once would each read the
+    history, append their event and write it back, and one event would be lost."""
+    root = persona_dir(home, persona)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / LOCK, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 def _record(home: Path, persona: str, event: dict[str, Any]) -> None:
+    """Append to history.json; the caller holds :func:`_locked`."""
     events = [*history(home, persona), {**event, "at": time.time()}]
     atomic.write_text(persona_dir(home, persona) / HISTORY, json.dumps(events, indent=2) + "\n")
 
@@ -220,17 +239,23 @@ def promote(home: Path, persona: str, version: str, *, reason: str = "", evaluat
     """Make ``version`` current (after checking its files); returns the version it replaced."""
     version = resolve_version(home, persona, version)
     verify_version(persona_dir(home, persona) / version)
-    previous = current_version(home, persona)
-    if previous == version:
-        log.info("%s@%s is already current", persona, version)
-        return previous
-    set_current(home, persona, version)
-    _record(home, persona, {"action": "promote", "version": version, "previous": previous, "reason": reason, "evaluation": evaluation})
+    with _locked(home, persona):
+        previous = current_version(home, persona)
+        if previous == version:
+            log.info("%s@%s is already current", persona, version)
+            return previous
+        set_current(home, persona, version)
+        _record(home, persona, {"action": "promote", "version": version, "previous": previous, "reason": reason, "evaluation": evaluation})
     return previous
 
 
 def rollback(home: Path, persona: str, *, to: str | None = None) -> tuple[str | None, str]:
     """Point ``current`` back to the version promoted before it (or ``to``); returns (from, to)."""
+    with _locked(home, persona):
+        return _rollback(home, persona, to=to)
+
+
+def _rollback(home: Path, persona: str, *, to: str | None) -> tuple[str | None, str]:
     cur = current_version(home, persona)
     if to is not None:
         target = resolve_version(home, persona, to)

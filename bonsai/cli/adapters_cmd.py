@@ -232,9 +232,12 @@ def run_promote(args: argparse.Namespace) -> int:
     )
     if args.json:
         print(json.dumps({"persona": promotion.persona, "version": promotion.version, "previous": promotion.previous,
-                          "adapter_name": promotion.adapter_name, "endpoints": list(promotion.endpoints), "forced": promotion.forced}))
+                          "adapter_name": promotion.adapter_name, "endpoints": list(promotion.endpoints), "forced": promotion.forced,
+                          "threshold_override": promotion.threshold_override}))
         return 0
     how = " (forced past the gate)" if promotion.forced else ""
+    if promotion.threshold_override is not None:
+        how = f" (gate threshold overridden to {promotion.threshold_override:g}; logged as an override)"
     print(f"{promotion.persona}: current is now {promotion.version}{how} (was {promotion.previous or 'none'}); new debates use it")
     for url in promotion.endpoints:
         print(f"  loaded on {url} as {promotion.adapter_name}")
