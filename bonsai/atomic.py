@@ -23,6 +23,9 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+_UMASK = os.umask(0o22)
+os.umask(_UMASK)
+
 
 def write_text(path: Path, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
@@ -35,15 +38,22 @@ def write_bytes(path: Path, data: bytes) -> None:
 
 
 @contextlib.contextmanager
-def staged_file(final: Path, *, suffix: str = ".tmp") -> Iterator[Path]:
+def staged_file(final: Path, *, suffix: str = ".tmp", shared: bool = False) -> Iterator[Path]:
     """Yield an empty temp file beside ``final`` to fill; on success it replaces ``final`` in one step.
+
+    The file is private (0600, as mkstemp makes it) unless ``shared``: then it gets the mode any new file
+    gets under the umask (an export meant for other tools and people). Files that may hold secrets stay private.
 
     On any exception (KeyboardInterrupt included) the temp file is removed and ``final`` is untouched.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=stage_prefix(final.name), suffix=suffix, dir=final.parent)
-    os.close(fd)
+    try:
+        if shared:
+            os.fchmod(fd, 0o666 & ~_UMASK)
+    finally:
+        os.close(fd)
     tmp = Path(name)
     try:
         yield tmp

@@ -283,10 +283,11 @@ def _score(value: float | None) -> str:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from bonsai.store.export import export_turns
+    from bonsai.store.export import check_target, export_turns
 
-    fmt = args.fmt or _format_from_suffix(args.output)
     with _open(args) as store:
+        check_target(args.output, store.path, force=args.force)  # the store itself is refused first, whatever its suffix
+        fmt = args.fmt or _format_from_suffix(args.output)
         count = export_turns(store, args.output, fmt, args.debates, include_moderator=args.include_moderator, force=args.force)
     print(f"wrote {count} turns to {args.output}", file=sys.stderr)
     return 0

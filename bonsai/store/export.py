@@ -128,8 +128,10 @@ def export_turns(
             if rows:
                 yield rows
 
+    # an export killed earlier (kill -9, power cut) may have left its stage beside the target
+    atomic.clean_orphans(Path(out).parent, depth=0)
     try:
-        with atomic.staged_file(out, suffix=".partial") as tmp:
+        with atomic.staged_file(out, suffix=".partial", shared=True) as tmp:
             count = _write_jsonl(tmp, batches()) if fmt == "jsonl" else _write_parquet(tmp, batches())
             if count == 0:
                 raise StoreError(
