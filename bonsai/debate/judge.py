@@ -416,6 +416,13 @@ def decide(prob_a: float, sides: Sequence[str | None], tie_band: float, *, infor
     return voted.pop() if len(voted) == 1 and None not in voted and TIE not in voted else TIE
 
 
+def tie_reason(prob_a: float, tie_band: float | None) -> str:
+    """Why a verdict is a tie, in words, from what the verdict stores."""
+    if tie_band is not None and (abs(prob_a - 0.5) < tie_band or prob_a == 0.5):
+        return f"P(A wins) {prob_a:.2f} is within the tie band (0.5 ± {tie_band:g})"
+    return "the readings leaned to different sides depending on the order the speeches were read in"
+
+
 def combine(judge_name: str, debate_id: str, readings: Sequence[OrderReading], tie_band: float = DEFAULT_TIE_BAND) -> VerdictRecord:
     prob_a = sum(r.prob_team_a for r in readings) / len(readings)
     scores = _mean_scores(readings)
