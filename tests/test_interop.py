@@ -73,6 +73,23 @@ def test_prepare_fixes_a_stale_tokenizer_in_place_once(base_model, isolated_home
     assert 2 in ids and 0 not in ids
 
 
+def test_a_read_only_prepared_model_still_resolves(base_model, isolated_home: Path, caplog: pytest.LogCaptureFixture,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model folder the user cannot write (a shared read-only install) still serves debates: the fix is
+    skipped with a warning. (Root can write anywhere, so the refusal is injected where the write happens.)"""
+    from bonsai.model import prepare
+
+    folder = stale_copy(base_model.path, isolated_home)
+    before = (folder / "tokenizer_config.json").read_bytes()
+
+    def refuse(path: Path, text: str) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(prepare.atomic, "write_text", refuse)
+    assert resolve_base(None, isolated_home).name == EMBEDDED_NAME
+    assert (folder / "tokenizer_config.json").read_bytes() == before and "cannot update the tokenizer" in caplog.text
+
+
 def test_a_prepared_model_with_a_current_tokenizer_is_left_alone(base_model, isolated_home: Path) -> None:
     folder = stale_copy(base_model.path, isolated_home)
     manifest = json.loads((folder / MANIFEST).read_text())
@@ -93,6 +110,7 @@ async def test_bonsai_datasets_train_in_plain_trl_orpo(tmp_path_factory: pytest.
     from training.pairs import Engines
 
     store = await debate_store(tmp_path_factory, base_model)
+    stale = stale_copy(base_model.path, tmp_path / "old-home")  # as an older bonsai left it, not fixed
     folder = stale_copy(base_model.path, isolated_home)  # the fix, as an existing user gets it
     prepared = resolve_base(None, isolated_home)
     for persona, layout in (("skeptic", "alpaca"), ("advocate", "conversational")):
@@ -112,6 +130,11 @@ async def test_bonsai_datasets_train_in_plain_trl_orpo(tmp_path_factory: pytest.
             max_length=512, max_completion_length=128, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
             dataloader_num_workers=0,
         )
+        if layout == "alpaca":
+            # what a user hit before the fix: the same dataset, the stale tokenizer, no padding token
+            with pytest.raises(ValueError, match="padding token"):
+                ORPOTrainer(model=model, args=args, train_dataset=pairs["train"], processing_class=AutoTokenizer.from_pretrained(str(stale))).train()
+            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
         trainer = ORPOTrainer(model=model, args=args, train_dataset=pairs["train"], processing_class=tokenizer)
         result = trainer.train()
         assert result.global_step == 2 and torch.isfinite(torch.tensor(result.training_loss))

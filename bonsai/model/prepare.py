@@ -118,17 +118,20 @@ def fix_tokenizer_config(model_dir: Path) -> bool:
 
 
 def _upgrade_prepared(path: Path) -> None:
-    """Bring a folder prepared by an older bonsai up to ``TOKENIZER_REVISION``; one small JSON read when
-    nothing changed. The manifest keeps its content hash: the weights and the chat template are the same,
-    so the adapters trained on this folder stay valid on it."""
+    """Bring a folder prepared by an older bonsai up to ``TOKENIZER_REVISION``; only the manifest is read
+    when nothing changed. The manifest keeps its content hash: the weights and the chat template are the
+    same, so the adapters trained on this folder stay valid on it."""
     manifest = path / MANIFEST
     data = json.loads(manifest.read_text())
     if data.get("tokenizer_revision") == TOKENIZER_REVISION:
         return
-    if fix_tokenizer_config(path):
-        log.info("%s: tokenizer_config.json given a pad token and model_max_length (revision %d)", path, TOKENIZER_REVISION)
-    # after the fix, so a crash in between only repeats the (idempotent) fix next time
-    atomic.write_text(manifest, json.dumps({**data, "tokenizer_revision": TOKENIZER_REVISION}, indent=2))
+    try:
+        if fix_tokenizer_config(path):
+            log.info("%s: tokenizer_config.json given a pad token and model_max_length (revision %d)", path, TOKENIZER_REVISION)
+        # after the fix, so a crash in between only repeats the (idempotent) fix next time
+        atomic.write_text(manifest, json.dumps({**data, "tokenizer_revision": TOKENIZER_REVISION}, indent=2))
+    except OSError as exc:  # a read-only model folder still serves debates; only plain TRL training needs the fix
+        log.warning("cannot update the tokenizer of %s (%s): it has no pad token; run `bonsai model prepare` where it is writable", path, exc)
 
 
 def embedded_model_path(home: Path) -> Path:
