@@ -158,10 +158,16 @@ class Printer:
                     c.print(Text(ev["answer"], style=TEAM_STYLE.get(ev["team"], "").replace("bold ", "")))
         elif kind == "judging":
             c.print()
-            c.rule(Text(f"Judging ({', '.join(ev['judges'])}, labels both ways)", style="bold"))
+            c.rule(Text(f"Judging ({', '.join(ev['judges'])}, both reading orders, labels both ways)", style="bold"))
         elif kind == "verdict":
             winner = ev["winner"]
-            c.print(Text(f"Winner: team {winner}", style=TEAM_STYLE[winner]), Text(f"  P(A wins) = {ev['prob_a']:.2f}, confidence {ev['confidence']:.2f}"))
+            if winner == "tie":
+                from bonsai.debate.judge import tie_reason
+
+                c.print(Text("Tie: no side won", style="bold yellow"), Text(f"  P(A wins) = {ev['prob_a']:.2f}"))
+                c.print(Text(f"  {tie_reason(ev['prob_a'], ev.get('tie_band'))}", style="yellow"))
+            else:
+                c.print(Text(f"Winner: team {winner}", style=TEAM_STYLE[winner]), Text(f"  P(A wins) = {ev['prob_a']:.2f}, confidence {ev['confidence']:.2f}"))
             for team in ("A", "B"):
                 scores = ev["scores"].get(team)
                 if scores:

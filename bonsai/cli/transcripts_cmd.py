@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls = actions.add_parser("list", parents=[store_opt], help="the recorded debates, newest first")
     ls.add_argument("--persona", help="only debates with this persona in any seat")
     ls.add_argument("--status", choices=STATUSES, help="only debates with this status")
-    ls.add_argument("--winner", choices=("A", "B"), help="only debates this team won")
+    ls.add_argument("--winner", choices=("A", "B", "tie"), help="only debates this team won (tie: only ties)")
     ls.add_argument("--sweep", help="only debates of this sweep")
     ls.add_argument("--limit", type=_positive_int, help="at most this many debates")
     ls.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
@@ -256,7 +256,13 @@ def _turn_block(turn: TurnRecord, candidates: list[CandidateRecord]) -> Group:
 def _verdict_block(verdict: VerdictRecord) -> Panel:
     body: list[Any] = []
     line = Text()
-    line.append(f"winner {verdict.winner}", style=f"bold {_TEAM_STYLE.get(verdict.winner, '')}".strip())
+    if verdict.winner == "tie":
+        from bonsai.debate.judge import tie_reason
+
+        line.append("tie", style="bold yellow")
+        line.append(f" ({tie_reason(verdict.prob_a, verdict.tie_band)})", style="yellow")
+    else:
+        line.append(f"winner {verdict.winner}", style=f"bold {_TEAM_STYLE.get(verdict.winner, '')}".strip())
     line.append(f"   P(A wins) {verdict.prob_a:.3f}   confidence {verdict.confidence:.3f}")
     if not verdict.parsed:
         line.append("   (judge's JSON did not parse: winner from label probabilities)", style="yellow")

@@ -90,6 +90,7 @@ SCHEMA = pa.schema(
                     ("rationale", pa.string()),
                     ("parsed", pa.bool_()),
                     ("orders", pa.string()),
+                    ("tie_band", pa.float64()),
                 ]
             ),
         ),
@@ -213,6 +214,7 @@ def _verdict_row(verdict: VerdictRecord) -> dict[str, Any]:
         "rationale": verdict.rationale,
         "parsed": verdict.parsed,
         "orders": json.dumps(verdict.orders, ensure_ascii=False),
+        "tie_band": verdict.tie_band,
     }
 
 

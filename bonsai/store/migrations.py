@@ -145,6 +145,14 @@ def m002_sweeps(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m003_verdict_tie_band(db: sqlite3.Connection) -> None:
+    # A verdict may now be a tie ("tie" in verdicts.winner and debates.winner: plain TEXT, checked in
+    # Python, so no rebuild). The band that decided it is kept with it; older verdicts keep NULL: they were
+    # decided by the sign of prob_a alone, from readings in speaking order only, and are not re-judged.
+    db.execute("ALTER TABLE verdicts ADD COLUMN tie_band REAL")
+
+
 def current_version(db: sqlite3.Connection) -> int:
     if not _has_table(db, "schema_version"):
         return 0

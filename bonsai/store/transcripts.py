@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 STATUSES = ("running", "finished", "failed", "interrupted")
 SWEEP_STATUSES = ("running", "finished", "incomplete", "interrupted")
 TEAMS = ("A", "B")
+WINNERS = ("A", "B", "tie")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -435,8 +436,8 @@ def _check_status(status: str) -> None:
 def _check_winner(winner: str | None, *, required: bool = False) -> None:
     if winner is None and not required:
         return
-    if winner not in TEAMS:
-        raise ValueError(f"winner must be 'A' or 'B'{'' if required else ' or None'}, not {winner!r}")
+    if winner not in WINNERS:
+        raise ValueError(f"winner must be 'A', 'B' or 'tie'{'' if required else ' or None'}, not {winner!r}")
 
 
 def _check_team(team: str, *, allow_none: bool) -> None:

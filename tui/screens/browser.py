@@ -22,7 +22,7 @@ from bonsai.text import printable_all
 if TYPE_CHECKING:
     from tui.app import BonsaiApp
 
-WINNERS = [("any winner", "any"), ("A won", "A"), ("B won", "B"), ("no winner", "none")]
+WINNERS = [("any winner", "any"), ("A won", "A"), ("B won", "B"), ("tie", "tie"), ("no winner", "none")]
 
 
 def when(ts: float) -> str:
@@ -77,7 +77,7 @@ class BrowserScreen(Screen[None]):
         f = self.filters()
         debates = self.store.list_debates(
             persona=f["persona"], sweep=f["sweep"], status=None if f["status"] == "any" else f["status"],
-            winner=f["winner"] if f["winner"] in ("A", "B") else None,
+            winner=f["winner"] if f["winner"] in ("A", "B", "tie") else None,
         )
         if f["winner"] == "none":
             debates = [d for d in debates if d.winner is None]

@@ -65,7 +65,7 @@ class JudgePanel(Static):
         if self.state == "idle":
             lines.append(Text(f"{who}: waiting for the debate to end", style="dim"))
         elif self.state == "judging":
-            lines.append(Text(f"{who}: judging (labels both ways)…", style="italic"))
+            lines.append(Text(f"{who}: judging (both reading orders, labels both ways)…", style="italic"))
         elif self.verdict is not None:
             lines.append(self._verdict())
         if self.candidates is not None and self.candidates.candidates:
@@ -78,9 +78,13 @@ class JudgePanel(Static):
         team = v.winner
         names = ", ".join(self.seats.get(team, []))
         left = Text()
-        left.append(f"Winner: team {team}", style=f"bold {'cyan' if team == 'A' else 'magenta'}")
-        if names:
-            left.append(f" ({names})")
+        if team == "tie":
+            # spelled out, not only coloured: the readings disagreed or P(A) was too close to call
+            left.append("Tie: no side won", style="bold yellow")
+        else:
+            left.append(f"Winner: team {team}", style=f"bold {'cyan' if team == 'A' else 'magenta'}")
+            if names:
+                left.append(f" ({names})")
         left.append(f"\nconfidence {bar(v.confidence)} {v.confidence:.2f}")
         left.append(f"\nP(A wins)  {bar(v.prob_a)} {v.prob_a:.2f}")
         if not v.parsed:
