@@ -56,11 +56,13 @@ class RubricScore:
 class Rubric:
     """Checks with weights, for speeches laid out in ``reasoning`` (the persona's format)."""
 
-    def __init__(self, checks: Sequence[CheckConfig], reasoning: ReasoningFormat = ReasoningFormat.NONE) -> None:
+    def __init__(self, checks: Sequence[CheckConfig], reasoning: ReasoningFormat = ReasoningFormat.NONE, language: Language | None = None) -> None:
         if not checks:
             raise ValueError("a rubric needs at least one check")
         self.checks = tuple(checks)
         self.reasoning = ReasoningFormat(reasoning)
+        #: the persona's language, only shown by :meth:`describe` (scoring takes it from the context)
+        self.language = language
 
     @property
     def weights(self) -> dict[str, float]:
@@ -110,6 +112,8 @@ class Rubric:
             d = c.model_dump(mode="json", exclude_none=True)
             if isinstance(c, ReasoningFormatCheck):
                 d["format"] = self.format_of(c)
+            if isinstance(c, LanguageCheck) and self.language is not None:
+                d["language"] = c.language or self.language
             out.append({"name": c.key, **{k: v for k, v in d.items() if k != "name"}})
         return out
 
@@ -118,7 +122,7 @@ def rubric_for(persona: Persona) -> Rubric | None:
     """The persona's rubric, or None when its YAML declares none."""
     if not persona.rubric:
         return None
-    return Rubric(persona.rubric, persona.reasoning)
+    return Rubric(persona.rubric, persona.reasoning, persona.language)
 
 
 def last_opponent_answer(turns: Sequence[Any], turn_index: int, team: str) -> str | None:
