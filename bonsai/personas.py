@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bonsai.errors import ConfigError, PersonaNotFound, describe_validation
-from bonsai.rubric.config import CheckConfig, Language, check_rubric
+from bonsai.rubric.config import CheckConfig, Language, check_rubric, require_types
 
 
 class Team(str, Enum):
@@ -79,6 +79,11 @@ class Persona(BaseModel):
     rubric: tuple[CheckConfig, ...] | None = Field(
         None, description="Checks each speech should pass, scored 0..1 (bonsai/rubric/config.py); null: no rubric."
     )
+
+    @field_validator("rubric", mode="before")
+    @classmethod
+    def _rubric_types(cls, raw: object) -> object:
+        return require_types(raw)
 
     # An after-validator, not a field validator on ``team``: ``team`` is declared before ``role``,
     # so a field validator would run before ``role`` is known and never check anything.

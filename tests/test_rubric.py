@@ -262,6 +262,7 @@ def persona_file(tmp_path: Path, rubric: object, **extra: object) -> Path:
         ([{"type": "reasoning_format"}], {}, r"a reasoning_format check needs a format"),
         ([{"type": "reasoning_format", "format": "json"}], {}, r"format: Input should be 'xml-tags' or 'alpaca-reasoning'"),
         ({"language": 1}, {}, r"rubric: Input should be a valid"),
+        ([{"type": "language"}, {"weight": 2}], {}, r"rubric: check 1 has no type: give it one of language, reasoning_format, length"),
     ],
 )
 def test_bad_rubrics_are_one_clear_config_error(tmp_path: Path, rubric: object, extra: dict, message: str) -> None:

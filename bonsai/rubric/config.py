@@ -128,6 +128,15 @@ CheckConfig = Annotated[
 CHECK_TYPES = ("language", "reasoning_format", "length", "required", "forbidden", "repetition", "on_motion")
 
 
+def require_types(raw: Any) -> Any:
+    """Before validation: a check without a ``type`` is named, with the valid types (pydantic only says it found no tag)."""
+    if isinstance(raw, list):
+        for i, item in enumerate(raw):
+            if isinstance(item, dict) and "type" not in item:
+                raise ValueError(f"check {i} has no type: give it one of {', '.join(CHECK_TYPES)}")
+    return raw
+
+
 def check_rubric(checks: tuple[Any, ...], *, reasoning: str) -> None:
     """Rules that need the whole rubric and the persona: unique names, a format to check against."""
     seen: set[str] = set()
