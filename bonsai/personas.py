@@ -11,12 +11,13 @@ import re
 from collections.abc import Iterable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bonsai.errors import ConfigError, PersonaNotFound, describe_validation
+from bonsai.rubric.config import CheckConfig, Language, check_rubric, require_types
 
 
 class Team(str, Enum):
@@ -43,9 +44,6 @@ class ReasoningFormat(str, Enum):
     NONE = "none"
     ALPACA = "alpaca-reasoning"
     XML = "xml-tags"
-
-
-Language = Literal["en", "ja", "zh"]
 
 
 class SamplingDefaults(BaseModel):
@@ -95,6 +93,14 @@ class Persona(BaseModel):
         ),
     )
     description: str = ""
+    rubric: tuple[CheckConfig, ...] | None = Field(
+        None, description="Checks each speech should pass, scored 0..1 (bonsai/rubric/config.py); null: no rubric."
+    )
+
+    @field_validator("rubric", mode="before")
+    @classmethod
+    def _rubric_types(cls, raw: object) -> object:
+        return require_types(raw)
 
     # An after-validator, not a field validator on ``team``: ``team`` is declared before ``role``,
     # so a field validator would run before ``role`` is known and never check anything.
@@ -104,6 +110,8 @@ class Persona(BaseModel):
             raise ValueError("team: a debater needs team A or B")
         if self.role != Role.DEBATER and self.team != Team.NONE:
             raise ValueError(f"team: a {self.role.value} takes no side: set team: none")
+        if self.rubric is not None:
+            check_rubric(self.rubric, reasoning=self.reasoning.value)
         return self
 
     @property
