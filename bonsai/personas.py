@@ -10,12 +10,13 @@ import importlib.resources
 from collections.abc import Iterable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bonsai.errors import ConfigError, PersonaNotFound, describe_validation
+from bonsai.rubric.config import CheckConfig, Language, check_rubric
 
 
 class Team(str, Enum):
@@ -42,9 +43,6 @@ class ReasoningFormat(str, Enum):
     NONE = "none"
     ALPACA = "alpaca-reasoning"
     XML = "xml-tags"
-
-
-Language = Literal["en", "ja", "zh"]
 
 
 class SamplingDefaults(BaseModel):
@@ -78,6 +76,9 @@ class Persona(BaseModel):
         ),
     )
     description: str = ""
+    rubric: tuple[CheckConfig, ...] | None = Field(
+        None, description="Checks each speech should pass, scored 0..1 (bonsai/rubric/config.py); null: no rubric."
+    )
 
     # An after-validator, not a field validator on ``team``: ``team`` is declared before ``role``,
     # so a field validator would run before ``role`` is known and never check anything.
@@ -87,6 +88,8 @@ class Persona(BaseModel):
             raise ValueError("team: a debater needs team A or B")
         if self.role != Role.DEBATER and self.team != Team.NONE:
             raise ValueError(f"team: a {self.role.value} takes no side: set team: none")
+        if self.rubric is not None:
+            check_rubric(self.rubric, reasoning=self.reasoning.value)
         return self
 
     @property

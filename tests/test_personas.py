@@ -277,9 +277,22 @@ def test_cli_list_shows_a_trained_adapter_and_survives_a_missing_one(shipped_cop
 
 
 def test_cli_show_yaml_and_json(capsys: pytest.CaptureFixture[str]) -> None:
-    expected = PersonaBook.load().get("ronri").model_dump(mode="json")
+    ronri = PersonaBook.load().get("ronri")
+    expected = ronri.model_dump(mode="json")
+    # the rubric is shown with every default filled in: each check's name, the language and format it checks
+    expected["rubric"] = [
+        {"name": "language", "type": "language", "weight": 2.0, "language": "ja"},
+        {"name": "reasoning_format", "type": "reasoning_format", "weight": 2.0, "format": "xml-tags"},
+        {"name": "length", "type": "length", "weight": 1.0, "budget": 150, "unit": "auto", "minimum": 1, "tolerance": 1.0},
+        {"name": "repetition", "type": "repetition", "weight": 1.0, "n": 3},
+    ]
     assert main(["personas", "show", "ronri"]) == 0
-    assert yaml.safe_load(capsys.readouterr().out) == expected
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown == expected
+    # what is shown is still a valid persona, with the same rubric
+    from bonsai.rubric import rubric_for
+
+    assert rubric_for(Persona.model_validate(shown)).describe() == expected["rubric"]  # type: ignore[union-attr]
     assert main(["personas", "show", "ronri", "--json"]) == 0
     out = capsys.readouterr().out
     assert json.loads(out) == expected

@@ -224,3 +224,41 @@ def test_bad_list_arguments(store_file: Path, capsys: pytest.CaptureFixture[str]
     assert "must be 1 or more" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["transcripts"])  # an action is required
+
+
+def test_show_scores_each_debater_turn_with_its_personas_rubric(store_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bonsai.personas import PersonaBook
+    from bonsai.rubric import RubricContext, rubric_for
+
+    assert main(["transcripts", "show", "deb-bbb", "--scores", "--json"]) == 0
+    turns = json.loads(capsys.readouterr().out)["turns"]
+    # optimist is in no persona file: said on its turn, and the other turns are still scored
+    assert turns[0]["scores"] == {"error": turns[0]["scores"]["error"]} and "'optimist' is not in" in turns[0]["scores"]["error"]
+    skeptic = PersonaBook.load().get("skeptic")
+    expected = rubric_for(skeptic).score(  # type: ignore[union-attr]
+        turns[1]["text"], RubricContext("AI [bold]should[/bold] be regulated", "en", opponent_last=turns[0]["answer"])
+    )
+    assert turns[1]["scores"] == {"total": pytest.approx(expected.total), "checks": pytest.approx(expected.checks)}
+    assert list(turns[1]["scores"]["checks"]) == ["reasoning_format", "language", "length", "on_motion", "repetition"]
+    assert turns[1]["scores"]["checks"]["language"] < 1.0  # skeptic spoke some Japanese here
+
+    assert main(["transcripts", "show", "deb-bbb", "--scores"]) == 0
+    out = capsys.readouterr().out
+    assert "rubric persona 'optimist' is not in" in out
+    assert f"rubric {expected.total:.3f}" in out and "reasoning_format 0.00" in out and "repetition" in out
+    # without --scores nothing is scored
+    assert main(["transcripts", "show", "deb-bbb"]) == 0
+    assert "rubric" not in capsys.readouterr().out
+
+
+def test_show_scores_says_when_a_persona_has_no_rubric(store_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bonsai.personas import default_personas_dir
+
+    folder = tmp_path / "personas"
+    folder.mkdir()
+    for f in default_personas_dir().glob("*.yaml"):
+        text = f.read_text(encoding="utf-8")
+        (folder / f.name).write_text(text.split("\nrubric:")[0] + "\n", encoding="utf-8")  # every rubric removed
+    assert main(["transcripts", "show", "deb-aaa", "--scores", "--personas-dir", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "rubric persona 'advocate' declares no rubric" in out and "rubric persona 'skeptic' declares no rubric" in out

@@ -56,8 +56,13 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
+    from bonsai.rubric import rubric_for
+
     persona = PersonaBook.load(args.personas_dir).get(args.name)
     data = persona.model_dump(mode="json")
+    rubric = rubric_for(persona)
+    # every check with its defaults filled in (its name, the format it checks), not the YAML's nulls
+    data["rubric"] = rubric.describe() if rubric is not None else None
     if args.json:
         print(json.dumps(data, ensure_ascii=False))
     else:

@@ -46,6 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     show = actions.add_parser("show", parents=[store_opt], help="one debate with every turn, candidate and verdict")
     show.add_argument("debate_id", metavar="ID", help="the debate's id (a unique prefix is enough)")
     show.add_argument("--json", action="store_true", help="print the debate as one JSON object")
+    show.add_argument("--scores", action="store_true", help="each debater turn's rubric score and checks (its persona's rubric, from the stored text)")
+    show.add_argument("--personas-dir", type=Path, default=None, help="with --scores: folder of persona YAML files (default: the shipped personas)")
     show.set_defaults(func=run_show)
 
     export = actions.add_parser("export", parents=[store_opt], help="debater turns as a JSONL or Parquet dataset")
@@ -174,10 +176,14 @@ def run_show(args: argparse.Namespace) -> int:
     by_turn: dict[int, list[CandidateRecord]] = {}
     for cand in candidates:
         by_turn.setdefault(cand.turn_index, []).append(cand)
+    scores = _turn_scores(debate, turns, args.personas_dir) if args.scores else {}
     if args.json:
         doc = {
             "debate": debate.to_dict(),
-            "turns": [{**t.to_dict(), "candidates": [c.to_dict() for c in by_turn.get(t.turn_index, [])]} for t in turns],
+            "turns": [
+                {**t.to_dict(), "candidates": [c.to_dict() for c in by_turn.get(t.turn_index, [])], **({"scores": scores[t.turn_index]} if t.turn_index in scores else {})}
+                for t in turns
+            ],
             "verdicts": [v.to_dict() for v in verdicts],
         }
         print(json.dumps(doc, ensure_ascii=False, indent=2))
@@ -188,9 +194,47 @@ def run_show(args: argparse.Namespace) -> int:
         console.print(Text("(no turns recorded)", style="dim"))
     for turn in turns:
         console.print(_turn_block(turn, by_turn.get(turn.turn_index, [])))
+        if turn.turn_index in scores:
+            console.print(_scores_line(scores[turn.turn_index]))
     for verdict in verdicts:
         console.print(_verdict_block(verdict))
     return 0
+
+
+def _turn_scores(debate: DebateRecord, turns: list[TurnRecord], personas_dir: Path | None) -> dict[int, dict[str, Any]]:
+    """Each debater turn's rubric score from its stored text: {"total", "checks"}, or {"error": why not}."""
+    from bonsai.personas import PersonaBook
+    from bonsai.rubric import RubricContext, last_opponent_answer, rubric_for
+
+    book = PersonaBook.load(personas_dir)
+    out: dict[int, dict[str, Any]] = {}
+    for turn in turns:
+        if turn.role != "debater":
+            continue
+        if turn.speaker not in book.names():
+            out[turn.turn_index] = {"error": f"persona {turn.speaker!r} is not in {book.source}: no rubric to score with"}
+            continue
+        persona = book.get(turn.speaker)
+        rubric = rubric_for(persona)
+        if rubric is None:
+            out[turn.turn_index] = {"error": f"persona {turn.speaker!r} declares no rubric"}
+            continue
+        ctx = RubricContext(debate.motion, persona.language, last_opponent_answer(turns, turn.turn_index, turn.team))
+        score = rubric.score(turn.text, ctx)
+        out[turn.turn_index] = {"total": score.total, "checks": score.checks}
+    return out
+
+
+def _scores_line(scores: dict[str, Any]) -> Text:
+    line = Text("rubric ", style="dim")
+    if "error" in scores:
+        line.append(scores["error"], style="yellow")
+        return line
+    line.append(f"{scores['total']:.3f}", style="bold")
+    for name, value in scores["checks"].items():
+        line.append(f"   {name} ", style="dim")
+        line.append(f"{value:.2f}", style="green" if value >= 0.999 else ("red" if value < 0.5 else ""))
+    return line
 
 
 def _header(debate: DebateRecord) -> Panel:
