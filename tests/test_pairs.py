@@ -65,7 +65,7 @@ def register_current(home: Path, persona: str, adapter: Path) -> Path:
 
 
 def test_registry_names_and_parsing() -> None:
-    assert strategy_names() == ["best-of-n", "stance", "cross-lingual", "teacher"]
+    assert strategy_names() == ["best-of-n", "stance", "cross-lingual", "teacher", "rubric"]
     assert parse_strategy_list(" best-of-n, stance ") == ["best-of-n", "stance"]
     with pytest.raises(ConfigError, match="unknown pair strategy 'best-of-three'"):
         parse_strategy_list("best-of-n,best-of-three")

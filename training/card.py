@@ -44,6 +44,8 @@ class Counts(BaseModel):
     dropped: dict[str, int] = Field(default_factory=dict, description="Turns or pairs left out, by reason.")
     #: kept pairs whose longer completion will be cut at max_length (TRL truncates completions only)
     truncated: int = Field(0, ge=0)
+    #: the mix: kept pairs per strategy, in the order the strategies ran (empty in cards from before it was recorded)
+    by_strategy: dict[str, int] = Field(default_factory=dict)
 
 
 class Split(BaseModel):

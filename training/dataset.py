@@ -21,7 +21,8 @@ Every reason ``counts.dropped`` can hold, per turn (before a pair exists) or per
 
 * reading the store: ``other_base`` (debate ran on another base), ``no_stored_prompt``,
   ``prompt_format_mismatch`` (chat prompt for an Alpaca persona or the reverse);
-* strategies: ``too_few_candidates``, ``score_gap_below_min`` (best-of-n), ``no_opponent`` (stance),
+* strategies: ``too_few_candidates`` (best-of-n; rubric: one answer and no repair that beats it),
+  ``score_gap_below_min`` (best-of-n), ``rubric_gap_below_min`` (rubric), ``no_opponent`` (stance),
   ``generation_prompt_too_long`` (prompt + budget over the engine's context), ``empty_generation``,
   ``empty_translation`` (cross-lingual);
 * every pair: ``empty_completion``, ``identical``, ``duplicate``, ``prompt_too_long``.
@@ -45,6 +46,7 @@ from bonsai import atomic
 from bonsai.errors import ConfigError, StoreError
 from bonsai.model.prepare import BaseModel as PreparedBase
 from bonsai.personas import Persona, PersonaBook, ReasoningFormat
+from bonsai.rubric import last_opponent_answer
 from bonsai.store.records import CandidateRecord
 from bonsai.store.transcripts import TranscriptStore
 from training.card import CARD_FILE, Counts, DatasetCard, DatasetError, Split, StrategyEntry, content_hash, hashed_settings, read_card, write_card
@@ -149,7 +151,8 @@ def collect_sources(store: TranscriptStore, persona: Persona, base: PreparedBase
     sources: list[TurnSource] = []
     total = 0
     for debate in store.list_debates(persona=persona.name, newest_first=False):
-        turns = [t for t in store.turns(debate.debate_id) if t.speaker == persona.name and t.role == "debater"]
+        every_turn = store.turns(debate.debate_id)
+        turns = [t for t in every_turn if t.speaker == persona.name and t.role == "debater"]
         if not turns:
             continue
         total += len(turns)
@@ -166,7 +169,8 @@ def collect_sources(store: TranscriptStore, persona: Persona, base: PreparedBase
             elif prompt.get("format") != want or prompt.get("continue_final_message"):
                 dropped["prompt_format_mismatch"] += 1
             else:
-                sources.append(TurnSource(debate, turn, tuple(by_turn.get(turn.turn_index, ()))))
+                opponent = last_opponent_answer(every_turn, turn.turn_index, turn.team)
+                sources.append(TurnSource(debate, turn, tuple(by_turn.get(turn.turn_index, ())), opponent))
     if total == 0:
         raise StoreError(
             f"persona {persona.name!r} has no debater turns in {store.path}",
@@ -370,7 +374,10 @@ async def build_dataset(options: BuildOptions, *, base: PreparedBase, book: Pers
         source_store=str(Path(options.store).resolve()),
         debate_ids=sorted({r["debate_id"] for r in fitting}),
         strategies=described,
-        counts=Counts(kept=len(fitting), train=len(train), test=len(test), dropped=dict(sorted(dropped.items())), truncated=truncated),
+        counts=Counts(
+            kept=len(fitting), train=len(train), test=len(test), dropped=dict(sorted(dropped.items())), truncated=truncated,
+            by_strategy={name: sum(r["strategy"] == name for r in fitting) for name in names},
+        ),
         max_length=options.max_length,
         min_room=options.min_room,
         split=Split(test_fraction=options.test_fraction, seed=options.seed, train_motions=train_motions, test_motions=test_motions),

@@ -25,6 +25,7 @@ _STRATEGY_FLAGS = {
     "stance": ("opponent",),
     "cross-lingual": ("translator", "translation_max_tokens"),
     "teacher": ("teacher_adapter", "teacher_endpoint", "teacher_model", "teacher_base", "teacher_temperature"),
+    "rubric": ("rubric_min_gap", "judge_weight", "rubric_samples", "no_repair"),
 }
 
 
@@ -40,11 +41,12 @@ def register(sub: argparse._SubParsersAction) -> None:
             "by motion into train and test, saved with save_to_disk and as Parquet with a card.json. Strategies: "
             "best-of-n (judge's best vs worst stored candidate), stance (own answer vs the opposing side's adapter "
             "on the same prompt), cross-lingual (ja/zh: English answer translated vs native answer), teacher "
-            "(a teacher's answer vs the persona's)."
+            "(a teacher's answer vs the persona's), rubric (the persona's rubric: best vs worst answer, the best repaired into "
+            "the persona's format where that scores higher)."
         ),
     )
     b.add_argument("--persona", required=True, help="the persona whose turns become pairs")
-    b.add_argument("--strategy", required=True, help="comma-separated: best-of-n, stance, cross-lingual, teacher")
+    b.add_argument("--strategy", required=True, help="comma-separated: best-of-n, stance, cross-lingual, teacher, rubric")
     b.add_argument("--store", type=Path, default=None, help="transcript store (default: $BONSAI_HOME/transcripts.sqlite)")
     b.add_argument("--out", type=Path, default=None, help="dataset folder (default: $BONSAI_HOME/datasets/PERSONA/HASH12)")
     b.add_argument("--max-length", type=int, default=1024, help="prompt + completion tokens in training; longer prompts are dropped (default 1024)")
@@ -64,6 +66,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--teacher-model", default=None, metavar="NAME", help="teacher: model on --teacher-endpoint (default: its base)")
     g.add_argument("--teacher-base", type=Path, default=None, metavar="DIR", help="teacher: another local base model")
     g.add_argument("--teacher-temperature", type=float, default=None, help="teacher: sampling temperature (default: the turn's)")
+    g.add_argument("--rubric-min-gap", type=float, default=None, help="rubric: smallest ranking gap between chosen and rejected (default 0.05)")
+    g.add_argument("--judge-weight", type=float, default=None, help="rubric: share of the judge's score in the ranking, 0..1 (default 0: rubric only, judge breaks ties)")
+    g.add_argument("--rubric-samples", type=int, default=None, metavar="K", help="rubric: K new samples for turns stored with one answer (default 0)")
+    g.add_argument("--no-repair", action="store_const", const=True, default=None, help="rubric: never rewrite the best answer into the persona's format")
     b.add_argument("--json", action="store_true", help="print the dataset card as JSON")
     add_engine_options(b)
     b.set_defaults(func=run_build)
@@ -88,6 +94,10 @@ def _strategy_params(args: argparse.Namespace, names: list[str]) -> list[dict[st
         "teacher": pick(
             adapter=args.teacher_adapter, endpoint=args.teacher_endpoint, model=args.teacher_model,
             base=args.teacher_base, temperature=args.teacher_temperature,
+        ),
+        "rubric": pick(
+            min_gap=args.rubric_min_gap, judge_weight=args.judge_weight, samples=args.rubric_samples,
+            repair=False if args.no_repair else None,
         ),
     }
     return [{"name": n, "params": by_name[n]} for n in names]
@@ -159,7 +169,8 @@ def run_build(args: argparse.Namespace) -> int:
     counts = card.counts
     dropped = ", ".join(f"{reason.replace('_', ' ')} {n}" for reason, n in counts.dropped.items()) or "none"
     print(f"{card.persona}: {counts.kept} pairs ({counts.train} train, {counts.test} test) from {len(card.debate_ids)} debates, {card.format} format")
-    print(f"  strategies: {', '.join(s.name for s in card.strategies)}; dropped: {dropped}")
+    mix = ", ".join(f"{s.name} {counts.by_strategy[s.name]}" if s.name in counts.by_strategy else s.name for s in card.strategies)
+    print(f"  strategies: {mix}; dropped: {dropped}")
     if counts.truncated:
         print(f"  {counts.truncated} pairs have a completion longer than --max-length {card.max_length} allows: training will cut it")
     print(f"  {'already built' if result.reused else 'written to'} {result.path} (content hash {card.content_hash[:12]})")

@@ -21,6 +21,7 @@ STRATEGY_MODULES: Mapping[str, str] = {
     "stance": "training.pairs.stance",
     "cross-lingual": "training.pairs.cross_lingual",
     "teacher": "training.pairs.teacher",
+    "rubric": "training.pairs.rubric",
 }
 
 

@@ -47,6 +47,8 @@ class TurnSource:
     debate: DebateRecord
     turn: TurnRecord
     candidates: tuple[CandidateRecord, ...] = ()
+    #: the other side's last answer before this turn (what the rubric's on_motion check compares with)
+    opponent_last: str | None = None
 
     @property
     def prompt(self) -> Prompt:
