@@ -43,6 +43,7 @@ def main() -> int:
     home = _home(args.model_home)
     cmd = [sys.executable, "-m", "bonsai", "--home", str(home), "loop", "--preset", args.preset, "--personas", args.persona, "--json", *args.loop_args]
     print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
+    load_at_start = os.getloadavg()
     t0 = time.monotonic()
     events: list[dict[str, Any]] = []
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
@@ -61,30 +62,47 @@ def main() -> int:
         print(f"bonsai loop exited {proc.returncode}", file=sys.stderr)
         return proc.returncode
     starts = [ev for ev in events if ev.get("event") == "step_start"]
-    end = next((ev["_t"] for ev in events if ev.get("event") == "generation_end"), total)
-    steps = {s["step"]: round((nxt["_t"] if nxt else end) - s["_t"], 1) for s, nxt in zip(starts, [*starts[1:], None], strict=True)}
-    evaluated = next((ev for ev in events if ev.get("event") == "evaluated"), {})
-    dataset = next((ev for ev in events if ev.get("event") == "dataset"), {})
+    end = next((ev["_t"] for ev in reversed(events) if ev.get("event") == "generation_end"), total)
+    # each step runs until the next one starts (or its generation ends); the last generation's are kept
+    steps = {s["step"]: round((nxt["_t"] if nxt and nxt.get("generation") == s.get("generation") else end) - s["_t"], 1) for s, nxt in zip(starts, [*starts[1:], None], strict=True)}
+    generations = []
+    for gen in sorted({ev["generation"] for ev in events if ev.get("event") == "generation_end"}):
+        evaluated = next((ev for ev in events if ev.get("event") == "evaluated" and ev.get("generation") == gen), {})
+        dataset = next((ev for ev in events if ev.get("event") == "dataset" and ev.get("generation") == gen), {})
+        gen_starts = [s for s in starts if s.get("generation") == gen]
+        gen_end = next(ev["_t"] for ev in events if ev.get("event") == "generation_end" and ev.get("generation") == gen)
+        generations.append({
+            "generation": gen,
+            "seconds": round(gen_end - gen_starts[0]["_t"], 1) if gen_starts else None,
+            "pairs": dataset.get("pairs"),
+            "version": evaluated.get("version"),
+            "against": evaluated.get("against"),
+            "metrics": evaluated.get("metrics"),
+            "gate": evaluated.get("reasons"),
+            "promoted": any(ev.get("event") == "promoted" and ev.get("generation") == gen for ev in events),
+        })
+    plot = next((ev.get("plot") for ev in reversed(events) if ev.get("event") == "generation_end"), None)
     result = {
         "command": " ".join(cmd[2:]),
-        "load_average_at_start": os.getloadavg(),
+        "load_average_at_start": load_at_start,
         "seconds_total": round(total, 1),
         "seconds_by_step": steps,
-        "pairs": dataset.get("pairs"),
-        "metrics": evaluated.get("metrics"),
-        "gate": evaluated.get("reasons"),
-        "promoted": any(ev.get("event") == "promoted" for ev in events),
-        "version": evaluated.get("version"),
+        "generations": generations,
+        "plot": plot,
     }
-    print(f"one generation: {total:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in steps.items())}); {result['pairs']} pairs")
-    for name, row in (result["metrics"] or {}).items():
-        c, r, d = row["candidate"], row["reference"], row["delta"]
-        if c.get("mean") is None:
-            continue
-        fmt = lambda e: "n/a" if e.get("mean") is None else f"{e['mean']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"  # noqa: E731
-        print(f"  {name:<28} before {fmt(r):<26} after {fmt(c):<26} change {fmt(d)}")
-    for criterion, why in (result["gate"] or {}).items():
-        print(f"  gate {criterion}: {why}")
+    fmt = lambda e: "n/a" if e.get("mean") is None else f"{e['mean']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"  # noqa: E731
+    print(f"total {total:.0f} s; steps of the last generation: {', '.join(f'{k} {v:.0f} s' for k, v in steps.items())}")
+    for g in generations:
+        print(f"generation {g['generation']}: {g['seconds']} s, {g['pairs']} pairs, {g['version']} vs {g['against'] or 'base'}, {'promoted' if g['promoted'] else 'kept'}")
+        for name, row in (g["metrics"] or {}).items():
+            c, r, d = row["candidate"], row["reference"], row["delta"]
+            if c.get("mean") is None:
+                continue
+            print(f"  {name:<28} before {fmt(r):<26} after {fmt(c):<26} change {fmt(d)}")
+        for criterion, why in (g["gate"] or {}).items():
+            print(f"  gate {criterion}: {why}")
+    if plot:
+        print(f"plot: {plot}")
     if args.json_out:
         args.json_out.write_text(json.dumps(result, indent=1) + "\n")
     return 0
