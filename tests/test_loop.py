@@ -120,3 +120,74 @@ async def test_interrupted_loop_resumes_without_redoing_steps(vllm_engine: Any, 
         _print(ev)
     out = capsys.readouterr().out
     assert "generation 1:" in out and "win rate vs previous" in out and f"promoted {version}" in out
+
+
+def test_presets_load_validate_and_yield_to_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from bonsai.cli import loop_cmd
+    from bonsai.cli.main import build_parser
+    from training.loop import load_preset, presets_dir
+
+    shipped = sorted(p.stem for p in presets_dir().glob("*.yaml"))
+    assert "cpu" in shipped
+    for name in shipped:  # every shipped preset is a valid loop
+        load_preset(name)
+    args = build_parser().parse_args(["loop", "--preset", "cpu", "--personas", "ronri", "--debates", "3", "--set", "max_steps=5", "--criteria", "rubric"])
+    config = loop_cmd._config(args)
+    preset = load_preset("cpu")
+    assert config.personas == ["ronri"] and config.debates == 3
+    assert config.strategies[0].name == preset["strategies"][0]["name"] and config.test_fraction == preset["test_fraction"]
+    assert config.train_overrides == {**preset["train_overrides"], "max_steps": 5}
+    assert config.gate.criteria == ["rubric"] and config.gate.max_motions == preset["gate"]["max_motions"]
+    assert config.gate.format == preset["format"] and config.evaluation.samples == preset["evaluation"]["samples"]
+    # no preset: the old defaults, the old gate
+    plain = loop_cmd._config(build_parser().parse_args(["loop", "--personas", "advocate"]))
+    assert plain.gate.criteria == ["win_rate"] and not plain.gate.needs_eval and plain.gate.max_motions == 2 and plain.candidates == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("debates: 2\ndebatez: 3\n", encoding="utf-8")
+    for argv, needle in (
+        (["loop", "--preset", "nope", "--personas", "advocate"], "unknown loop preset 'nope'"),
+        (["loop", "--preset", str(bad), "--personas", "advocate"], "debatez"),
+        (["loop", "--preset", str(tmp_path / "missing.yaml"), "--personas", "advocate"], "does not exist"),
+        (["loop", "--personas", "advocate", "--criteria", "vibes"], "criteria"),
+    ):
+        assert cli(argv, monkeypatch) == 2, argv
+        assert needle in capsys.readouterr().err, argv
+
+
+@pytest.mark.engine
+@pytest.mark.slow
+async def test_a_loop_gated_on_measured_metrics(vllm_engine: Any, base_model: BaseModel, isolated_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bonsai.cli.loop_cmd import _print
+    from training.evaluation.run import EvalConfig, decide
+    from training.registry import load_evaluation
+
+    config = LoopConfig(
+        personas=["advocate"], generations=1, debates=1, candidates=2, max_tokens=12,
+        strategies=[StrategyChoice(name="best-of-n", params={"min_gap": 0.0}), StrategyChoice(name="stance")],
+        min_pairs=1, train_overrides={"max_steps": 1}, eval_motions=["This house would close all zoos"],
+        gate=GateConfig(max_tokens=12, max_motions=1, criteria=["rubric", "win_rate_not_worse"]),
+        evaluation=EvalConfig(samples=2, max_tokens=16, preference=False),
+    )
+    state = new_state(config)
+    save_state(isolated_home, state)
+    events = [ev async for ev in Loop(state, engine=vllm_engine, home=isolated_home, book=PersonaBook.load(), base=base_model).run()]
+    final = json.loads(state_path(isolated_home, state["id"]).read_text())
+    gen = final["generations"][0]
+    version = gen["steps"]["train"]["versions"]["advocate"]["version"]
+    result = gen["steps"]["evaluate"]["results"]["advocate"]
+    # measured against the parent (the bare base), on the rubric and the judge, each criterion explained
+    assert set(result["reasons"]) == {"rubric", "win_rate_not_worse"} and result["n"] == 2
+    assert result["metrics"]["rubric"]["candidate"]["n"] == 2 and "tokens_per_turn" in result["metrics"]
+    saved = load_evaluation(isolated_home, "advocate", version)
+    assert saved["criteria"] == ["rubric", "win_rate_not_worse"]
+    passed, _ = decide(saved, saved["criteria"])
+    assert passed == result["passed"] == saved["passed"]
+    promoted = gen["steps"]["promote"]["promoted"].get("advocate")
+    assert (promoted == version) == passed and (current_version(isolated_home, "advocate") == version) == passed
+    end = next(ev for ev in events if ev["event"] == "generation_end")
+    assert end["plot"] and Path(end["plot"]).read_bytes()[:4] == b"\x89PNG"
+    assert gen["summary"]["advocate"]["metrics"]["rubric"] == result["metrics"]["rubric"]
+    for ev in events:
+        _print(ev)
+    out = capsys.readouterr().out
+    assert "gate rubric:" in out and "rubric " in out and "metrics across generations" in out

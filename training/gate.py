@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -52,6 +52,20 @@ class GateConfig(BaseModel):
     judge: str = Field("judge", description="The judge persona (fixed for every evaluation).")
     max_motions: int = Field(8, ge=1, description="Held-out motions used at most.")
     concurrency: int = Field(8, ge=1, description="Debates run at once (the engine batches them).")
+    criteria: list[Literal["win_rate", "win_rate_not_worse", "rubric", "preference"]] = Field(
+        default_factory=lambda: ["win_rate"],
+        min_length=1,
+        description=(
+            "What promotion needs, all of them: win_rate (the judge's 95% lower bound above the threshold), "
+            "win_rate_not_worse (its upper bound reaches 0.5), rubric (the persona's rubric: the candidate's 95% lower "
+            "bound above the reference's mean), preference (held-out preference accuracy: lower bound above 0.5). "
+            "Any but win_rate runs `bonsai eval` against the candidate's parent."
+        ),
+    )
+
+    @property
+    def needs_eval(self) -> bool:
+        return self.criteria != ["win_rate"]
 
 
 @dataclass(frozen=True)
@@ -189,14 +203,20 @@ async def evaluate_candidate(
     checkpoints: Path,
     config: GateConfig | None = None,
     on_match: Callable[[Match], None] | None = None,
+    only_fixed: bool = False,
+    save: bool = True,
 ) -> dict[str, Any]:
-    """Run the sweep and save its result beside the version (``evaluations/<version>.json``)."""
+    """Run the sweep and save its result beside the version (``evaluations/<version>.json``).
+
+    ``only_fixed`` plays the fixed opponent alone (``bonsai eval`` compares with one reference, which may
+    be the current version's parent); ``save=False`` leaves the saved gate result alone.
+    """
     config = config or GateConfig()
     candidate = resolve_version(home, persona, candidate)
     cand_path = persona_dir(home, persona) / candidate
     verify_version(cand_path)
     own, other, cast = seat_personas(book, persona, config)
-    against = opponents(home, persona, config)
+    against = [_opponent(home, persona, config.opponent)] if only_fixed else opponents(home, persona, config)
     if any(o.path == cand_path for o in against):
         raise AdapterError(f"{persona}@{candidate} is already the current version (or the fixed opponent)", "evaluate a newer candidate")
     motions = motions[: config.max_motions]
@@ -263,7 +283,8 @@ async def evaluate_candidate(
         "seconds": round(time.monotonic() - t0, 2),
         "created_at": time.time(),
     }
-    save_evaluation(home, persona, candidate, result)
+    if save:
+        save_evaluation(home, persona, candidate, result)
     return result
 
 
@@ -287,6 +308,14 @@ def check_gate(home: Path, persona: str, version: str, *, threshold: float | Non
             f"evaluate it again: `bonsai adapters evaluate {persona} --candidate {version}`",
         )
     limit = evaluation["threshold"] if threshold is None else threshold
+    if "criteria" in evaluation:
+        from training.evaluation.run import decide
+
+        passed, reasons = decide(evaluation, evaluation["criteria"], threshold=limit)
+        if not passed:
+            failed = "; ".join(f"{c}: {why.removeprefix('failed: ')}" for c, why in reasons.items() if why.startswith("failed"))
+            raise AdapterError(f"{persona}@{version} did not pass the gate ({failed})", "train on more data, or pass --force to promote anyway")
+        return evaluation
     if not evaluation["ci_low"] > limit:
         raise AdapterError(
             f"{persona}@{version} did not pass the gate: it won {evaluation['wins']:g} of {evaluation['n']} debates "

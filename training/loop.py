@@ -32,6 +32,7 @@ from bonsai.errors import BonsaiError, ConfigError
 from bonsai.model.prepare import BaseModel as PreparedBase
 from bonsai.personas import PersonaBook, Role
 from bonsai.store.transcripts import TranscriptStore
+from training.evaluation.run import EvalConfig, decide, evaluate_version
 from training.gate import GateConfig, evaluate_candidate
 from training.hotload import promote_version
 
@@ -76,7 +77,7 @@ class LoopConfig(BaseModel):
     motions: list[str] = Field(default_factory=lambda: list(TRAIN_MOTIONS), min_length=1)
     eval_motions: list[str] = Field(default_factory=lambda: list(EVAL_MOTIONS), min_length=1)
     debates: int = Field(2, ge=1, description="Debates per generation.")
-    candidates: int = Field(2, ge=2, le=32, description="Best-of-N candidates per debater turn.")
+    candidates: int = Field(2, ge=1, le=32, description="Best-of-N candidates per debater turn (1: none; the rubric strategy samples its own).")
     format: str = "quick"
     rounds: int = Field(1, ge=1, le=20)
     max_tokens: int | None = Field(48, ge=1, le=8192)
@@ -84,13 +85,45 @@ class LoopConfig(BaseModel):
         default_factory=lambda: [StrategyChoice(name="best-of-n", params={"min_gap": 0.02}), StrategyChoice(name="stance")], min_length=1
     )
     min_pairs: int = Field(2, ge=1)
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="Share of each dataset's pairs held out by motion (held-out preference accuracy needs some).")
     max_length: int = Field(1024, ge=64)
     recipe: str = "orpo"
     train_overrides: dict[str, Any] = Field(default_factory=dict, description="TRL trainer keys applied to every stage (--set).")
     gate: GateConfig = Field(default_factory=GateConfig)
+    evaluation: EvalConfig = Field(default_factory=lambda: EvalConfig(judge=True), description="How `bonsai eval` measures a candidate when the gate's criteria need it.")
     promote: Literal["gate", "always"] = Field("gate", description="gate: promote only what passes; always: promote every candidate.")
     endpoints: list[str] = Field(default_factory=list, description="Running `bonsai serve` endpoints to hot-load promoted versions on.")
     seed: int = 0
+
+
+def presets_dir() -> Path:
+    return Path(__file__).parent / "presets"
+
+
+def load_preset(name_or_path: str) -> dict[str, Any]:
+    """A preset's loop settings (a built-in name such as ``cpu``, or a YAML file), checked whole."""
+    import yaml
+
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = presets_dir() / f"{name_or_path}.yaml"
+        if not path.is_file():
+            known = ", ".join(sorted(p.stem for p in presets_dir().glob("*.yaml")))
+            raise ConfigError(f"unknown loop preset {name_or_path!r}", f"built-in presets: {known}; or pass a YAML file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"preset file {path} does not exist") from None
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not a readable YAML preset: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a preset must be a YAML mapping of loop settings")
+    try:
+        LoopConfig.model_validate({"personas": ["x"], **raw})
+    except ValidationError as exc:
+        msg = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{path}: invalid loop preset: {msg}", f"valid keys: {', '.join(LoopConfig.model_fields)}") from None
+    return raw
 
 
 # --- state --------------------------------------------------------------------------------------
@@ -222,7 +255,8 @@ class Loop:
                 if not g.get("summary"):
                     g["summary"] = self._summary(g)
                     self._save()
-                yield {"event": "generation_end", "loop": self.id, "generation": gen, "summary": g["summary"]}
+                plot = self._plot()
+                yield {"event": "generation_end", "loop": self.id, "generation": gen, "summary": g["summary"], "plot": plot}
         except BaseException:
             self.state["status"] = "interrupted"
             self._save()
@@ -230,6 +264,14 @@ class Loop:
         self.state["status"] = "finished"
         self._save()
         yield {"event": "loop_end", "loop": self.id, "state": str(state_path(self.home, self.id))}
+
+    def _plot(self) -> str | None:
+        """The measured metrics across the generations so far (None when the gate measured none)."""
+        from training.evaluation.report import plot_generations
+
+        summaries = [g["summary"] for g in self.state["generations"] if g.get("summary")]
+        made = plot_generations(summaries, self.dir / "metrics.png")
+        return None if made is None else str(made)
 
     # --- steps ----------------------------------------------------------------------------------
 
@@ -288,7 +330,7 @@ class Loop:
                 strategies=[StrategySpec(name=s.name, params=s.params) for s in cfg.strategies],
                 store=self._store(gen),
                 max_length=cfg.max_length,
-                test_fraction=0.0,
+                test_fraction=cfg.test_fraction,
                 seed=cfg.seed + gen,
                 min_pairs=cfg.min_pairs,
                 max_tokens=cfg.max_tokens,
@@ -331,7 +373,47 @@ class Loop:
         step = g["steps"].setdefault("evaluate", {"results": {}})
         done: list[Event] = []
 
+        async def measured(persona: str, version: str) -> None:
+            """The gate on `bonsai eval`'s metrics: the candidate against its parent, judged by the criteria."""
+            from training.evaluation.report import save_report
+            from training.registry import save_evaluation
+
+            report = (await evaluate_version(
+                self.engine, home=self.home, book=self.book, base=self.base, persona=persona, version=version,
+                motions=self.config.eval_motions, config=self.config.evaluation.model_copy(update={"max_motions": self.config.gate.max_motions}),
+                gate=self.config.gate, store_path=self.dir / f"evaluations-{persona}.sqlite",
+                checkpoints=self.dir / f"evaluations-{persona}-checkpoints.sqlite",
+            )).to_json()
+            files = save_report(self.home, report)
+            passed, reasons = decide(report, self.config.gate.criteria, threshold=self.config.gate.threshold)
+            judge = report.get("judge") or {}
+            save_evaluation(self.home, persona, version, {
+                **{k: v for k, v in report.items() if k != "samples"}, "candidate": version, "current": current_version(self.home, persona),
+                "criteria": self.config.gate.criteria, "reasons": reasons, "passed": passed, "threshold": self.config.gate.threshold,
+                "wins": judge.get("wins"), "n": judge.get("n"), "win_rate": judge.get("win_rate"), "ci_low": judge.get("ci_low"), "ci_high": judge.get("ci_high"),
+            })
+            step["results"][persona] = {
+                "version": version,
+                "against": report["reference"] if report["reference"] != "base" else None,
+                "wins": judge.get("wins"),
+                "n": judge.get("n"),
+                "win_rate": judge.get("win_rate"),
+                "ci": [judge.get("ci_low"), judge.get("ci_high")],
+                "vs_previous": judge.get("win_rate"),
+                "vs_previous_n": judge.get("n"),
+                "passed": passed,
+                "reasons": reasons,
+                "metrics": report["metrics"],
+                "report": files.get("json"),
+                "plot": files.get("plot"),
+            }
+            self._save()
+            done.append({"event": "evaluated", "loop": self.id, "generation": gen, "persona": persona, **step["results"][persona]})
+
         async def one(persona: str, version: str) -> None:
+            if self.config.gate.needs_eval:
+                await measured(persona, version)
+                return
             result = await evaluate_candidate(
                 self.engine, home=self.home, book=self.book, base_model=self.base.name, persona=persona,
                 candidate=version, motions=self.config.eval_motions, store_path=self.dir / f"evaluations-{persona}.sqlite",
@@ -375,7 +457,11 @@ class Loop:
                     continue
                 step["promoted"][persona] = version
             else:
-                step["kept"][persona] = f"did not pass the gate (lower bound {result['ci'][0]:.2f} <= {self.config.gate.threshold:.2f})"
+                if result.get("reasons"):
+                    failed = "; ".join(f"{c} {why.removeprefix('failed: ')}" for c, why in result["reasons"].items() if why.startswith("failed"))
+                    step["kept"][persona] = f"did not pass the gate ({failed})"
+                else:
+                    step["kept"][persona] = f"did not pass the gate (lower bound {result['ci'][0]:.2f} <= {self.config.gate.threshold:.2f})"
                 self._save()
                 yield {"event": "kept", "loop": self.id, "generation": gen, "persona": persona, "version": version, "reason": step["kept"][persona]}
                 continue
@@ -395,5 +481,6 @@ class Loop:
                 "against": ev["against"] if ev else None,
                 "promoted": persona in steps.get("promote", {}).get("promoted", {}),
                 "current": current_version(self.home, persona),
+                "metrics": ev.get("metrics") if ev else None,
             }
         return out

@@ -108,14 +108,16 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
+    from training.evaluation.report import load_reports
     from training.registry import load_evaluation, resolve_version, version_info
 
     home = home_from(args)
     version = resolve_version(home, args.persona, args.version)
     info = version_info(home, args.persona, version)
     evaluation = load_evaluation(home, args.persona, version)
+    reports = [{k: v for k, v in r.items() if k != "samples"} for r in load_reports(home, args.persona, version)]
     if args.json:
-        print(json.dumps({**info.summary(), "manifest": info.manifest, "evaluation": evaluation}, ensure_ascii=False))
+        print(json.dumps({**info.summary(), "manifest": info.manifest, "evaluation": evaluation, "evals": reports}, ensure_ascii=False))
         return 0 if info.problem is None else 2
     s = info.summary()
     print(f"{args.persona}@{version}{'  (current)' if info.current else ''}")
@@ -131,6 +133,14 @@ def run_show(args: argparse.Namespace) -> int:
     if evaluation:
         print(f"  {'gate':<13} won {evaluation['wins']:g}/{evaluation['n']} ({evaluation['win_rate']:.2f}, 95% CI {evaluation['ci_low']:.2f}-{evaluation['ci_high']:.2f}) "
               f"against {evaluation.get('current') or 'base'}: {'passed' if evaluation['passed'] else 'failed'} (threshold {evaluation['threshold']})")
+    for report in reports:
+        print(f"  {'eval vs ' + report['reference']:<13} on {len(report['motions'])} held-out motions (95% intervals):")
+        for name, row in report["metrics"].items():
+            if name.startswith("rubric.") or row["candidate"].get("mean") is None:
+                continue
+            c, r, d = row["candidate"], row["reference"], row["delta"]
+            change = "" if d.get("mean") is None else f", change {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+            print(f"    {name:<20} {c['mean']:.3f} [{c['low']:.3f}, {c['high']:.3f}] vs {r['mean']:.3f}{change}")
     if info.problem:
         print(f"error: {info.problem}", file=sys.stderr)
         return 2

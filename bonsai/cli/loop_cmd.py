@@ -27,58 +27,84 @@ def register(sub: argparse._SubParsersAction) -> None:
             "generation's win rate against the previous version. Resumable: state in $BONSAI_HOME/loops/ID.json."
         ),
     )
+    p.add_argument("--preset", default=None, help="start from a preset: a built-in name (cpu) or a YAML file of loop settings; flags given here override it")
     p.add_argument("--personas", help="comma-separated debaters to train (each with adapter: registry)")
-    p.add_argument("--generations", type=int, default=1, help="generations to run (default 1)")
+    p.add_argument("--generations", type=int, default=None, help="generations to run (default 1)")
     p.add_argument("--resume", nargs="?", const="latest", metavar="ID", help="continue an interrupted loop (default: the latest)")
-    p.add_argument("--debates", type=int, default=2, help="debates per generation (default 2)")
-    p.add_argument("--candidates", type=int, default=2, help="best-of-N candidates per turn (default 2)")
+    p.add_argument("--debates", type=int, default=None, help="debates per generation (default 2)")
+    p.add_argument("--candidates", type=int, default=None, help="best-of-N candidates per turn (default 2; 1 for none)")
     p.add_argument("--motions", type=Path, default=None, help="motions to debate for data, one per line (default: built-in list)")
     p.add_argument("--eval-motions", type=Path, default=None, help="held-out motions for the gate, one per line (default: built-in list)")
-    p.add_argument("--eval-max-motions", type=int, default=2, help="held-out motions the gate uses per generation (default 2)")
-    p.add_argument("--strategy", default="best-of-n,stance", help="pair strategies (default best-of-n,stance)")
-    p.add_argument("--recipe", default="orpo", help="training recipe (default orpo)")
+    p.add_argument("--eval-max-motions", type=int, default=None, help="held-out motions the gate uses per generation (default 2)")
+    p.add_argument("--strategy", default=None, help="pair strategies (default best-of-n,stance)")
+    p.add_argument("--test-fraction", type=float, default=None, help="share of each dataset's pairs held out by motion, for held-out preference accuracy (default 0)")
+    p.add_argument("--criteria", default=None, help="what promotion needs, comma-separated: win_rate (default), win_rate_not_worse, rubric, preference")
+    p.add_argument("--eval-samples", type=int, default=None, help="speeches per held-out motion for the rubric, when --criteria measures it (default 4)")
+    p.add_argument("--recipe", default=None, help="training recipe (default orpo)")
     p.add_argument("--max-steps", type=int, default=None, help="cap each training stage at N steps")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="TRL trainer override for every stage; repeatable")
-    p.add_argument("--promote", choices=["gate", "always"], default="gate", help="promote only candidates that pass the gate (default), or always")
-    p.add_argument("--threshold", type=float, default=0.5, help="gate threshold on the 95%% lower bound (default 0.5)")
-    p.add_argument("--format", default="quick", help="debate format (default quick)")
-    p.add_argument("--rounds", type=int, default=1, help="rebuttal rounds (default 1)")
-    p.add_argument("--max-tokens", type=int, default=48, help="cap on every debater turn (default 48)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--promote", choices=["gate", "always"], default=None, help="promote only candidates that pass the gate (default), or always")
+    p.add_argument("--threshold", type=float, default=None, help="gate threshold on the win rate's 95%% lower bound (default 0.5)")
+    p.add_argument("--format", default=None, help="debate format (default quick)")
+    p.add_argument("--rounds", type=int, default=None, help="rebuttal rounds (default 1)")
+    p.add_argument("--max-tokens", type=int, default=None, help="cap on every debater turn (default 48)")
+    p.add_argument("--seed", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print events as JSON lines")
     add_engine_options(p)
     p.set_defaults(func=run)
 
 
 def _config(args: argparse.Namespace) -> Any:
+    """The preset (if any), then every flag given on the command line, validated once as a LoopConfig."""
     from training.config import parse_set_options
-    from training.gate import GateConfig, read_motions_file
-    from training.loop import LoopConfig, StrategyChoice
+    from training.gate import read_motions_file
+    from training.loop import LoopConfig, load_preset
     from training.pairs import parse_strategy_list
 
-    if not args.personas:
-        raise ConfigError("no personas given", "pass --personas advocate,skeptic (or --resume ID)")
-    overrides = parse_set_options(args.sets)
+    raw: dict[str, Any] = load_preset(args.preset) if args.preset else {}
+    gate: dict[str, Any] = dict(raw.pop("gate", None) or {})
+    evaluation: dict[str, Any] = dict(raw.pop("evaluation", None) or {})
+    if args.personas:
+        raw["personas"] = [n.strip() for n in args.personas.split(",") if n.strip()]
+    if not raw.get("personas"):
+        raise ConfigError("no personas given", "pass --personas advocate,skeptic (or --preset NAME, or --resume ID)")
+    plain = {"generations": args.generations, "debates": args.debates, "candidates": args.candidates, "format": args.format,
+             "rounds": args.rounds, "max_tokens": args.max_tokens, "recipe": args.recipe, "promote": args.promote, "seed": args.seed,
+             "test_fraction": args.test_fraction}
+    raw.update({k: v for k, v in plain.items() if v is not None})
+    overrides = {**dict(raw.get("train_overrides") or {}), **parse_set_options(args.sets)}
     if args.max_steps is not None:
         overrides["max_steps"] = args.max_steps
-    extra: dict[str, Any] = {}
+    raw["train_overrides"] = overrides
     if args.motions:
-        extra["motions"] = read_motions_file(args.motions)
+        raw["motions"] = read_motions_file(args.motions)
     if args.eval_motions:
-        extra["eval_motions"] = read_motions_file(args.eval_motions)
-    strategies = [StrategyChoice(name=n, params={"min_gap": 0.02} if n == "best-of-n" else {}) for n in parse_strategy_list(args.strategy)]
+        raw["eval_motions"] = read_motions_file(args.eval_motions)
+    if args.strategy:
+        raw["strategies"] = [{"name": n, "params": {"min_gap": 0.02} if n == "best-of-n" else {}} for n in parse_strategy_list(args.strategy)]
+    if args.endpoint:
+        raw["endpoints"] = list(args.endpoint)
+    # the gate debates what the loop debates unless the preset says otherwise
+    for key in ("format", "rounds", "max_tokens"):
+        if key in raw and (key not in gate or getattr(args, key) is not None):
+            gate[key] = raw[key]
+    if args.threshold is not None:
+        gate["threshold"] = args.threshold
+    gate.setdefault("max_motions", 2)
+    if args.eval_max_motions is not None:
+        gate["max_motions"] = args.eval_max_motions
+    if args.criteria:
+        gate["criteria"] = [c.strip() for c in args.criteria.split(",") if c.strip()]
+    if args.eval_samples is not None:
+        evaluation["samples"] = args.eval_samples
+    raw["gate"] = gate
+    if evaluation:
+        raw["evaluation"] = evaluation
     try:
-        return LoopConfig(
-            personas=[n.strip() for n in args.personas.split(",") if n.strip()],
-            generations=args.generations, debates=args.debates, candidates=args.candidates, format=args.format,
-            rounds=args.rounds, max_tokens=args.max_tokens, strategies=strategies, recipe=args.recipe,
-            train_overrides=overrides, promote=args.promote, endpoints=list(args.endpoint), seed=args.seed,
-            gate=GateConfig(threshold=args.threshold, format=args.format, rounds=args.rounds, max_tokens=args.max_tokens, max_motions=args.eval_max_motions),
-            **extra,
-        )
+        return LoopConfig.model_validate(raw)
     except ValidationError as exc:
         msg = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"invalid loop settings: {msg}", "see `bonsai loop --help`") from None
+        raise ConfigError(f"invalid loop settings: {msg}", "see `bonsai loop --help`" + (f" and the preset {args.preset}" if args.preset else "")) from None
 
 
 def _print(ev: dict[str, Any]) -> None:
@@ -102,8 +128,17 @@ def _print(ev: dict[str, Any]) -> None:
         print(f"[gen {gen}]   {ev['persona']}@{ev['version']} trained in {ev['seconds']:.0f}s, loss {first} -> {last}", flush=True)
     elif kind == "evaluated":
         lo, hi = ev["ci"]
-        prev = "" if ev.get("vs_previous") is None else f"; vs previous ({ev['against'] or 'base'}) {ev['vs_previous']:.2f}"
-        print(f"[gen {gen}]   {ev['persona']}@{ev['version']}: won {ev['wins']:g}/{ev['n']} ({ev['win_rate']:.2f}, 95% CI {lo:.2f}-{hi:.2f}){prev}", flush=True)
+        if ev.get("n"):
+            prev = "" if ev.get("vs_previous") is None else f"; vs previous ({ev['against'] or 'base'}) {ev['vs_previous']:.2f}"
+            print(f"[gen {gen}]   {ev['persona']}@{ev['version']}: won {ev['wins']:g}/{ev['n']} ({ev['win_rate']:.2f}, 95% CI {lo:.2f}-{hi:.2f}){prev}", flush=True)
+        for name, row in (ev.get("metrics") or {}).items():
+            c, r, d = row["candidate"], row["reference"], row["delta"]
+            if c.get("mean") is None:
+                continue
+            change = "" if d.get("mean") is None else f"  change {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+            print(f"[gen {gen}]     {name:<28} {c['mean']:.3f} [{c['low']:.3f}, {c['high']:.3f}] vs {ev['against'] or 'base'} {r['mean']:.3f}{change}", flush=True)
+        for criterion, why in (ev.get("reasons") or {}).items():
+            print(f"[gen {gen}]     gate {criterion}: {why}", flush=True)
     elif kind == "promoted":
         print(f"[gen {gen}]   {ev['persona']}: promoted {ev['version']}", flush=True)
     elif kind == "kept":
@@ -118,6 +153,8 @@ def _print(ev: dict[str, Any]) -> None:
             rate = "-" if s.get("win_rate") is None else f"{s['win_rate']:.2f}"
             promoted = "promoted" if s.get("promoted") else "not promoted"
             print(f"  {persona:<12} {s.get('version') or '-':<14} win rate vs previous {vs}, overall {rate}, {promoted}; current {s.get('current') or 'base'}", flush=True)
+        if ev.get("plot"):
+            print(f"  metrics across generations: {ev['plot']}", flush=True)
     elif kind == "loop_end":
         print(f"loop {ev['loop']} finished; state in {ev['state']}", flush=True)
 

@@ -25,6 +25,7 @@ SUBCOMMANDS = (
     "bonsai.cli.loop_cmd",
     "bonsai.cli.sweep_cmd",
     "bonsai.cli.ratings_cmd",
+    "bonsai.cli.eval_cmd",
 )
 
 
