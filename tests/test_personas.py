@@ -283,7 +283,7 @@ def test_cli_show_yaml_and_json(capsys: pytest.CaptureFixture[str]) -> None:
     expected["rubric"] = [
         {"name": "language", "type": "language", "weight": 2.0, "language": "ja"},
         {"name": "reasoning_format", "type": "reasoning_format", "weight": 2.0, "format": "xml-tags"},
-        {"name": "length", "type": "length", "weight": 1.0, "budget": 150, "unit": "auto", "minimum": 1, "tolerance": 1.0},
+        {"name": "length", "type": "length", "weight": 1.0, "budget": 150, "unit": "auto", "minimum": 20, "tolerance": 1.0},
         {"name": "repetition", "type": "repetition", "weight": 1.0, "n": 3},
     ]
     assert main(["personas", "show", "ronri"]) == 0

@@ -186,14 +186,16 @@ def test_score_reads_the_raw_text_for_format_and_the_answer_for_the_rest() -> No
     ronri = book_rubric("ronri")
     ctx = RubricContext(EN_MOTION, "ja")
     # English reasoning, Japanese answer: the language check reads the answer only
-    s = ronri.score("<reasoning>\nCars are bad.\n</reasoning>\n<answer>\n都市は車を禁止すべきです。\n</answer>", ctx)
+    s = ronri.score("<reasoning>\nCars are bad.\n</reasoning>\n<answer>\n都市は自家用車を禁止すべきだ。空気がきれいで歩行者も安全になるからです。\n</answer>", ctx)
     assert isinstance(s, RubricScore)
     assert s.checks == {"language": 1.0, "reasoning_format": 1.0, "length": 1.0, "repetition": 1.0} and s.total == 1.0
     # the same words without tags: only the format check drops (weight 2 of 6)
-    s = ronri.score("都市は車を禁止すべきです。", ctx)
+    s = ronri.score("都市は自家用車を禁止すべきだ。空気がきれいで歩行者も安全になるからです。", ctx)
     assert s.checks["reasoning_format"] == 0.0 and s.checks["language"] == 1.0
     assert s.total == pytest.approx(4 / 6)
     assert list(s.checks) == ["language", "reasoning_format", "length", "repetition"]
+    short = ronri.score("<reasoning>考え</reasoning><answer>アニシ</answer>", ctx)  # a few characters: not full marks
+    assert short.checks["length"] == pytest.approx(3 / 20) and short.total < 0.9
     empty = ronri.score("", ctx)
     assert empty.total == 0.0 and set(empty.checks.values()) == {0.0}
 
