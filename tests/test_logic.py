@@ -199,8 +199,12 @@ def test_the_answer_section_is_read_leniently_for_correctness() -> None:
     assert extract_answer("<reasoning>r</reasoning><answer>9") == "9"  # cut off before closing
     assert extract_answer("<reasoning>r<answer>8</answer></reasoning><answer>9</answer>") == "9"  # the last one
     assert extract_answer("<answer><answer>はい</answer></answer>") == "はい"
-    assert extract_answer("the answer is 9") is None and extract_answer("<answer> </answer>") is None
-    assert correctness("<reasoning>r</reasoning>9", "number", "9") == 0.0  # no answer section, no credit
+    assert extract_answer("<answer> </answer>") is None and extract_answer("") is None
+    # no answer section: what follows the reasoning, else the whole text (a signal before the tags are learnt)
+    assert extract_answer("<reasoning>7 + 2 = 9</reasoning> 9") == "9"
+    assert correctness("Yes, it follows.", "yesno", "yes") == 2.0
+    assert correctness("7 + 5 - 3 = 9, so 9", "number", "9") == 0.0  # several numbers: no single answer
+    assert correctness("<reasoning>7 + 5 - 3 = 9</reasoning>", "number", "9") == 0.0  # reasoning is not an answer
 
 
 def test_trl_wrappers_take_chat_completions_and_the_check_column() -> None:

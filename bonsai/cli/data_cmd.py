@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--opponent", choices=["side", "base"], default=None, help="stance: the opposing persona's adapter (side, default) or the bare base")
     g.add_argument("--translator", default=None, help="cross-lingual: translator persona (default: translator)")
     g.add_argument("--translation-max-tokens", type=int, default=None, help="cross-lingual: token budget per translation")
-    g.add_argument("--teacher-adapter", type=Path, default=None, metavar="DIR", help="teacher: a LoRA adapter on the base")
+    g.add_argument("--teacher-adapter", default=None, metavar="DIR|PERSONA@VERSION", help="teacher: a LoRA adapter on the base, a folder or a registry version (logician@current)")
     g.add_argument("--teacher-endpoint", default=None, metavar="URL", help="teacher: an OpenAI-compatible server")
     g.add_argument("--teacher-model", default=None, metavar="NAME", help="teacher: model on --teacher-endpoint (default: its base)")
     g.add_argument("--teacher-base", type=Path, default=None, metavar="DIR", help="teacher: another local base model")
@@ -116,6 +116,10 @@ async def _build(args: argparse.Namespace) -> Any:
 
     home = home_from(args)
     names = parse_strategy_list(args.strategy)
+    if args.teacher_adapter is not None:
+        from bonsai.adapter_registry import adapter_folder
+
+        args.teacher_adapter = adapter_folder(home, args.teacher_adapter)
     try:
         options = BuildOptions(
             persona=args.persona,

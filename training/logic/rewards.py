@@ -56,10 +56,17 @@ def tag_count(text: str) -> float:
 
 def extract_answer(text: str) -> str | None:
     """The answer section: after the last ``<answer>`` up to the next ``</answer>`` (or the end when
-    the model stopped before closing it), any stray tags removed; None without an ``<answer>`` tag."""
-    if "<answer>" not in text:
-        return None
-    inner = text.rsplit("<answer>", 1)[1].split("</answer>", 1)[0]
+    the model stopped before closing it), any stray tags removed.
+
+    Without an ``<answer>`` tag, what follows the last ``</reasoning>`` (or the whole text), as the GRPO
+    correctness reward this comes from reads it: a base model that never writes the tags still gets a
+    correctness signal while the format rewards teach it the tags. The readers stay strict (one number,
+    one yes/no at the start, one name), so a rambling text rarely reads as an answer.
+    """
+    if "<answer>" in text:
+        inner = text.rsplit("<answer>", 1)[1].split("</answer>", 1)[0]
+    else:
+        inner = text.rsplit("</reasoning>", 1)[-1]
     inner = _TAG.sub("", inner).strip()
     return inner or None
 
