@@ -214,3 +214,19 @@ def test_trl_wrappers_take_chat_completions_and_the_check_column() -> None:
     names = [f.__name__ for f in REWARD_FUNCS]
     assert names == ["correctness_reward", "strict_format_reward", "soft_format_reward", "tag_count_reward"]
     assert [f(["plain <answer>9</answer>"], check=check[:1])[0] for f in REWARD_FUNCS] == [2.0, 0.0, 0.0, 0.25]
+
+
+# --- `bonsai data logic` -------------------------------------------------------------------------------
+
+
+def test_cli_prints_or_writes_the_problems(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bonsai.cli.main import main
+
+    assert main(["data", "logic", "--n", "5", "--lang", "ja", "--seed", "1"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [Problem.from_json(r) for r in rows] == generate(5, seed=1, languages=["ja"])
+    out = tmp_path / "held-out.jsonl"
+    assert main(["data", "logic", "--n", "4", "--split", "test", "--kinds", "ordering", "-o", str(out)]) == 0
+    assert [json.loads(line)["split"] for line in out.read_text(encoding="utf-8").splitlines()] == ["test"] * 4
+    assert main(["data", "logic", "--lang", "fr", "-o", str(tmp_path / "no.jsonl")]) == 2
+    assert "fr is not allowed" in capsys.readouterr().err and not (tmp_path / "no.jsonl").exists()

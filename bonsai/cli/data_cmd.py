@@ -29,7 +29,7 @@ _STRATEGY_FLAGS = {
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="build preference datasets from stored debates", description="Preference datasets for training persona adapters.")
+    p = sub.add_parser("data", help="build preference datasets from stored debates; print logic problems", description="Preference datasets for training persona adapters, and the logic problems GRPO trains on.")
     actions = p.add_subparsers(dest="data_command", metavar="ACTION")
     actions.required = True
     b = actions.add_parser(
@@ -67,6 +67,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--json", action="store_true", help="print the dataset card as JSON")
     add_engine_options(b)
     b.set_defaults(func=run_build)
+
+    g = actions.add_parser(
+        "logic",
+        help="print generated logic problems as JSONL (what `--recipe grpo` trains on)",
+        description=(
+            "Arithmetic word problems, syllogisms and orderings in en/ja/zh with checkable answers, as JSONL. "
+            "The same seed gives the same problems; train and test never share a problem."
+        ),
+    )
+    g.add_argument("--n", type=int, default=10, help="how many problems (default 10)")
+    g.add_argument("--lang", default="en,ja,zh", help="languages, comma-separated (default en,ja,zh)")
+    g.add_argument("--kinds", default="arithmetic,syllogism,ordering", help="kinds, comma-separated (default all three)")
+    g.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    g.add_argument("--split", choices=["train", "test"], default="train", help="train (default) or held-out test problems")
+    g.add_argument("-o", "--out", type=Path, default=None, help="write the JSONL to this file instead of stdout")
+    g.set_defaults(func=run_logic)
+
+
+def run_logic(args: argparse.Namespace) -> int:
+    from bonsai import atomic
+    from training.logic.problems import generate
+
+    problems = generate(args.n, seed=args.seed, split=args.split, languages=args.lang, kinds=args.kinds)
+    text = "".join(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in problems)
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    atomic.write_text(args.out, text)
+    print(f"{len(problems)} {args.split} problems written to {args.out}", file=sys.stderr)
+    return 0
 
 
 def _strategy_params(args: argparse.Namespace, names: list[str]) -> list[dict[str, Any]]:
