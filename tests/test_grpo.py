@@ -216,6 +216,10 @@ def test_two_grpo_steps_change_the_adapter_and_log_the_rewards(grpo_run: dict[st
     assert set(ev) == {"before", "after"} and ev["before"]["adapter"] == "base" and ev["after"]["adapter"] == ref.name
     for side in ev.values():
         assert side["correct"]["n"] == 3 and len(side["correct"]["ci95"]) == 2 and 0 <= side["strict_format"]["rate"] <= 1
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
+        assert cli(["--home", str(home), "adapters", "show", "logician", result["version"]], mp) == 0
+    assert "8 generated logic problems (arithmetic,syllogism,ordering; en; seed 0)" in out.getvalue()
     # usable as a teacher by registry version
     from training.pairs import make_strategy
 
