@@ -98,6 +98,9 @@ def test_orderings_are_solved_from_the_facts() -> None:
         solve_ordering([[0, 1, 0], [2, 1, 0]], "max")
     p = problem_from_spec({"kind": "ordering", "relation": "height", "ask": "min", "facts": [[1, 0, 1], [3, 1, 0]], "people": [0, 1, 3]}, "en")
     assert p.answer == "Alice" and "Alice is shorter than Bob." in p.question and "David is taller than Bob." in p.question
+    # the same facts said the other way round and in another order are the same problem (the same split)
+    q = problem_from_spec({"kind": "ordering", "relation": "height", "ask": "min", "facts": [[3, 1, 1], [1, 0, 0]], "people": [3, 1, 0]}, "en")
+    assert q.question != p.question and q.canonical == p.canonical and q.split == p.split
 
 
 def test_no_name_or_term_hides_inside_another() -> None:

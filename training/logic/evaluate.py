@@ -14,9 +14,9 @@ from typing import Any
 from bonsai.engine import AdapterRef, ChatPrompt, Engine, GenerationRequest, Sampling
 from bonsai.errors import ConfigError
 from bonsai.personas import Persona
+from training.logic.problems import Problem
 from training.logic.prompts import messages
 from training.logic.rewards import correctness, soft_format, strict_format
-from training.logic.problems import Problem
 
 Z95 = 1.959963984540054
 

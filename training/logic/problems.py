@@ -330,8 +330,15 @@ _DECIDES: dict[Kind, tuple[str, ...]] = {
 }
 
 
+_ANSWER_TYPE: dict[Kind, AnswerType] = {"arithmetic": "number", "syllogism": "yesno", "ordering": "name"}
+
+
 def canonical_form(spec: dict[str, Any]) -> str:
-    return json.dumps({k: spec[k] for k in _DECIDES[spec["kind"]]}, sort_keys=True, separators=(",", ":"))
+    decides = {k: spec[k] for k in _DECIDES[spec["kind"]]}
+    if spec["kind"] == "ordering":
+        # which way round a fact is said, and in which order the facts come, is wording
+        decides["facts"] = sorted([x, y] for x, y, *_ in spec["facts"])
+    return json.dumps(decides, sort_keys=True, separators=(",", ":"))
 
 
 def problem_from_spec(spec: dict[str, Any], lang: Lang) -> Problem:
@@ -339,8 +346,6 @@ def problem_from_spec(spec: dict[str, Any], lang: Lang) -> Problem:
     canonical = canonical_form(spec)
     return Problem(spec["kind"], lang, question, answer, _ANSWER_TYPE[spec["kind"]], expected, names, canonical, split_of(canonical))
 
-
-_ANSWER_TYPE: dict[Kind, AnswerType] = {"arithmetic": "number", "syllogism": "yesno", "ordering": "name"}
 
 
 def parse_choices(text: str | Sequence[str], allowed: Sequence[str], what: str) -> tuple[str, ...]:
