@@ -171,3 +171,19 @@ def resolve_persona_adapter(persona: Persona, home: Path) -> Path | None:
             "fix the persona's `adapter:` (a folder with adapter_config.json), or set it to null for the bare base",
         )
     return path
+
+
+_VERSION_REF = re.compile(r"^(?P<persona>[a-z0-9][a-z0-9_-]{0,63})@(?P<version>[A-Za-z0-9_.-]+)$")
+
+
+def adapter_folder(home: Path, text: str) -> Path:
+    """An adapter given on the command line: a folder, or ``PERSONA@VERSION`` (a version, a unique prefix
+    of one, or ``current``) from the registry, checked against its recorded hashes."""
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return path
+    m = _VERSION_REF.match(text)
+    if m is None:
+        raise AdapterError(f"adapter {text!r} is neither a folder nor PERSONA@VERSION", "pass an adapter folder, or e.g. logician@current (see `bonsai adapters list`)")
+    persona = m.group("persona")
+    return version_path(home, persona, resolve_version(home, persona, m.group("version")))

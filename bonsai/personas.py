@@ -31,6 +31,8 @@ class Role(str, Enum):
     JUDGE = "judge"
     MODERATOR = "moderator"
     TRANSLATOR = "translator"
+    #: trained on verifiable tasks to lend its adapter to others (``--teacher-adapter``); never seated
+    TEACHER = "teacher"
 
 
 class Style(str, Enum):
@@ -75,7 +77,7 @@ class Persona(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: Annotated[str, Field(pattern=NAME_PATTERN, description="Unique id, lower-case.")]
-    team: Team = Field(description="A or B for debaters; none for judges, moderators and translators.")
+    team: Team = Field(description="A or B for debaters; none for judges, moderators, translators and teachers.")
     role: Role
     style: Style = Style.ASSISTANT
     language: Language = "en"

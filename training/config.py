@@ -1,7 +1,7 @@
 """Training recipes: a LoRA shape plus one or more stages, each a method and the TRL config it runs with.
 
 A recipe does not copy TRL's options: a stage's ``trainer:`` mapping is handed to TRL's own config class
-(``ORPOConfig``, ``DPOConfig``, ``SFTConfig``), so every TRL option works and its defaults stay TRL's.
+(``ORPOConfig``, ``DPOConfig``, ``SFTConfig``, ``GRPOConfig``), so every TRL option works and its defaults stay TRL's.
 What bonsai checks here is that each key is a field of that class (a typo fails at start-up with the
 name of the key, not after the model has loaded), and that the few keys bonsai sets itself are left to it.
 """
@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from bonsai.errors import ConfigError, describe_validation
 
-Method = Literal["orpo", "dpo", "sft"]
+Method = Literal["orpo", "dpo", "sft", "grpo"]
 
 #: every projection of a Llama-style block (what vLLM's punica kernels serve)
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -57,11 +57,12 @@ class LoraSettings(BaseModel):
 
 
 class Stage(BaseModel):
-    """One training pass. ``sft`` trains on the chosen completions only (the format, not the preference)."""
+    """One training pass. ``sft`` trains on the chosen completions only (the format, not the preference);
+    ``grpo`` trains on generated logic problems with verifiable rewards (no preference dataset)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    method: Method = Field(description="orpo | dpo | sft")
+    method: Method = Field(description="orpo | dpo | sft | grpo")
     trainer: dict[str, Any] = Field(default_factory=dict, description="Fields of TRL's config for this method.")
 
 
@@ -84,6 +85,8 @@ class Recipe(BaseModel):
     @field_validator("stages")
     @classmethod
     def _preference_first(cls, stages: list[Stage]) -> list[Stage]:
+        if len(stages) > 1 and any(s.method == "grpo" for s in stages):
+            raise ValueError("grpo trains on generated logic problems, not on a preference dataset: it must be the recipe's only stage")
         if len(stages) > 1 and any(s.method != "sft" for s in stages[1:]):
             raise ValueError("only sft may follow the first stage (it teaches the format on the chosen answers)")
         return stages
@@ -91,6 +94,10 @@ class Recipe(BaseModel):
     @property
     def methods(self) -> list[str]:
         return [s.method for s in self.stages]
+
+    @property
+    def is_grpo(self) -> bool:
+        return self.methods == ["grpo"]
 
 
 # --- TRL config classes -------------------------------------------------------------------------
@@ -110,7 +117,11 @@ def trl_config_class(method: str) -> type:
         from trl import SFTConfig
 
         return SFTConfig
-    raise ConfigError(f"unknown training method {method!r}", "use orpo, dpo or sft")
+    if method == "grpo":
+        from trl import GRPOConfig
+
+        return GRPOConfig
+    raise ConfigError(f"unknown training method {method!r}", "use orpo, dpo, sft or grpo")
 
 
 def _fields(cls: type) -> dict[str, dataclasses.Field[Any]]:

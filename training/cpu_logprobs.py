@@ -1,11 +1,11 @@
-"""DPO and SFT on CPU: a plain-PyTorch stand-in for TRL's Triton log-probability kernel.
+"""DPO, SFT and GRPO on CPU: a plain-PyTorch stand-in for TRL's Triton log-probability kernel.
 
-TRL 1.15's ``DPOTrainer`` and ``SFTTrainer`` always compute per-token log-probabilities through a fused
-LM head whose inner kernel is Triton, which has no CPU driver, so both fail on their first step on a
+TRL 1.15's ``DPOTrainer``, ``SFTTrainer`` and ``GRPOTrainer`` always compute per-token log-probabilities through a fused
+LM head whose inner kernel is Triton, which has no CPU driver, so they fail on their first step on a
 CPU machine (ORPO does not use it). The stand-in computes the same five per-token outputs with
 ordinary tensor ops (autograd does the backward). It is swapped in only around a CPU run and restored
 afterwards; on CUDA TRL's kernel is used as it is. The name patched is private to TRL:
-``trl==1.15.0`` is pinned, and ``tests/test_train.py`` trains DPO and SFT steps on CPU, so a TRL
+``trl==1.15.0`` is pinned, and ``tests/test_train.py`` and ``tests/test_grpo.py`` train DPO, SFT and GRPO steps on CPU, so a TRL
 upgrade that moves it fails a test.
 """
 

@@ -20,6 +20,17 @@ PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("rewards", ("rewards/chosen", "rewards/rejected", "rewards/margins")),
     ("log-odds", ("log_odds_ratio", "log_odds_chosen")),
     ("accuracy", ("rewards/accuracies", "mean_token_accuracy")),
+    # GRPO: the summed reward and each reward function's mean (as TRL names them)
+    (
+        "GRPO reward",
+        (
+            "reward",
+            "rewards/correctness_reward/mean",
+            "rewards/strict_format_reward/mean",
+            "rewards/soft_format_reward/mean",
+            "rewards/tag_count_reward/mean",
+        ),
+    ),
 )
 
 SUMMARY_KEYS = (
@@ -32,6 +43,13 @@ SUMMARY_KEYS = (
     "log_odds_ratio",
     "log_odds_chosen",
     "mean_token_accuracy",
+    "reward",
+    "reward_std",
+    "rewards/correctness_reward/mean",
+    "rewards/strict_format_reward/mean",
+    "rewards/soft_format_reward/mean",
+    "rewards/tag_count_reward/mean",
+    "completions/mean_length",
 )
 
 

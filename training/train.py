@@ -12,6 +12,7 @@ an interrupted training leaves no version behind.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import tempfile
 import time
@@ -205,8 +206,9 @@ def trl_args(stage: Stage, *, device: str, output_dir: Path, progress: bool, see
         "use_cpu": device == "cpu",
         "bf16": device == "cuda" and torch.cuda.is_bf16_supported(),
         "fp16": False,
-        "max_length": max_length,
     }
+    if "max_length" in {f.name for f in dataclasses.fields(cls)}:
+        kwargs["max_length"] = max_length  # GRPO has none: its prompts are short and max_completion_length caps the rest
     if stage.method == "orpo":
         kwargs["remove_unused_columns"] = False  # ORPO's collator needs its own columns
     kwargs.update(stage.trainer)
@@ -246,8 +248,8 @@ def make_trainer(method: str, model: Any, args: Any, train: Any, test: Any | Non
 
 
 def kernels_for(method: str, device: str) -> contextlib.AbstractContextManager[None]:
-    """TRL's DPO and SFT compute log-probabilities with a Triton kernel that has no CPU driver."""
-    if method in ("dpo", "sft") and device == "cpu":
+    """TRL's DPO, SFT and GRPO compute log-probabilities with a Triton kernel that has no CPU driver."""
+    if method in ("dpo", "sft", "grpo") and device == "cpu":
         from training.cpu_logprobs import torch_logprobs
 
         return torch_logprobs()
@@ -270,6 +272,11 @@ def train_adapter(
     """Train ``recipe`` on the dataset at ``dataset`` and register the adapter as a new version of ``persona``."""
     from training.dataset import load_pairs
 
+    if recipe.is_grpo:
+        raise ConfigError(
+            f"the {recipe.name} recipe is GRPO: it trains on generated logic problems, not on a preference dataset",
+            f"run `bonsai train {persona} --recipe {recipe.name}` without --dataset",
+        )
     t0 = time.monotonic()
     dataset = Path(dataset)
     dd, card = load_pairs(dataset)

@@ -124,6 +124,9 @@ def run_show(args: argparse.Namespace) -> int:
     for key in ("path", "adapter_name", "parent", "recipe", "base_model", "dataset_hash"):
         print(f"  {key:<13} {s[key]}")
     m = info.manifest
+    logic = m.get("logic_set")
+    if isinstance(logic, dict):
+        print(f"  {'trained on':<13} {logic.get('n')} generated logic problems ({','.join(logic.get('kinds', []))}; {','.join(logic.get('languages', []))}; seed {logic.get('seed')})")
     training = m.get("training") or {}
     if training:
         print(f"  {'trained':<13} {_when(info.created_at)} on {training.get('device')} ({training.get('backend')}) in {training.get('seconds')}s")

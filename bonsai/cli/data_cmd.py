@@ -30,7 +30,7 @@ _STRATEGY_FLAGS = {
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="build preference datasets from stored debates", description="Preference datasets for training persona adapters.")
+    p = sub.add_parser("data", help="build preference datasets from stored debates; print logic problems", description="Preference datasets for training persona adapters, and the logic problems GRPO trains on.")
     actions = p.add_subparsers(dest="data_command", metavar="ACTION")
     actions.required = True
     b = actions.add_parser(
@@ -61,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--opponent", choices=["side", "base"], default=None, help="stance: the opposing persona's adapter (side, default) or the bare base")
     g.add_argument("--translator", default=None, help="cross-lingual: translator persona (default: translator)")
     g.add_argument("--translation-max-tokens", type=int, default=None, help="cross-lingual: token budget per translation")
-    g.add_argument("--teacher-adapter", type=Path, default=None, metavar="DIR", help="teacher: a LoRA adapter on the base")
+    g.add_argument("--teacher-adapter", default=None, metavar="DIR|PERSONA@VERSION", help="teacher: a LoRA adapter on the base, a folder or a registry version (logician@current)")
     g.add_argument("--teacher-endpoint", default=None, metavar="URL", help="teacher: an OpenAI-compatible server")
     g.add_argument("--teacher-model", default=None, metavar="NAME", help="teacher: model on --teacher-endpoint (default: its base)")
     g.add_argument("--teacher-base", type=Path, default=None, metavar="DIR", help="teacher: another local base model")
@@ -73,6 +73,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--json", action="store_true", help="print the dataset card as JSON")
     add_engine_options(b)
     b.set_defaults(func=run_build)
+
+    g = actions.add_parser(
+        "logic",
+        help="print generated logic problems as JSONL (what `--recipe grpo` trains on)",
+        description=(
+            "Arithmetic word problems, syllogisms and orderings in en/ja/zh with checkable answers, as JSONL. "
+            "The same seed gives the same problems; train and test never share a problem."
+        ),
+    )
+    g.add_argument("--n", type=int, default=10, help="how many problems (default 10)")
+    g.add_argument("--lang", default="en,ja,zh", help="languages, comma-separated (default en,ja,zh)")
+    g.add_argument("--kinds", default="arithmetic,syllogism,ordering", help="kinds, comma-separated (default all three)")
+    g.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    g.add_argument("--split", choices=["train", "test"], default="train", help="train (default) or held-out test problems")
+    g.add_argument("-o", "--out", type=Path, default=None, help="write the JSONL to this file instead of stdout")
+    g.set_defaults(func=run_logic)
+
+
+def run_logic(args: argparse.Namespace) -> int:
+    from bonsai import atomic
+    from training.logic.problems import generate
+
+    problems = generate(args.n, seed=args.seed, split=args.split, languages=args.lang, kinds=args.kinds)
+    text = "".join(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in problems)
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    atomic.write_text(args.out, text)
+    print(f"{len(problems)} {args.split} problems written to {args.out}", file=sys.stderr)
+    return 0
 
 
 def _strategy_params(args: argparse.Namespace, names: list[str]) -> list[dict[str, Any]]:
@@ -126,6 +156,10 @@ async def _build(args: argparse.Namespace) -> Any:
 
     home = home_from(args)
     names = parse_strategy_list(args.strategy)
+    if args.teacher_adapter is not None:
+        from bonsai.adapter_registry import adapter_folder
+
+        args.teacher_adapter = adapter_folder(home, args.teacher_adapter)
     try:
         options = BuildOptions(
             persona=args.persona,

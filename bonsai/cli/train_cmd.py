@@ -6,15 +6,23 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from bonsai.cli.common import home_from
 from bonsai.errors import ConfigError
+
+if TYPE_CHECKING:
+    from bonsai.model.prepare import BaseModel
+    from bonsai.personas import Persona
+    from training.config import Recipe
+    from training.logic.problems import Problem
+    from training.train import TrainResult
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="train a new adapter version for a persona (ORPO, DPO, SFT, ORPO->SFT)",
+        help="train a new adapter version for a persona (ORPO, DPO, SFT, ORPO->SFT, GRPO on logic problems)",
         description=(
             "Train a LoRA adapter on a persona's preference dataset (from `bonsai data build`) with a recipe, "
             "and register it as a new version (named by content hash) under $BONSAI_HOME/adapters/PERSONA/. "
@@ -28,6 +36,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--from", dest="init", choices=["parent", "base"], default=None, help="start from the current version's weights (parent) or a fresh LoRA (base); default: the recipe's")
     p.add_argument("--max-steps", type=int, default=None, help="stop each stage after N optimizer steps")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a TRL trainer setting in every stage, e.g. --set learning_rate=1e-4; repeatable")
+    g = p.add_argument_group("grpo (generated logic problems instead of a dataset)")
+    g.add_argument("--problems", type=int, default=None, metavar="N", help="training problems to generate (default 256)")
+    g.add_argument("--langs", default=None, help="problem languages, comma-separated (default en,ja,zh)")
+    g.add_argument("--kinds", default=None, help="problem kinds: arithmetic,syllogism,ordering (default all)")
+    g.add_argument("--problem-seed", type=int, default=None, help="seeds the problem generator (default 0)")
+    g.add_argument("--eval", dest="eval_n", type=int, default=None, metavar="N", help="after training, held-out correctness on N test problems, before and after")
+    g.add_argument("--eval-max-tokens", type=int, default=256, help="token budget of each evaluation answer (default 256)")
+    g.add_argument("--eval-engine", choices=["hf", "vllm"], default=None, help="engine for --eval (default: vllm on CUDA, hf on CPU)")
+    p.add_argument("--personas-dir", type=Path, default=None, help="folder of persona YAML files (default: the shipped personas)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
@@ -67,6 +84,11 @@ def run(args: argparse.Namespace) -> int:
     recipe = with_overrides(load_recipe(args.recipe), overrides)
     if args.init:
         recipe = recipe.model_copy(update={"init": args.init})
+    if recipe.is_grpo:
+        return run_grpo(args, home, recipe)
+    given = [flag for flag, value in _GRPO_FLAGS.items() if getattr(args, value) is not None]
+    if given:
+        raise ConfigError(f"{given[0]} only goes with a grpo recipe (generated logic problems)", f"drop {given[0]}, or train with --recipe grpo")
     dataset = args.dataset or newest_dataset(home, args.persona)
     base = resolve_base(args.base, home)
     if not args.json:
@@ -92,3 +114,98 @@ def run(args: argparse.Namespace) -> int:
     print(f"  metrics: {result.path / 'metrics.jsonl'} and metrics.png")
     print(f"next: bonsai adapters evaluate {result.persona} --candidate {result.version}")
     return 0
+
+
+_GRPO_FLAGS = {"--problems": "problems", "--langs": "langs", "--kinds": "kinds", "--problem-seed": "problem_seed", "--eval": "eval_n", "--eval-engine": "eval_engine"}
+
+
+def run_grpo(args: argparse.Namespace, home: Path, recipe: Recipe) -> int:
+    """GRPO on generated logic problems; with --eval, held-out correctness of the start and the result."""
+    from pydantic import ValidationError
+
+    from bonsai.errors import describe_validation
+    from bonsai.model.prepare import resolve_base
+    from bonsai.personas import PersonaBook
+    from training.logic.grpo import LogicSet, train_logician
+    from training.logic.prompts import require_tag_format
+
+    if args.dataset is not None:
+        raise ConfigError("the grpo recipe trains on generated logic problems, not on a dataset", "drop --dataset (use --problems, --langs, --kinds, --problem-seed)")
+    persona = PersonaBook.load(args.personas_dir).get(args.persona)
+    require_tag_format(persona)
+    settings = {k: v for k, v in {"n": args.problems, "languages": args.langs, "kinds": args.kinds, "seed": args.problem_seed}.items() if v is not None}
+    try:
+        logic = LogicSet.model_validate(settings)
+    except ValidationError as exc:
+        flags = {"n": "--problems", "languages": "--langs", "kinds": "--kinds", "seed": "--problem-seed"}
+        problems = [f"{flags.get(line.split(':', 1)[0], line.split(':', 1)[0])}:{line.split(':', 1)[1]}" for line in describe_validation(exc)]
+        raise ConfigError(f"invalid logic problem settings: {'; '.join(problems)}", "see `bonsai train --help`") from None
+    if args.eval_n is not None and args.eval_n < 1:
+        raise ConfigError("--eval must be at least 1")
+    held_out = logic.problems("test", n=args.eval_n) if args.eval_n else []
+    base = resolve_base(args.base, home)
+    if not args.json:
+        print(f"training {persona.name} with {recipe.name} (grpo) on {logic.n} logic problems ({','.join(logic.kinds)}; {','.join(logic.languages)}; seed {logic.seed})", file=sys.stderr, flush=True)
+    result = train_logician(persona, home=home, base=base, recipe=recipe, logic=logic, progress=not args.no_progress and not args.json)
+    evaluation = None
+    if held_out:
+        evaluation = _evaluate(args, home, base, persona, result, held_out, recipe.lora.r)
+    stage = (result.metrics.get("stages") or [{}])[0]
+    if args.json:
+        out = {
+            "persona": result.persona, "version": result.version, "path": str(result.path), "parent": result.parent,
+            "dataset_hash": result.dataset_hash, "backend": result.backend, "device": result.device,
+            "seconds": round(result.seconds, 2), "metrics": result.metrics,
+        }
+        if evaluation is not None:
+            out["eval"] = {k: v.to_json() for k, v in evaluation.items()}
+        print(json.dumps(out, ensure_ascii=False))
+        return 0
+    first, last = stage.get("first", {}), stage.get("last", {})
+    print(f"trained {result.persona}@{result.version} in {result.seconds:.0f}s ({result.backend} on {result.device}; parent {result.parent or 'none'})")
+    print(f"  grpo: {stage.get('steps', 0)} steps, reward {first.get('reward', float('nan')):.3f} -> {last.get('reward', float('nan')):.3f}"
+          f" (correctness {first.get('rewards/correctness_reward/mean', float('nan')):.3f} -> {last.get('rewards/correctness_reward/mean', float('nan')):.3f})")
+    print(f"  metrics: {result.path / 'metrics.jsonl'} and metrics.png")
+    if evaluation is not None:
+        print(f"  held-out ({len(held_out)} test problems, greedy)    correct                      strict format")
+        for label, acc in evaluation.items():
+            print(f"    {label:<7} {acc.adapter[:28]:<28} {acc.correct!s:<28} {acc.strict_format}")
+    print(f"use it as a teacher: bonsai data build --persona PERSONA --strategy teacher --teacher-adapter {result.persona}@{result.version}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, home: Path, base: BaseModel, persona: Persona, result: TrainResult, problems: list[Problem], rank: int) -> dict[str, Any]:
+    import asyncio
+
+    import torch
+
+    from bonsai.adapter_registry import persona_dir
+    from bonsai.engine import EngineConfig, create_engine
+    from bonsai.engine.adapters import inspect_adapter
+    from training.logic.evaluate import logic_accuracy
+
+    # "before" is what training started from: the parent's weights when it began from them, else the bare base
+    start = persona_dir(home, result.persona) / result.parent if result.parent and _initialized_from_parent(result.path) else None
+    before_ref = inspect_adapter(start) if start is not None else None
+    after_ref = inspect_adapter(result.path)
+    kind = args.eval_engine or ("vllm" if torch.cuda.is_available() else "hf")
+
+    async def run() -> dict[str, Any]:
+        config = EngineConfig(kind=kind, base_model=base.path, base_hash=base.content_hash, max_lora_rank=max(16, rank), max_model_len=2048)
+        engine = create_engine(config)
+        await engine.start()
+        try:
+            before = await logic_accuracy(engine, before_ref, problems, persona=persona, max_tokens=args.eval_max_tokens)
+            after = await logic_accuracy(engine, after_ref, problems, persona=persona, max_tokens=args.eval_max_tokens)
+        finally:
+            await engine.close()
+        return {"before": before, "after": after}
+
+    print(f"held-out correctness on {len(problems)} test problems ({kind} engine)...", file=sys.stderr, flush=True)
+    return asyncio.run(run())
+
+
+def _initialized_from_parent(version_dir: Path) -> bool:
+    from bonsai.adapter_registry import read_manifest
+
+    return (read_manifest(version_dir) or {}).get("initialized_from") not in (None, "base")

@@ -51,8 +51,8 @@ class Cast:
         if len({p.name for p in chosen}) != len(chosen):
             raise ConfigError("a persona is named twice in --personas", "name each persona once")
         for p in chosen:
-            if p.role == Role.TRANSLATOR:
-                raise ConfigError(f"{p.name!r} is a translator and cannot take a seat in a debate", "pick debaters, judges and a moderator")
+            if p.role in (Role.TRANSLATOR, Role.TEACHER):
+                raise ConfigError(f"{p.name!r} is a {p.role.value} and cannot take a seat in a debate", "pick debaters, judges and a moderator")
         team_a = tuple(p for p in chosen if p.role == Role.DEBATER and p.team == Team.A)
         team_b = tuple(p for p in chosen if p.role == Role.DEBATER and p.team == Team.B)
         judges = tuple(p for p in chosen if p.role == Role.JUDGE)
