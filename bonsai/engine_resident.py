@@ -25,16 +25,17 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import httpx
 
 from bonsai import __version__, atomic
 from bonsai.engine import EngineConfig
-from bonsai.engine.server import ServePlan, ServerProcess, serve_log_path, start_failure
-
-from bonsai.engine.serverlog import root_cause_of, tail
+from bonsai.engine.serverlog import root_cause_of, start_failure, tail
 from bonsai.errors import EngineError
+
+if TYPE_CHECKING:
+    from bonsai.engine.server import ServePlan
 
 log = logging.getLogger(__name__)
 
@@ -393,6 +394,9 @@ def start(
 
     Ctrl-C while waiting stops the half-started server: nothing is left running or recorded.
     """
+    # here, not at the top: finding an engine must stay cheap to import (server.py pulls in personas)
+    from bonsai.engine.server import ServerProcess, serve_log_path
+
     existing, notes = preflight(home, plan)
     if existing is not None:
         return StartResult(wait_ready(home, existing, timeout=timeout, on_progress=on_progress), started=False, notes=tuple(notes))

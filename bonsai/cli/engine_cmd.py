@@ -17,6 +17,7 @@ from dataclasses import asdict
 from bonsai import engine_resident as resident
 from bonsai.cli.common import home_from
 from bonsai.cli.serve_cmd import add_serve_options, plan_from_args
+from bonsai.engine.server import serve_log_path
 from bonsai.errors import ConfigError
 from bonsai.model.prepare import resolve_base
 
@@ -69,7 +70,7 @@ def run_start(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(plan.shell_command())
         return 0
-    _say(f"starting vLLM for {plan.base.name} on {plan.endpoint} in the background (log: {resident.serve_log_path(home, plan.port)})...")
+    _say(f"starting vLLM for {plan.base.name} on {plan.endpoint} in the background (log: {serve_log_path(home, plan.port)})...")
     result = resident.start(
         home,
         plan,

@@ -34,7 +34,7 @@ from bonsai import atomic
 from bonsai.adapter_registry import resolve_persona_adapter
 from bonsai.engine.adapters import inspect_adapter, lora_rank_for, supported_lora_rank, validate_adapter
 from bonsai.engine.platform import resolve_dtype, vllm_on_cpu
-from bonsai.engine.serverlog import root_cause_of, tail
+from bonsai.engine.serverlog import start_failure
 from bonsai.engine.types import AdapterRef
 from bonsai.errors import AdapterError, EngineError
 from bonsai.model.prepare import BaseModel, resolve_base
@@ -229,19 +229,6 @@ def _die_with_parent() -> None:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         PR_SET_PDEATHSIG = 1
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def start_failure(log_path: Path, what: str, *, again: str = "bonsai serve") -> EngineError:
-    """The error for a server that died or hung while starting: vLLM's root cause first, then the
-    end of its log (which after a failed start is mostly the front-end's own traceback)."""
-    causes = root_cause_of(log_path)
-    cause = f": {causes[0]}" if causes else ""
-    more = "".join(f"\n  {c}" for c in causes[1:])
-    return EngineError(
-        f"the vLLM server {what}{cause}{more}\nlast lines of {log_path}:\n{tail(log_path, 12)}",
-        (f"vLLM says {causes[0]!r}; fix that and run `{again}` again" if causes else f"fix the cause in the log above (port in use, memory, a bad adapter) and run `{again}` again")
-        + f" (full log: {log_path})",
-    )
 
 
 class ServerProcess:

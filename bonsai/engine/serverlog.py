@@ -11,6 +11,8 @@ import re
 from collections import deque
 from pathlib import Path
 
+from bonsai.errors import EngineError
+
 FAILURE_MARKER = "Engine core initialization failed"
 #: "(EngineCore pid=123) " and "ERROR 12-07 00:04:26 [core.py:1510] " in front of a line
 _PROCESS_PREFIX = re.compile(r"^\([\w.-]+ pid=\d+\)\s?")
@@ -65,3 +67,16 @@ def root_cause_of(path: Path, *, limit: int = 3) -> list[str]:
         return root_cause(path.read_text(encoding="utf-8", errors="replace"), limit=limit)
     except OSError:
         return []
+
+
+def start_failure(log_path: Path, what: str, *, again: str = "bonsai serve") -> EngineError:
+    """The error for a server that died or hung while starting: vLLM's root cause first, then the
+    end of its log (which after a failed start is mostly the front-end's own traceback)."""
+    causes = root_cause_of(log_path)
+    cause = f": {causes[0]}" if causes else ""
+    more = "".join(f"\n  {c}" for c in causes[1:])
+    return EngineError(
+        f"the vLLM server {what}{cause}{more}\nlast lines of {log_path}:\n{tail(log_path, 12)}",
+        (f"vLLM says {causes[0]!r}; fix that and run `{again}` again" if causes else f"fix the cause in the log above (port in use, memory, a bad adapter) and run `{again}` again")
+        + f" (full log: {log_path})",
+    )
