@@ -89,12 +89,20 @@ def pid_alive(pid: int, start_ticks: int | None = None) -> bool:
     return start_ticks is None or int(stat[19]) == start_ticks
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
+def group_alive(pgid: int) -> bool:
+    """True while a process other than a zombie is left in process group ``pgid``."""
+    if not Path("/proc/self/stat").exists():
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _proc_stat(int(entry.name))
+            if stat is not None and int(stat[2]) == pgid and stat[0] not in ("Z", "X"):
+                return True
+    return False
 
 
 def _kill_leftovers(engine: ResidentEngine, *, wait_s: float = 5.0) -> None:
@@ -106,9 +114,9 @@ def _kill_leftovers(engine: ResidentEngine, *, wait_s: float = 5.0) -> None:
     if stat is not None and stat[0] not in ("Z", "X") and engine.pid_start_ticks is not None and int(stat[19]) != engine.pid_start_ticks:
         return
     deadline = time.monotonic() + wait_s
-    while _group_alive(engine.pid) and time.monotonic() < deadline:
+    while group_alive(engine.pid) and time.monotonic() < deadline:
         time.sleep(0.2)  # after SIGTERM the engine core exits on its own; give it the time
-    if _group_alive(engine.pid):
+    if group_alive(engine.pid):
         log.warning("killing what is left of the engine's process group %d", engine.pid)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(engine.pid, signal.SIGKILL)

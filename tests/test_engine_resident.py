@@ -72,9 +72,7 @@ def _other_base(tmp_path: Path, base: BaseModel) -> Path:
 def _group_gone(pgid: int, timeout: float = 30) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
+        if not resident.group_alive(pgid):
             return True
         time.sleep(0.5)
     return False
