@@ -352,11 +352,22 @@ def preflight(home: Path, plan: ServePlan) -> tuple[ResidentEngine | None, list[
         else:
             return existing, notes  # running or starting: the caller waits for it
     if port_in_use(plan.host, plan.port):
+        served = _served_models(plan.endpoint)
+        what = f"a server of {', '.join(served)} not started as a resident engine from {home}" if served else "another program"
         raise EngineError(
-            f"port {plan.port} on {plan.host} is in use by another program (not an engine started from {home})",
-            "pick another --port, or stop the program that holds it (`ss -ltnp` shows which)",
+            f"port {plan.port} on {plan.host} is in use by {what}",
+            (f"use it with --endpoint {plan.endpoint}, or pick another --port" if served else "pick another --port, or stop the program that holds it (`ss -ltnp` shows which)"),
         )
     return None, notes
+
+
+def _served_models(url: str) -> list[str]:
+    """The base models an OpenAI-compatible server at ``url`` lists, or [] if it is not one."""
+    try:
+        response = httpx.get(f"{url}/v1/models", timeout=PROBE_TIMEOUT_S)
+        return [m["id"] for m in response.json()["data"] if not m.get("parent")] if response.status_code == 200 else []
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return []
 
 
 def wait_ready(

@@ -152,7 +152,7 @@ def test_port_in_use_by_another_program(base_model: BaseModel, tmp_path: Path) -
         port = holder.getsockname()[1]
         result = _bonsai(home, "engine", "start", "--base", str(base_model.path), "--port", str(port))
     assert result.returncode == 3
-    assert f"port {port} on 127.0.0.1 is in use by another program" in result.stderr and "hint:" in result.stderr
+    assert f"port {port} on 127.0.0.1 is in use by another program" in result.stderr and "hint: pick another --port" in result.stderr
     assert "Traceback" not in result.stderr
     assert not resident.state_path(home, port).exists() and not (home / "logs" / f"serve-{port}.log").exists()
 
