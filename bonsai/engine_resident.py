@@ -407,9 +407,11 @@ def start(
     plan: ServePlan,
     *,
     timeout: float = 600.0,
+    on_spawn: Callable[[ResidentEngine], None] = lambda _engine: None,
     on_progress: Callable[[float], None] = lambda _elapsed: None,
 ) -> StartResult:
     """Start ``plan`` as a resident engine and wait until it answers; reuse one already running.
+    ``on_spawn`` is told once a new server process runs; ``on_progress`` every 10 s while it loads.
 
     Ctrl-C while waiting stops the half-started server: nothing is left running or recorded.
     """
@@ -425,6 +427,7 @@ def start(
     engine = _engine_from_plan(plan, server.proc.pid, server.log_path)
     try:
         atomic.write_text(state_path(home, plan.port), engine.to_json())
+        on_spawn(engine)
         ready = wait_ready(home, engine, timeout=timeout, on_progress=on_progress)
     except BaseException:
         if engine.alive():

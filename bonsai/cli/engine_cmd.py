@@ -17,7 +17,6 @@ from dataclasses import asdict
 from bonsai import engine_resident as resident
 from bonsai.cli.common import home_from
 from bonsai.cli.serve_cmd import add_serve_options, plan_from_args
-from bonsai.engine.server import serve_log_path
 from bonsai.errors import ConfigError
 from bonsai.model.prepare import resolve_base
 
@@ -70,11 +69,11 @@ def run_start(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(plan.shell_command())
         return 0
-    _say(f"starting vLLM for {plan.base.name} on {plan.endpoint} in the background (log: {serve_log_path(home, plan.port)})...")
     result = resident.start(
         home,
         plan,
         timeout=args.start_timeout,
+        on_spawn=lambda e: _say(f"starting vLLM for {e.base_name} on {e.url} in the background (pid {e.pid}, log: {e.log_path})..."),
         on_progress=lambda elapsed: _say(f"  still starting ({elapsed:.0f} s)..."),
     )
     for note in result.notes:
