@@ -22,6 +22,7 @@ from bonsai.model.prepare import BaseModel, resolve_base
 from bonsai.paths import checkpoints_path, store_path
 from bonsai.personas import PersonaBook
 from bonsai.store.transcripts import TranscriptStore
+from bonsai.text import printable_all
 
 TEAM_STYLE = {"A": "bold cyan", "B": "bold magenta", "none": "yellow"}
 
@@ -108,7 +109,7 @@ def _stored_spec(args: argparse.Namespace, home: Path) -> DebateSpec | None:
     store_file = args.store or store_path(home)
     if not store_file.exists():
         raise ConfigError(f"there is no transcript store at {store_file}, so nothing to resume", "run a debate first, or pass --store")
-    with TranscriptStore(store_file, create=False) as store:
+    with TranscriptStore(store_file, read_only=True) as store:
         debate_id = args.resume
         if debate_id == "latest":
             unfinished = [d for d in store.list_debates(newest_first=True) if d.status != "finished"]
@@ -126,6 +127,7 @@ class Printer:
         self.console = console
 
     def __call__(self, ev: dict[str, Any]) -> None:
+        ev = printable_all(ev)  # motions, names and model output may hold terminal escape sequences
         kind = ev["event"]
         c = self.console
         if kind == "debate_start":
@@ -157,10 +159,16 @@ class Printer:
                     c.print(Text(ev["answer"], style=TEAM_STYLE.get(ev["team"], "").replace("bold ", "")))
         elif kind == "judging":
             c.print()
-            c.rule(Text(f"Judging ({', '.join(ev['judges'])}, labels both ways)", style="bold"))
+            c.rule(Text(f"Judging ({', '.join(ev['judges'])}, both reading orders, labels both ways)", style="bold"))
         elif kind == "verdict":
             winner = ev["winner"]
-            c.print(Text(f"Winner: team {winner}", style=TEAM_STYLE[winner]), Text(f"  P(A wins) = {ev['prob_a']:.2f}, confidence {ev['confidence']:.2f}"))
+            if winner == "tie":
+                from bonsai.debate.judge import tie_reason
+
+                c.print(Text("Tie: no side won", style="bold yellow"), Text(f"  P(A wins) = {ev['prob_a']:.2f}"))
+                c.print(Text(f"  {tie_reason(ev['prob_a'], ev.get('tie_band'))}", style="yellow"))
+            else:
+                c.print(Text(f"Winner: team {winner}", style=TEAM_STYLE[winner]), Text(f"  P(A wins) = {ev['prob_a']:.2f}, confidence {ev['confidence']:.2f}"))
             for team in ("A", "B"):
                 scores = ev["scores"].get(team)
                 if scores:

@@ -27,6 +27,8 @@ from langgraph.types import Command
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bonsai.adapter_registry import resolve_persona_adapter
+from bonsai.text import check_motion
+from bonsai.debate.checkpoints import prune_finished, strict_serializer
 from bonsai.debate.formats import DebateFormat, load_format
 from bonsai.debate.graph import DebateContext, build_graph, turn_summary
 from bonsai.debate.prompts import debater_prompt
@@ -62,10 +64,7 @@ class DebateSpec(BaseModel):
     @field_validator("motion")
     @classmethod
     def _motion_not_empty(cls, v: str) -> str:
-        v = v.strip()
-        if not v:
-            raise ValueError("the motion is empty")
-        return v
+        return check_motion(v)  # empty, too long, or not encodable (a lone surrogate)
 
 
 @dataclass
@@ -121,7 +120,7 @@ class DebateRunner:
         # only an OS crash can lose the last ones. The default (FULL) syncs the disk on every checkpoint,
         # and with hundreds of debates sharing this one connection those syncs became the bottleneck.
         await conn.execute("PRAGMA synchronous=NORMAL")
-        saver = AsyncSqliteSaver(conn)
+        saver = AsyncSqliteSaver(conn, serde=strict_serializer())  # a tampered checkpoint is refused, never run
         self._graph = build_graph().compile(checkpointer=saver)
         return self
 
@@ -357,6 +356,8 @@ class DebateRunner:
                    "next_team": nxt.team if nxt else "none", "next_phase": nxt.title if nxt else "verdict"}
             return
         record = self.store.get_debate(debate_id)
+        if record.status == "finished" and not snapshot.values.get("notes"):  # keep only its last state (see checkpoints.py)
+            await prune_finished(self.graph.checkpointer, debate_id)
         yield {"event": "debate_end", "debate_id": debate_id, "status": record.status, "winner": record.winner}
 
 
