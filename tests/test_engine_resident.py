@@ -252,7 +252,7 @@ def test_failed_start_names_vllms_cause(base_model: BaseModel, tmp_path: Path) -
     # a KV cache too small for one block: vLLM loads the model, then its engine core refuses to start
     result = _bonsai(home, "serve", "--detach", "--base", str(base_model.path), "--port", str(port), "--kv-cache-gib", "0.0001", "--start-timeout", START_TIMEOUT_S)
     assert result.returncode == 3
-    first = result.stderr.splitlines()[0]
-    assert first.startswith("error: the vLLM server exited while starting: ValueError: No available memory for the cache blocks"), result.stderr
+    error = next(line for line in result.stderr.splitlines() if line.startswith("error:"))  # after the progress lines
+    assert error.startswith("error: the vLLM server exited while starting: ValueError: No available memory for the cache blocks"), result.stderr
     assert "hint: vLLM says 'ValueError: No available memory" in result.stderr and "full log:" in result.stderr
     assert not resident.state_path(home, port).exists()
