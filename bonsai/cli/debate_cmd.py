@@ -52,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jsonl", action="store_true", help="print every event (tokens included) as a JSON line")
     p.add_argument("--no-color", action="store_true", help="plain text output")
     add_engine_options(p)
-    p.set_defaults(func=run)
+    # no --engine: a resident engine for the base if one runs (`bonsai engine start`), else in-process vLLM
+    p.set_defaults(func=run, engine=None)
 
 
 def build_engine_config(args: argparse.Namespace, base: BaseModel | None, refs: list[Any]) -> EngineConfig:
@@ -186,8 +187,17 @@ async def _run_async(args: argparse.Namespace) -> int:
     quiet = args.json or args.jsonl
     console = Console(no_color=args.no_color, highlight=False, soft_wrap=True)
     store_file = args.store or store_path(home)
-    engine: Engine = create_engine(build_engine_config(args, base, refs))
-    with progress(f"starting the {args.engine} engine", enabled=not quiet):
+    if args.engine is None:  # not asked for in-process vLLM: a resident engine for this base, if one runs
+        from bonsai.engine_resident import use_resident
+
+        args.engine = "vllm"
+        config, resident = use_resident(home, build_engine_config(args, base, refs))
+        if resident is not None:
+            print(f"using the engine at {resident.url} (pid {resident.pid}; `bonsai engine status`)", file=sys.stderr, flush=True)
+    else:
+        config = build_engine_config(args, base, refs)
+    engine: Engine = create_engine(config)
+    with progress(f"starting the {config.kind} engine", enabled=not quiet):
         await engine.start()
     summary: dict[str, Any] = {}
     debate_id: str | None = None

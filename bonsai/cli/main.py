@@ -15,6 +15,7 @@ from bonsai.errors import BonsaiError
 SUBCOMMANDS = (
     "bonsai.cli.debate_cmd",
     "bonsai.cli.serve_cmd",
+    "bonsai.cli.engine_cmd",
     "bonsai.cli.personas_cmd",
     "bonsai.cli.transcripts_cmd",
     "bonsai.cli.model_cmd",

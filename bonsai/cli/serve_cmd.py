@@ -21,15 +21,22 @@ def register(sub: argparse._SubParsersAction) -> None:
             "content-hash name; debates use it with --endpoint URL. Adapters can be added at run time."
         ),
     )
+    add_serve_options(p)
+    p.add_argument("--detach", action="store_true", help="run in the background as a resident engine, the same as `bonsai engine start`")
+    p.set_defaults(func=run_serve)
+
+
+def add_serve_options(p: argparse.ArgumentParser) -> None:
+    """The server's options, shared by ``bonsai serve`` and ``bonsai engine start``."""
     p.add_argument("--base", help="a local model folder or a cached hub id instead of the embedded model")
     p.add_argument("--personas-dir", type=Path, default=None, help="folder of persona YAML files (default: the shipped personas)")
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST}: this machine only)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to bind (default {DEFAULT_PORT})")
+    p.add_argument("--port", type=int, default=None, help=f"port to bind (default {DEFAULT_PORT})")
     p.add_argument("--max-model-len", type=int, default=4096, help="context length in tokens (default 4096)")
     p.add_argument("--max-lora-rank", type=int, default=None, help="largest adapter rank servable (default: the adapters', at least 16)")
     p.add_argument("--max-loras", type=int, default=None, help="adapters in one batch (default: the number of adapters, at least 4)")
     p.add_argument("--kv-cache-gib", type=float, default=1.0, help="KV cache size in GiB (default 1)")
-    p.add_argument("--dtype", default="float32", help="weights dtype (default float32, as the adapters were checked against)")
+    p.add_argument("--dtype", default="auto", help="weights dtype (default auto: float32 on CPU, as the adapters were checked against; bfloat16 on a GPU)")
     p.add_argument(
         "--adapter",
         action="append",
@@ -40,7 +47,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--start-timeout", type=float, default=600.0, help="seconds to wait for the server to be healthy (default 600)")
     p.add_argument("--json", action="store_true", help="print the endpoint and the persona -> adapter-name map as JSON once healthy")
     p.add_argument("--dry-run", action="store_true", help="check the adapters and print the command instead of running it")
-    p.set_defaults(func=run_serve)
+
+
+def plan_from_args(args: argparse.Namespace, home: Path) -> ServePlan:
+    return plan_serve(
+        home,
+        base=args.base,
+        personas_dir=args.personas_dir,
+        host=args.host,
+        port=args.port or DEFAULT_PORT,
+        max_model_len=args.max_model_len,
+        max_lora_rank=args.max_lora_rank,
+        max_loras=args.max_loras,
+        extra_adapters=_parse_adapters(args.adapter),
+        kv_cache_gib=args.kv_cache_gib,
+        dtype=args.dtype,
+    )
 
 
 def _parse_adapters(items: list[str]) -> dict[str, Path]:
@@ -68,20 +90,12 @@ def _print_ready(plan: ServePlan, log_path: Path, *, as_json: bool, info_path: P
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    if args.detach:
+        from bonsai.cli.engine_cmd import run_start
+
+        return run_start(args)
     home = home_from(args)
-    plan = plan_serve(
-        home,
-        base=args.base,
-        personas_dir=args.personas_dir,
-        host=args.host,
-        port=args.port,
-        max_model_len=args.max_model_len,
-        max_lora_rank=args.max_lora_rank,
-        max_loras=args.max_loras,
-        extra_adapters=_parse_adapters(args.adapter),
-        kv_cache_gib=args.kv_cache_gib,
-        dtype=args.dtype,
-    )
+    plan = plan_from_args(args, home)
     if args.dry_run:
         if args.json:
             print(json.dumps({"command": plan.command, "env": dict(plan.env), **plan.describe()}))

@@ -23,7 +23,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,8 @@ import httpx
 from bonsai import atomic
 from bonsai.adapter_registry import resolve_persona_adapter
 from bonsai.engine.adapters import inspect_adapter, lora_rank_for, supported_lora_rank, validate_adapter
+from bonsai.engine.platform import resolve_dtype, vllm_on_cpu
+from bonsai.engine.serverlog import start_failure
 from bonsai.engine.types import AdapterRef
 from bonsai.errors import AdapterError, EngineError
 from bonsai.model.prepare import BaseModel, resolve_base
@@ -59,6 +60,7 @@ class ServePlan:
     max_model_len: int
     max_lora_rank: int
     max_loras: int
+    dtype: str
     #: persona -> the adapter it debates with (personas on the bare base are absent)
     adapters: Mapping[str, AdapterRef]
     command: list[str]
@@ -85,6 +87,7 @@ class ServePlan:
             "base_hash": self.base.content_hash,
             "max_model_len": self.max_model_len,
             "max_lora_rank": self.max_lora_rank,
+            "dtype": self.dtype,
             "adapters": self.adapter_names,
             "adapter_paths": {ref.name: str(ref.path) for ref in self.adapters.values()},
         }
@@ -142,9 +145,13 @@ def plan_serve(
     max_loras: int | None = None,
     extra_adapters: Mapping[str, Path] | None = None,
     kv_cache_gib: float = 1.0,
-    dtype: str = "float32",
+    dtype: str = "auto",
 ) -> ServePlan:
-    """Resolve the base and every persona's adapter, check them, and build vLLM's command line."""
+    """Resolve the base and every persona's adapter, check them, and build vLLM's command line.
+
+    ``dtype="auto"`` decides as the in-process engine does: float32 on CPU, bfloat16 on a GPU.
+    """
+    dtype = resolve_dtype(dtype, on_cpu=vllm_on_cpu())
     base_model = resolve_base(base, home)
     book = PersonaBook.load(personas_dir)
     folders: dict[str, Path] = {}
@@ -195,6 +202,7 @@ def plan_serve(
         max_model_len=max_model_len,
         max_lora_rank=rank,
         max_loras=loras,
+        dtype=dtype,
         adapters=refs,
         command=command,
         env=env,
@@ -223,14 +231,6 @@ def _die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _tail(path: Path, lines: int = 25) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return "".join(deque(fh, maxlen=lines)).rstrip()
-    except OSError:
-        return "(no log)"
-
-
 class ServerProcess:
     """The vLLM server child: started in its own process group, so Ctrl-C reaches it once, via us."""
 
@@ -239,7 +239,9 @@ class ServerProcess:
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, *, detached: bool = False) -> None:
+        """``detached``: the server outlives this process (a resident engine), so it is not tied to
+        our death; it runs in its own session either way, away from the terminal's signals."""
         _check_port_free(self.plan.host, self.plan.port)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.plan.env}
@@ -256,15 +258,12 @@ class ServerProcess:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") and not detached else None,
             )
         log.info("vLLM server pid %d starting; log in %s", self.proc.pid, self.log_path)
 
     def died(self, what: str) -> EngineError:
-        return EngineError(
-            f"the vLLM server {what}; last lines of {self.log_path}:\n{_tail(self.log_path)}",
-            "fix the cause above (port in use, memory, a bad adapter) and run `bonsai serve` again",
-        )
+        return start_failure(self.log_path, what)
 
     def wait_healthy(self, timeout: float = 600.0, *, poll_s: float = 1.0, stop_requested: Callable[[], bool] = lambda: False) -> None:
         """Return once /health answers 200, or quietly once a stop was requested."""

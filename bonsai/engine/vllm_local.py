@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bonsai.engine.adapters import AdapterRegistry, inspect_adapter, lora_rank_for, supported_lora_rank, validate_adapter
+from bonsai.engine.platform import resolve_dtype
 from bonsai.engine.types import (
     VLLM_COUNTERS,
     AdapterRef,
@@ -183,19 +184,14 @@ class VLLMEngine(Engine):
             ) from exc
 
     def _resolve_dtype(self) -> str:
-        """fp32 on CPU (greedy output then matches PEFT exactly; bf16 is far slower there); bf16 on GPU,
-        where vLLM's LoRA kernels accept only half precision."""
+        """The same choice as ``bonsai serve`` (:func:`bonsai.engine.platform.resolve_dtype`)."""
         from vllm.platforms import current_platform
 
-        if current_platform.is_cpu():
-            return "float32" if self.dtype == "auto" else self.dtype
-        # A CUDA context made in this process before the fork kills vLLM's engine process.
-        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
-        if self.dtype == "auto":
-            return "bfloat16"
-        if self.dtype in ("float32", "fp32"):
-            raise EngineError("vLLM's GPU LoRA kernels need float16 or bfloat16, not float32", "use --dtype auto or bfloat16 on a GPU")
-        return self.dtype
+        on_cpu = bool(current_platform.is_cpu())
+        if not on_cpu:
+            # A CUDA context made in this process before the fork kills vLLM's engine process.
+            os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+        return resolve_dtype(self.dtype, on_cpu=on_cpu)
 
     async def close(self) -> None:
         llm, self._llm = self._llm, None
