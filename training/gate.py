@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from bonsai.adapter_registry import current_version, persona_dir, read_manifest, verify_version
+from bonsai.debate.events import DebateEnd, Verdict
 from bonsai.debate.runner import DebateRunner, DebateSpec
 from bonsai.debate.schedule import Cast
 from bonsai.engine import Engine
@@ -217,12 +218,12 @@ async def evaluate_candidate(
             async def one(motion: str, seed: int, opp: Opponent, seat: str, spec: DebateSpec) -> Match:
                 async with gate:
                     winner = prob_a = debate_id = None
-                    async for ev in runner.run(spec):
-                        debate_id = ev["debate_id"]
-                        if ev["event"] == "verdict":
-                            prob_a = float(ev["prob_a"])
-                        elif ev["event"] == "debate_end":
-                            winner = ev["winner"]
+                    async for event in runner.run(spec):
+                        debate_id = event.debate_id
+                        if isinstance(event, Verdict):
+                            prob_a = event.prob_a
+                        elif isinstance(event, DebateEnd):
+                            winner = event.winner
                 team = teams[seat]
                 match = Match(
                     motion=motion, seed=seed, opponent=opp.label, candidate_seat=seat, candidate_team=team,

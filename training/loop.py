@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bonsai import atomic
 from bonsai.adapter_registry import current_version
+from bonsai.debate.events import DebateEnd
 from bonsai.debate.runner import DebateRunner, DebateSpec
 from bonsai.engine import Engine
 from bonsai.errors import BonsaiError, ConfigError
@@ -262,11 +263,11 @@ class Loop:
                             sweep=f"loop:{self.id}:g{gen}",
                         )
                         events = runner.run(spec, debate_id=debate_id)
-                    async for ev in events:
-                        if ev["event"] == "debate_end":
+                    async for event in events:
+                        if isinstance(event, DebateEnd):
                             step["finished"] = sorted({*step["finished"], debate_id})
                             self._save()
-                            finished.append({"event": "debate", "loop": self.id, "generation": gen, "debate_id": debate_id, "winner": ev["winner"]})
+                            finished.append({"event": "debate", "loop": self.id, "generation": gen, "debate_id": debate_id, "winner": event.winner})
 
                 await asyncio.gather(*(one(i, d) for i, d in enumerate(ids)))
         for ev in finished:

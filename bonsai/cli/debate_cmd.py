@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.text import Text
 
 from bonsai.cli.common import home_from, progress
+from bonsai.debate import events as ev
 from bonsai.debate.runner import DebateRunner, DebateSpec, adapter_refs, latest_unfinished, plan_debate
 from bonsai.engine import Engine, EngineConfig, create_engine
 from bonsai.engine.adapters import AdapterInspector, lora_rank_for, validate_adapter
@@ -124,50 +125,50 @@ class Printer:
     def __init__(self, console: Console) -> None:
         self.console = console
 
-    def __call__(self, ev: dict[str, Any]) -> None:
-        kind = ev["event"]
+    def __call__(self, event: ev.DebateEvent) -> None:
         c = self.console
-        if kind == "debate_start":
-            seats = ev["seats"]
-            c.rule(Text(f"Motion: {ev['motion']}", style="bold"))
-            c.print(Text(f"team A: {', '.join(seats['A'])}", style=TEAM_STYLE["A"]), Text("  vs  "), Text(f"team B: {', '.join(seats['B'])}", style=TEAM_STYLE["B"]))
-            c.print(Text(f"judge: {', '.join(seats['judge'])}  format: {ev['format']}, {ev['rounds']} rounds  debate {ev['debate_id']}", style="dim"))
-            if ev.get("resumed"):
-                c.print(Text(f"resuming after {ev.get('turns_done', 0)} turns", style="yellow"))
-        elif kind == "turn_start":
-            style = TEAM_STYLE.get(ev["team"], "")
-            who = "Moderator" if ev["role"] == "moderator" else f"{ev['speaker']} (team {ev['team']})"
-            extra = f" · best of {ev['candidates']}" if ev.get("candidates", 1) > 1 else ""
-            adapter = f" · {ev['adapter']}" if ev.get("adapter") else ""
-            c.print()
-            c.print(Text(f"[{ev['phase']}] {who}{adapter}{extra}", style=style))
-        elif kind == "token":
-            if ev.get("candidate", 0) != 0:
-                return
-            style = "dim italic" if ev["kind"] == "reasoning" else TEAM_STYLE.get(ev["team"], "").replace("bold ", "")
-            c.print(Text(ev["text"], style=style), end="")
-        elif kind == "turn_end":
-            c.print()
-            cands = ev.get("candidates") or []
-            if len(cands) > 1:
-                scores = ", ".join(f"#{x['index']}: {x['score']:.2f}" for x in cands)
-                c.print(Text(f"  candidates (P side wins): {scores}; kept #{ev['chosen']}", style="dim"))
-                if ev["chosen"] != 0:
-                    c.print(Text(ev["answer"], style=TEAM_STYLE.get(ev["team"], "").replace("bold ", "")))
-        elif kind == "judging":
-            c.print()
-            c.rule(Text(f"Judging ({', '.join(ev['judges'])}, labels both ways)", style="bold"))
-        elif kind == "verdict":
-            winner = ev["winner"]
-            c.print(Text(f"Winner: team {winner}", style=TEAM_STYLE[winner]), Text(f"  P(A wins) = {ev['prob_a']:.2f}, confidence {ev['confidence']:.2f}"))
-            for team in ("A", "B"):
-                scores = ev["scores"].get(team)
-                if scores:
-                    c.print(Text(f"  team {team}: " + ", ".join(f"{k} {v:.1f}" for k, v in scores.items()), style=TEAM_STYLE[team]))
-            if ev.get("rationale"):
-                c.print(Text(f"  {ev['rationale']}", style="dim"))
-            if not ev.get("parsed"):
-                c.print(Text("  (the judge's JSON did not parse; the winner comes from its token probabilities)", style="dim"))
+        match event:
+            case ev.DebateStart(seats=seats):
+                c.rule(Text(f"Motion: {event.motion}", style="bold"))
+                c.print(Text(f"team A: {', '.join(seats['A'])}", style=TEAM_STYLE["A"]), Text("  vs  "), Text(f"team B: {', '.join(seats['B'])}", style=TEAM_STYLE["B"]))
+                c.print(Text(f"judge: {', '.join(seats['judge'])}  format: {event.format}, {event.rounds} rounds  debate {event.debate_id}", style="dim"))
+                if event.resumed:
+                    c.print(Text(f"resuming after {event.turns_done or 0} turns", style="yellow"))
+            case ev.TurnStart():
+                style = TEAM_STYLE.get(event.team, "")
+                who = "Moderator" if event.role == "moderator" else f"{event.speaker} (team {event.team})"
+                extra = f" · best of {event.candidates}" if event.candidates > 1 else ""
+                adapter = f" · {event.adapter}" if event.adapter else ""
+                c.print()
+                c.print(Text(f"[{event.phase}] {who}{adapter}{extra}", style=style))
+            case ev.Token():
+                if event.candidate != 0:
+                    return
+                style = "dim italic" if event.kind == "reasoning" else TEAM_STYLE.get(event.team, "").replace("bold ", "")
+                c.print(Text(event.text, style=style), end="")
+            case ev.TurnEnd():
+                c.print()
+                if len(event.candidates) > 1:
+                    scores = ", ".join(f"#{x['index']}: {x['score']:.2f}" for x in event.candidates)
+                    c.print(Text(f"  candidates (P side wins): {scores}; kept #{event.chosen}", style="dim"))
+                    if event.chosen != 0:
+                        c.print(Text(event.answer, style=TEAM_STYLE.get(event.team, "").replace("bold ", "")))
+            case ev.Judging():
+                c.print()
+                c.rule(Text(f"Judging ({', '.join(event.judges)}, labels both ways)", style="bold"))
+            case ev.Verdict(panel=v):
+                confidence = "no confidence (the judge's server returns no logprobs)" if v.confidence is None else f"confidence {v.confidence:.2f}"
+                c.print(Text(f"Winner: team {v.winner}", style=TEAM_STYLE.get(v.winner, "")), Text(f"  P(A wins) = {v.prob_a:.2f}, {confidence}"))
+                for team in ("A", "B"):
+                    scores = v.scores.get(team)
+                    if scores:
+                        c.print(Text(f"  team {team}: " + ", ".join(f"{k} {x:.1f}" for k, x in scores.items()), style=TEAM_STYLE[team]))
+                if v.rationale:
+                    c.print(Text(f"  {v.rationale}", style="dim"))
+                if not v.parsed:
+                    c.print(Text("  (the judge's JSON did not parse; the winner comes from its token probabilities)", style="dim"))
+            case _:
+                pass
 
 
 async def _run_async(args: argparse.Namespace) -> int:
@@ -195,16 +196,17 @@ async def _run_async(args: argparse.Namespace) -> int:
                     assert spec is not None
                     events = runner.run(spec)
                 printer = Printer(console)
-                async for ev in events:
-                    debate_id = ev["debate_id"]
+                async for event in events:
+                    debate_id = event.debate_id
                     if args.jsonl:
-                        print(json.dumps(ev, ensure_ascii=False), flush=True)
+                        print(json.dumps(event.to_json(), ensure_ascii=False), flush=True)
                     elif not args.json:
-                        printer(ev)
-                    if ev["event"] == "verdict":
-                        summary["verdict"] = {k: ev[k] for k in ("winner", "prob_a", "confidence", "scores", "rationale", "parsed")}
-                    if ev["event"] == "debate_end":
-                        summary.update(debate_id=debate_id, status=ev["status"], winner=ev["winner"])
+                        printer(event)
+                    if isinstance(event, ev.Verdict):
+                        verdict = event.panel.to_dict()
+                        summary["verdict"] = {k: verdict[k] for k in ("winner", "prob_a", "confidence", "scores", "rationale", "parsed")}
+                    elif isinstance(event, ev.DebateEnd):
+                        summary.update(debate_id=debate_id, status=event.status, winner=event.winner)
                 assert debate_id is not None
                 turns = store.turns(debate_id)
     except (KeyboardInterrupt, asyncio.CancelledError):

@@ -27,6 +27,7 @@ from langgraph.types import Command
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bonsai.adapter_registry import resolve_persona_adapter
+from bonsai.debate import events as ev
 from bonsai.debate.formats import DebateFormat, load_format
 from bonsai.debate.graph import DebateContext, build_graph, turn_summary
 from bonsai.debate.prompts import debater_prompt
@@ -206,28 +207,18 @@ class DebateRunner:
     async def run(
         self, spec: DebateSpec, *, debate_id: str | None = None, gate: Gate | None = None, extra: dict[str, Any] | None = None,
         stream_tokens: bool = True,
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncIterator[ev.DebateEvent]:
         """``stream_tokens=False``: no ``token`` events (turns still end with their full text)."""
         debate_id, ctx = await self.start(spec, debate_id=debate_id, gate=gate, extra=extra, stream_tokens=stream_tokens)
-        initial = {
-            "debate_id": debate_id,
-            "motion": spec.motion,
-            "step": 0,
-            "plan": [s.kind for s in ctx.schedule],
-            "turns": [],
-            "notes": [],
-            "verdict": None,
-        }
-        yield {"event": "debate_start", "debate_id": debate_id, "motion": spec.motion, "seats": ctx.cast.seats(),
-               "format": ctx.fmt.name, "rounds": spec.rounds, "schedule": [s.__dict__ for s in ctx.schedule], "resumed": False}
+        start = _start_event(debate_id, spec, ctx)
         # aclosing: a consumer that stops reading closes the graph run now, so its status is recorded
-        async with contextlib.aclosing(self._drive(debate_id, initial, ctx)) as events:
-            async for ev in events:
-                yield ev
+        async with contextlib.aclosing(self._drive(start, _initial_state(debate_id, spec.motion, ctx), ctx)) as events:
+            async for event in events:
+                yield event
 
     async def resume(
         self, debate_id: str, *, gate: Gate | None = None, note: str | None = None, stream_tokens: bool = True
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncIterator[ev.DebateEvent]:
         """Go on from the last checkpoint. A debate held between turns (see ``gate``) goes on from where it
         waits, taking ``note`` as a moderator note; ``note`` is refused for a debate that is not waiting."""
         record = self.store.get_debate(debate_id)
@@ -250,25 +241,20 @@ class DebateRunner:
             initial = Command(resume={"note": note})
         elif not snapshot.values:
             # Crashed before the first checkpoint: start the graph from the beginning under the same id.
-            initial = {
-                "debate_id": debate_id, "motion": spec.motion, "step": 0, "plan": [s.kind for s in ctx.schedule],
-                "turns": [], "notes": [], "verdict": None,
-            }
+            initial = _initial_state(debate_id, spec.motion, ctx)
         else:
             initial = None
         self.store.set_status(debate_id, "running")
         done = len([t for t in snapshot.values.get("turns", []) if not t.get("note")]) if snapshot.values else 0
-        yield {"event": "debate_start", "debate_id": debate_id, "motion": spec.motion, "seats": ctx.cast.seats(),
-               "format": ctx.fmt.name, "rounds": spec.rounds, "schedule": [s.__dict__ for s in ctx.schedule], "resumed": True,
-               "turns_done": done}
+        start = _start_event(debate_id, spec, ctx, resumed=True, turns_done=done)
         # aclosing: a consumer that stops reading closes the graph run now, so its status is recorded
-        async with contextlib.aclosing(self._drive(debate_id, initial, ctx)) as events:
-            async for ev in events:
-                yield ev
+        async with contextlib.aclosing(self._drive(start, initial, ctx)) as events:
+            async for event in events:
+                yield event
 
     async def fork(
         self, debate_id: str, at_turn: int, *, new_id: str | None = None, gate: Gate | None = None
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncIterator[ev.DebateEvent]:
         """A new debate that shares ``debate_id``'s first ``at_turn`` turns and goes on from there.
 
         Its state comes from the source's checkpoint taken just before turn ``at_turn`` (notes given
@@ -307,13 +293,11 @@ class DebateRunner:
             dataclasses.replace(c, debate_id=new_id) for c in self.store.candidates(debate_id) if c.turn_index < at_turn
         )
         initial = {**values, "debate_id": new_id, "verdict": None}
-        yield {"event": "debate_start", "debate_id": new_id, "motion": spec.motion, "seats": ctx.cast.seats(),
-               "format": ctx.fmt.name, "rounds": spec.rounds, "schedule": [s.__dict__ for s in ctx.schedule], "resumed": False,
-               "turns_done": at_turn, "forked_from": {"debate_id": debate_id, "turn": at_turn}}
+        start = _start_event(new_id, spec, ctx, turns_done=at_turn, forked_from={"debate_id": debate_id, "turn": at_turn})
         # aclosing: a consumer that stops reading closes the graph run now, so its status is recorded
-        async with contextlib.aclosing(self._drive(new_id, initial, ctx)) as events:
-            async for ev in events:
-                yield ev
+        async with contextlib.aclosing(self._drive(start, initial, ctx)) as events:
+            async for event in events:
+                yield event
 
     async def _state_before(self, debate_id: str, at_turn: int, prepared: PreparedDebate) -> dict[str, Any]:
         """The graph state just before ``at_turn`` ran: the oldest checkpoint at that step (before any note
@@ -337,9 +321,13 @@ class DebateRunner:
             "notes": [],
         }
 
-    async def _drive(self, debate_id: str, initial: dict[str, Any] | Command | None, ctx: DebateContext) -> AsyncIterator[dict[str, Any]]:
+    async def _drive(self, start: ev.DebateStart, initial: dict[str, Any] | Command | None, ctx: DebateContext) -> AsyncIterator[ev.DebateEvent]:
+        """The start event, then the graph's own events, then how the run ended (paused or the end)."""
+        yield start
+        debate_id = start.debate_id
         config = {"configurable": {"thread_id": debate_id}}
         try:
+            # the custom stream carries the nodes' event objects as they were written (no serialisation)
             async for chunk in self.graph.astream(initial, config, context=ctx, stream_mode="custom", durability="sync"):
                 yield chunk
         except BaseException as exc:
@@ -353,11 +341,23 @@ class DebateRunner:
             step = snapshot.values.get("step", 0)
             nxt = ctx.schedule[step] if step < len(ctx.schedule) else None
             self.store.set_status(debate_id, "interrupted")
-            yield {"event": "paused", "debate_id": debate_id, "step": step, "next_speaker": nxt.speaker if nxt else "judge",
-                   "next_team": nxt.team if nxt else "none", "next_phase": nxt.title if nxt else "verdict"}
+            yield ev.Paused(debate_id, step, nxt.speaker if nxt else "judge", nxt.team if nxt else "none", nxt.title if nxt else "verdict")
             return
         record = self.store.get_debate(debate_id)
-        yield {"event": "debate_end", "debate_id": debate_id, "status": record.status, "winner": record.winner}
+        yield ev.DebateEnd(debate_id, record.status, record.winner)
+
+
+def _initial_state(debate_id: str, motion: str, ctx: DebateContext) -> dict[str, Any]:
+    """The graph state a debate starts from (a fresh one, or one that crashed before its first checkpoint)."""
+    return {"debate_id": debate_id, "motion": motion, "step": 0, "plan": [s.kind for s in ctx.schedule], "turns": [], "notes": [], "verdict": None}
+
+
+def _start_event(
+    debate_id: str, spec: DebateSpec, ctx: DebateContext, *, resumed: bool = False, turns_done: int | None = None,
+    forked_from: dict[str, Any] | None = None,
+) -> ev.DebateStart:
+    return ev.DebateStart(debate_id, spec.motion, ctx.cast.seats(), ctx.fmt.name, spec.rounds, [s.__dict__ for s in ctx.schedule],
+                          resumed, turns_done, forked_from)
 
 
 async def latest_unfinished(store: TranscriptStore) -> str:
