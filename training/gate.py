@@ -182,8 +182,10 @@ async def evaluate_candidate(
     checkpoints: Path,
     config: GateConfig | None = None,
     on_match: Callable[[Match], None] | None = None,
+    judge_engine: Engine | None = None,
 ) -> dict[str, Any]:
-    """Run the sweep and save its result beside the version (``evaluations/<version>.json``)."""
+    """Run the sweep and save its result beside the version (``evaluations/<version>.json``).
+    ``judge_engine``: the judge's own engine (None: it judges on ``engine``)."""
     config = config or GateConfig()
     candidate = resolve_version(home, persona, candidate)
     cand_path = persona_dir(home, persona) / candidate
@@ -213,7 +215,7 @@ async def evaluate_candidate(
     matches: list[Match] = []
     t0 = time.monotonic()
     with TranscriptStore(store_path) as store:
-        async with DebateRunner(engine, store, checkpoints, book, home, base_model) as runner:
+        async with DebateRunner(engine, store, checkpoints, book, home, base_model, judge_engine=judge_engine) as runner:
 
             async def one(motion: str, seed: int, opp: Opponent, seat: str, spec: DebateSpec) -> Match:
                 async with gate:

@@ -180,10 +180,13 @@ class Loop:
         base: PreparedBase,
         after_step: AfterStep | None = None,
         progress: bool = False,
+        judge_engine: Engine | None = None,
     ) -> None:
+        """``judge_engine``: the judge's own engine for the debates and the gate (None: ``engine``)."""
         self.state = state
         self.config = LoopConfig.model_validate(state["config"])
         self.engine = engine
+        self.judge_engine = judge_engine
         self.home = home
         self.book = book
         self.base = base
@@ -248,7 +251,8 @@ class Loop:
         finished: list[Event] = []
         with TranscriptStore(self._store(gen)) as store:
             existing = {d.debate_id: d.status for d in store.list_debates()}
-            async with DebateRunner(self.engine, store, self.dir / "checkpoints.sqlite", self.book, self.home, self.base.name) as runner:
+            async with DebateRunner(self.engine, store, self.dir / "checkpoints.sqlite", self.book, self.home, self.base.name,
+                                    judge_engine=self.judge_engine) as runner:
 
                 async def one(i: int, debate_id: str) -> None:
                     status = existing.get(debate_id)
@@ -337,6 +341,7 @@ class Loop:
                 self.engine, home=self.home, book=self.book, base_model=self.base.name, persona=persona,
                 candidate=version, motions=self.config.eval_motions, store_path=self.dir / f"evaluations-{persona}.sqlite",
                 checkpoints=self.dir / f"evaluations-{persona}-checkpoints.sqlite", config=self.config.gate,
+                judge_engine=self.judge_engine,
             )
             vs_current = result["by_opponent"].get("current", {})
             step["results"][persona] = {

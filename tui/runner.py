@@ -23,10 +23,10 @@ from textual.message_pump import MessagePump
 from bonsai.debate import events as ev
 from bonsai.debate.events import events_from_store
 from bonsai.debate.runner import DebateRunner, DebateSpec, adapter_refs, plan_debate
-from bonsai.engine import AdapterRef, Engine, EngineConfig, create_engine
-from bonsai.engine.adapters import AdapterInspector, lora_rank_for, validate_adapter
+from bonsai.engine import AdapterRef, Engine
+from bonsai.engine.adapters import AdapterInspector
+from bonsai.engine.session import EngineOptions, plan_engine, start_engine
 from bonsai.errors import BonsaiError, ConfigError, EngineError
-from bonsai.model.prepare import resolve_base
 from bonsai.paths import checkpoints_path
 from bonsai.personas import PersonaBook
 from bonsai.store.records import DebateRecord
@@ -40,7 +40,6 @@ from tui.messages import (
     Token,
     from_event,
 )
-from tui.options import EngineOptions
 
 log = logging.getLogger(__name__)
 
@@ -91,46 +90,29 @@ class ConfiguredEngine:
         self.home = home
         self._engine: Engine | None = None
         self._base_name = ""
+        self._stack = contextlib.AsyncExitStack()
 
     async def acquire(self, refs: list[AdapterRef | None]) -> tuple[Engine, str]:
         if self._engine is not None:
             return self._engine, self._base_name
-        opts = self.options
-        if opts.kind == "openai" and not opts.endpoints:
-            raise ConfigError("--engine openai needs --endpoint URL", "start a server with `bonsai serve` and pass its URL")
-        kind = "openai" if opts.endpoints else opts.kind
-        base = None if kind == "openai" else await asyncio.to_thread(resolve_base, opts.base, self.home)
-        live = [r for r in refs if r is not None]
-        if base is not None:
-            for ref in live:
-                validate_adapter(ref, base_dir=base.path, base_hash=base.content_hash, max_rank=opts.max_lora_rank)
-        config = EngineConfig(
-            kind=kind,
-            base_model=base.path if base else None,
-            base_hash=base.content_hash if base else None,
-            endpoints=opts.endpoints,
-            max_model_len=opts.max_model_len,
-            # later debates of the session may bring other adapters: leave room for a few
-            max_loras=max(4, len({r.name for r in live})),
-            max_lora_rank=opts.max_lora_rank or max(16, lora_rank_for(live) if live else 16),
-        )
-        engine = create_engine(config)
+        # later debates of the session may bring other adapters: leave room for a few
+        setup = await asyncio.to_thread(plan_engine, self.options, self.home, refs, min_loras=4)
+        stack = contextlib.AsyncExitStack()
         try:
             with process_stdio():
-                await engine.start()
+                session = await stack.enter_async_context(start_engine(setup))
         except BaseException as exc:
-            with contextlib.suppress(Exception):
-                await engine.close()
+            await stack.aclose()
             if isinstance(exc, BonsaiError) or not isinstance(exc, Exception):
                 raise
-            raise EngineError(f"the {kind} engine did not start: {exc}", "run `bonsai debate` with -v to see the engine's log") from exc
-        self._engine, self._base_name = engine, base.name if base else engine.info.base_model
-        return engine, self._base_name
+            raise EngineError(f"the {setup.config.kind} engine did not start: {exc}", "run `bonsai debate` with -v to see the engine's log") from exc
+        self._stack, self._engine, self._base_name = stack, session.engine, session.base_name
+        return session.engine, session.base_name
 
     async def close(self) -> None:
         if self._engine is not None:
-            engine, self._engine = self._engine, None
-            await engine.close()
+            stack, self._engine = self._stack, None
+            await stack.aclose()
 
 
 class ReadyEngine:

@@ -11,13 +11,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from bonsai.cli.common import home_from, progress
+from bonsai.cli.common import add_engine_arguments, engine_options, home_from, judge_options, starting
 from bonsai.errors import BonsaiError, ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from bonsai.cli.debate_cmd import add_engine_options
-
     p = sub.add_parser(
         "loop",
         help="the closed loop: debates -> data -> train -> evaluate -> promote, for N generations",
@@ -46,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tokens", type=int, default=48, help="cap on every debater turn (default 48)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print events as JSON lines")
-    add_engine_options(p)
+    add_engine_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -72,7 +70,7 @@ def _config(args: argparse.Namespace) -> Any:
             personas=[n.strip() for n in args.personas.split(",") if n.strip()],
             generations=args.generations, debates=args.debates, candidates=args.candidates, format=args.format,
             rounds=args.rounds, max_tokens=args.max_tokens, strategies=strategies, recipe=args.recipe,
-            train_overrides=overrides, promote=args.promote, endpoints=list(args.endpoint), seed=args.seed,
+            train_overrides=overrides, promote=args.promote, endpoints=list(engine_options(args).endpoints), seed=args.seed,
             gate=GateConfig(threshold=args.threshold, format=args.format, rounds=args.rounds, max_tokens=args.max_tokens, max_motions=args.eval_max_motions),
             **extra,
         )
@@ -122,16 +120,15 @@ def _print(ev: dict[str, Any]) -> None:
 
 
 async def _run_async(args: argparse.Namespace) -> int:
-    from bonsai.cli.debate_cmd import build_engine_config
-    from bonsai.model.prepare import resolve_base
+    from bonsai.engine.session import open_engine
     from bonsai.personas import PersonaBook
     from training.config import load_recipe, with_overrides
     from training.loop import Loop, LoopConfig, check_personas, load_state, new_state, save_state
 
     home = home_from(args)
     book = PersonaBook.load(args.personas_dir)
-    if args.endpoint and args.engine != "openai":
-        args.engine = "openai"
+    engine = engine_options(args)
+    judge = judge_options(args)
     if args.resume:
         state = load_state(home, args.resume)
         config = LoopConfig.model_validate(state["config"])
@@ -140,30 +137,27 @@ async def _run_async(args: argparse.Namespace) -> int:
         state = new_state(config)
     check_personas(config, book)
     recipe = with_overrides(load_recipe(config.recipe), config.train_overrides)  # fail on a bad recipe now, not after the debates
-    base = resolve_base(args.base, home)
-    if args.max_lora_rank is None:
-        args.max_lora_rank = max(16, recipe.lora.r)
-    engine_config = build_engine_config(args, base if args.engine != "openai" else None, [])
-    engine_config = engine_config.model_copy(update={"max_loras": max(4, engine_config.max_loras)})
-    if not args.resume:
-        save_state(home, state)
-    from bonsai.engine import create_engine
-
-    engine = create_engine(engine_config)
-    with progress(f"starting the {args.engine} engine", enabled=not args.json):
-        await engine.start()
+    if engine.max_lora_rank is None:
+        engine = engine.model_copy(update={"max_lora_rank": max(16, recipe.lora.r)})
+    session = open_engine(engine, home, judge=judge, starting=starting(enabled=not args.json), need_base=True, min_loras=4)
+    saved = bool(args.resume)
     try:
-        loop = Loop(state, engine=engine, home=home, book=book, base=base, progress=not args.json and sys.stderr.isatty())
-        async for ev in loop.run():
-            if args.json:
-                print(json.dumps(ev, ensure_ascii=False), flush=True)
-            else:
-                _print(ev)
+        async with session as opened:
+            if not saved:
+                save_state(home, state)  # once every engine (the judge's too) started: a bad flag leaves no loop behind
+                saved = True
+            assert opened.base is not None
+            loop = Loop(state, engine=opened.engine, home=home, book=book, base=opened.base, progress=not args.json and sys.stderr.isatty(),
+                        judge_engine=opened.judge)
+            async for ev in loop.run():
+                if args.json:
+                    print(json.dumps(ev, ensure_ascii=False), flush=True)
+                else:
+                    _print(ev)
     except (KeyboardInterrupt, asyncio.CancelledError):
-        print(f"\ninterrupted: continue with `bonsai loop --resume {state['id']}`", file=sys.stderr)
+        if saved:
+            print(f"\ninterrupted: continue with `bonsai loop --resume {state['id']}`", file=sys.stderr)
         raise KeyboardInterrupt from None
-    finally:
-        await engine.close()
     return 0
 
 

@@ -26,7 +26,6 @@ from bonsai.debate.reasoning import StreamSplitter, parse
 from bonsai.debate.schedule import Cast, Slot
 from bonsai.debate.state import DebateState
 from bonsai.engine import AdapterRef, Completion, Engine, GenerationRequest, Prompt, Sampling, TextDelta, TextPrompt
-from bonsai.errors import PromptTooLong
 from bonsai.personas import Persona, ReasoningFormat
 from bonsai.store.records import CandidateRecord, TurnRecord
 from bonsai.store.transcripts import TranscriptStore
@@ -56,6 +55,8 @@ class DebateContext:
     #: False: no token events, whole completions only (a sweep has no one to show tokens to, and at
     #: hundreds of debates per event loop the per-token events cost more than the engine's decoding)
     stream_tokens: bool = True
+    #: the judge's own engine (another model or server); None: the judge runs on ``engine``
+    judge_engine: Engine | None = None
 
     def __post_init__(self) -> None:
         self.personas = {p.name: p for p in self.cast.everyone()}
@@ -156,16 +157,6 @@ async def _stream_one(
     return final
 
 
-def _check_room(ctx: DebateContext, prompt: Prompt, max_tokens: int, who: str) -> None:
-    used = ctx.engine.count_tokens(prompt)
-    limit = ctx.engine.info.max_model_len
-    if used + max_tokens > limit:
-        raise PromptTooLong(
-            f"{who}'s prompt takes {used} tokens and the answer up to {max_tokens}, more than the model's context of {limit}",
-            "shorten the motion, use fewer --rounds, or lower --max-tokens",
-        )
-
-
 async def moderator_node(state: DebateState, runtime: Runtime[DebateContext]) -> dict[str, Any]:
     ctx = runtime.context
     step = state["step"]
@@ -181,7 +172,6 @@ async def moderator_node(state: DebateState, runtime: Runtime[DebateContext]) ->
     if ctx.fmt.moderator == "llm":
         prompt: Prompt = moderator_prompt(persona, state["motion"], slot, speakers)
         max_tokens = persona.sampling.max_tokens
-        _check_room(ctx, prompt, max_tokens, persona.name)
         sampling = Sampling(
             temperature=persona.sampling.temperature,
             top_p=persona.sampling.top_p,
@@ -253,8 +243,8 @@ async def debater_node(state: DebateState, runtime: Runtime[DebateContext]) -> d
     persona = ctx.personas[slot.speaker]
     adapter = ctx.adapters.get(persona.name)
     prompt = debater_prompt(persona, state["motion"], state.get("turns", []), slot)
+    # its length is checked by the engine, once per request (see Engine.check_room)
     max_tokens = ctx.max_tokens or slot.max_tokens or persona.sampling.max_tokens
-    _check_room(ctx, prompt, max_tokens, persona.name)
     emit = runtime.stream_writer
     k = ctx.candidates
     tags = {"debate_id": debate_id, "turn": step, "speaker": persona.name, "team": slot.team, "phase": slot.title, "role": "debater"}

@@ -24,7 +24,6 @@ from typing import Any
 import aiosqlite
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.types import Command
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bonsai.adapter_registry import resolve_persona_adapter
 from bonsai.debate import events as ev
@@ -32,6 +31,7 @@ from bonsai.debate.formats import DebateFormat, load_format
 from bonsai.debate.graph import DebateContext, build_graph, turn_summary
 from bonsai.debate.prompts import debater_prompt
 from bonsai.debate.schedule import Cast, Slot, build_schedule
+from bonsai.debate.spec import DebateSpec
 from bonsai.engine import AdapterRef, Engine
 from bonsai.engine.adapters import AdapterInspector, inspect_adapter
 from bonsai.errors import BonsaiError, ConfigError, DebateNotFound, PromptTooLong
@@ -43,30 +43,6 @@ log = logging.getLogger(__name__)
 
 #: Asked before each slot with the step about to run; True holds the debate there (see DebateContext.gate).
 Gate = Callable[[int], bool]
-
-
-class DebateSpec(BaseModel):
-    """What a user asks for. Validated at the edge (CLI, sweep file, TUI form)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    motion: str = Field(description="The motion team A argues for and team B against.")
-    personas: list[str] | None = Field(None, description="Persona names to seat; empty seats get defaults.")
-    format: str = Field("standard", description="A built-in format name or a YAML path.")
-    rounds: int = Field(2, ge=1, le=50)
-    candidates: int = Field(1, ge=1, le=32, description="Best-of-N: candidates sampled per debater turn.")
-    seed: int | None = None
-    max_tokens: int | None = Field(None, ge=1, le=8192, description="Overrides every debater turn's max_tokens.")
-    sweep: str | None = None
-    adapters: dict[str, str | None] | None = Field(None, description="Persona -> adapter folder, pinned at start (resume uses these).")
-
-    @field_validator("motion")
-    @classmethod
-    def _motion_not_empty(cls, v: str) -> str:
-        v = v.strip()
-        if not v:
-            raise ValueError("the motion is empty")
-        return v
 
 
 @dataclass
@@ -102,9 +78,10 @@ class DebateRunner:
 
     def __init__(
         self, engine: Engine, store: TranscriptStore, checkpoints: Path, book: PersonaBook, home: Path, base_model: str,
-        inspector: AdapterInspector | None = None,
+        inspector: AdapterInspector | None = None, judge_engine: Engine | None = None,
     ) -> None:
-        """``inspector``: the one the command already used for its checks, so no adapter is hashed twice."""
+        """``inspector``: the one the command already used for its checks, so no adapter is hashed twice.
+        ``judge_engine``: the judge's own engine (another model, another server); None: the debaters' engine."""
         self.engine = engine
         self.store = store
         self.checkpoints = checkpoints
@@ -114,6 +91,7 @@ class DebateRunner:
         self._stack = contextlib.AsyncExitStack()
         self._graph: Any = None
         self._inspector = inspector or AdapterInspector()
+        self.judge_engine = judge_engine
 
     async def __aenter__(self) -> DebateRunner:
         self.checkpoints.parent.mkdir(parents=True, exist_ok=True)
@@ -152,38 +130,37 @@ class DebateRunner:
             max_tokens=prepared.spec.max_tokens,
             gate=gate,
             stream_tokens=stream_tokens,
+            judge_engine=self.judge_engine,
         )
 
-    def _check_motion_fits(self, ctx: DebateContext, motion: str) -> None:
+    async def _check_motion_fits(self, ctx: DebateContext, motion: str) -> None:
+        """The first debater's prompt through the engine's own length check, before anything is written."""
         first = next(s for s in ctx.schedule if s.kind == "debater")
         persona = ctx.personas[first.speaker]
-        prompt = debater_prompt(persona, motion, [], first)
-        used = self.engine.count_tokens(prompt)
         need = ctx.max_tokens or first.max_tokens or persona.sampling.max_tokens
-        limit = self.engine.info.max_model_len
-        if used + need > limit:
-            raise PromptTooLong(
-                f"the motion is too long: the first prompt takes {used} tokens, leaving no room for a {need}-token answer in the {limit}-token context",
-                "shorten the motion (a sentence or two is plenty)",
-            )
+        try:
+            await self.engine.check_room(debater_prompt(persona, motion, [], first), need)
+        except PromptTooLong as exc:
+            raise PromptTooLong(f"the motion is too long: {exc.message}", "shorten the motion (a sentence or two is plenty)") from None
 
     async def check(self, spec: DebateSpec) -> None:
         """Everything ``start`` validates (personas, format, adapters loaded in the engine, the motion's
         fit in the context), writing nothing: a sweep checks each distinct debate set-up before the first runs."""
         prepared = plan_debate(spec, self.book, self.home)
         ctx = await self._context(prepared)
-        self._check_motion_fits(ctx, spec.motion)
+        await self._check_motion_fits(ctx, spec.motion)
 
     async def start(
         self, spec: DebateSpec, *, debate_id: str | None = None, gate: Gate | None = None, extra: dict[str, Any] | None = None,
-        stream_tokens: bool = True,
+        stream_tokens: bool = True, prepared: PreparedDebate | None = None,
     ) -> tuple[str, DebateContext]:
         """Validate and record a new debate; returns its id and context (nothing is written if invalid).
 
-        ``extra`` is stored with the debate's settings (a sweep records which competitor sat where)."""
-        prepared = plan_debate(spec, self.book, self.home)
+        ``extra`` is stored with the debate's settings (a sweep records which competitor sat where).
+        ``prepared``: the plan the caller already made of ``spec`` (for its own checks), so it is not made twice."""
+        prepared = prepared if prepared is not None else plan_debate(spec, self.book, self.home)
         ctx = await self._context(prepared, gate, stream_tokens=stream_tokens)
-        self._check_motion_fits(ctx, spec.motion)
+        await self._check_motion_fits(ctx, spec.motion)
         debate_id = debate_id or uuid.uuid4().hex[:12]
         pinned = spec.model_copy(update={"adapters": {k: (str(v) if v else None) for k, v in prepared.adapter_paths.items()}})
         self.store.create_debate(
@@ -206,10 +183,10 @@ class DebateRunner:
 
     async def run(
         self, spec: DebateSpec, *, debate_id: str | None = None, gate: Gate | None = None, extra: dict[str, Any] | None = None,
-        stream_tokens: bool = True,
+        stream_tokens: bool = True, prepared: PreparedDebate | None = None,
     ) -> AsyncIterator[ev.DebateEvent]:
         """``stream_tokens=False``: no ``token`` events (turns still end with their full text)."""
-        debate_id, ctx = await self.start(spec, debate_id=debate_id, gate=gate, extra=extra, stream_tokens=stream_tokens)
+        debate_id, ctx = await self.start(spec, debate_id=debate_id, gate=gate, extra=extra, stream_tokens=stream_tokens, prepared=prepared)
         start = _start_event(debate_id, spec, ctx)
         # aclosing: a consumer that stops reading closes the graph run now, so its status is recorded
         async with contextlib.aclosing(self._drive(start, _initial_state(debate_id, spec.motion, ctx), ctx)) as events:
