@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -12,8 +13,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from bonsai.cli.common import add_engine_arguments, engine_options, home_from, progress
-from bonsai.engine.session import plan_engine
+from bonsai.cli.common import add_engine_arguments, engine_options, home_from, judge_options, progress, starting
+from bonsai.engine.session import open_judge, plan_engine, plan_judge
 from bonsai.errors import ConfigError
 from bonsai.paths import store_path
 from bonsai.personas import PersonaBook
@@ -64,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--teacher-base", type=Path, default=None, metavar="DIR", help="teacher: another local base model")
     g.add_argument("--teacher-temperature", type=float, default=None, help="teacher: sampling temperature (default: the turn's)")
     b.add_argument("--json", action="store_true", help="print the dataset card as JSON")
-    add_engine_arguments(b, judge=False)
+    add_engine_arguments(b)
     b.set_defaults(func=run_build)
 
 
@@ -121,7 +122,11 @@ async def _build(args: argparse.Namespace) -> Any:
     # the engine itself starts only if a strategy generates (see Engines)
     setup = plan_engine(engine, home, need_base=True, min_loras=4)
     assert setup.base is not None
-    async with Engines(setup.config, fixed_rank=engine.max_lora_rank is not None) as engines:
+    async with contextlib.AsyncExitStack() as stack:
+        judge = plan_judge(judge_options(args), engine, home)
+        # the judge's engine (if it has one) starts now, so a bad --judge-endpoint fails before anything is built
+        judge_engine = await stack.enter_async_context(open_judge(judge, starting=starting(enabled=not args.json))) if judge else None
+        engines = await stack.enter_async_context(Engines(setup.config, fixed_rank=engine.max_lora_rank is not None, judge_engine=judge_engine))
         with progress(f"building {args.persona}'s dataset", enabled=not args.json):
             return await build_dataset(options, base=setup.base, book=book, home=home, engines=engines)
 

@@ -61,6 +61,16 @@ class DebateContext:
     def __post_init__(self) -> None:
         self.personas = {p.name: p for p in self.cast.everyone()}
 
+    @property
+    def judge(self) -> Engine:
+        """The engine the judge reads with (its own, or the debaters')."""
+        return self.judge_engine or self.engine
+
+    @property
+    def judge_adapters(self) -> dict[str, AdapterRef | None]:
+        """A judge persona's adapter fits the debaters' base only: on an engine of its own it judges bare."""
+        return self.adapters if self.judge_engine is None else {}
+
 
 def derive_seed(seed: int | None, step: int, candidate: int = 0) -> int | None:
     """A distinct, reproducible seed per turn and candidate, so a re-run turn samples the same text."""
@@ -284,9 +294,9 @@ async def debater_node(state: DebateState, runtime: Runtime[DebateContext]) -> d
             await asyncio.gather(
                 *(
                     judging.side_win_probability(
-                        ctx.engine,
+                        ctx.judge,
                         judge,
-                        ctx.adapters.get(judge.name),
+                        ctx.judge_adapters.get(judge.name),
                         state["motion"],
                         [*history, turn_summary(slot, r.text, p.answer)],
                         slot.team,
@@ -346,9 +356,9 @@ async def judge_node(state: DebateState, runtime: Runtime[DebateContext]) -> dic
     emit = runtime.stream_writer
     emit(ev.Judging(debate_id, [j.name for j in ctx.cast.judges]))
     per_judge, panel = await judging.judge_debate(
-        ctx.engine,
+        ctx.judge,
         ctx.cast.judges,
-        ctx.adapters,
+        ctx.judge_adapters,
         debate_id,
         state["motion"],
         state.get("turns", []),

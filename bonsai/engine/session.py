@@ -260,38 +260,42 @@ async def _start(engine: Engine, what: str, starting: Starting | None) -> None:
 
 
 @contextlib.asynccontextmanager
+async def open_judge(judge: JudgeSetup, *, starting: Starting | None = None) -> AsyncIterator[Engine]:
+    """Start the judge's own engine; an unreachable endpoint or a model it does not list fails here,
+    with the judge's flags named."""
+    if judge.config.kind == "openai":
+        from bonsai.engine.openai_remote import OpenAIEngine
+
+        engine: Engine = OpenAIEngine(judge.config.endpoints, base_model=judge.model, endpoint_retry_s=judge.config.endpoint_retry_s)
+    else:
+        engine = create_engine(judge.config)
+    try:
+        await _start(engine, f"starting the judge's {judge.config.kind} engine", starting)
+    except EngineError as exc:
+        if judge.config.kind != "openai":
+            raise
+        # the OpenAI engine's hints speak of --endpoint and --base: say which flags this is about
+        hint = ("pass a running OpenAI-compatible server (e.g. `bonsai serve`) as --judge-endpoint" if isinstance(exc, EndpointUnreachable)
+                else "pass one of the models it lists as --judge-model, or leave --judge-model out")
+        raise type(exc)(f"the judge's engine: {exc.message}", hint) from exc
+    try:
+        yield engine
+    finally:
+        await engine.close()
+
+
+@contextlib.asynccontextmanager
 async def start_engine(setup: EngineSetup, judge: JudgeSetup | None = None, *, starting: Starting | None = None) -> AsyncIterator[EngineSession]:
     """Start what :func:`plan_engine` (and :func:`plan_judge`) set up; both are closed on the way out.
 
     The judge's engine starts first: an unreachable judge endpoint, or a model it does not serve,
     fails in a second, before the debaters' engine takes minutes to load and before any debate is stored."""
-    judge_engine: Engine | None = None
-    if judge is not None:
-        if judge.config.kind == "openai":
-            from bonsai.engine.openai_remote import OpenAIEngine
-
-            judge_engine = OpenAIEngine(judge.config.endpoints, base_model=judge.model, endpoint_retry_s=judge.config.endpoint_retry_s)
-        else:
-            judge_engine = create_engine(judge.config)
-        try:
-            await _start(judge_engine, f"starting the judge's {judge.config.kind} engine", starting)
-        except EngineError as exc:
-            if judge.config.kind != "openai":
-                raise
-            # the OpenAI engine's hints speak of --endpoint and --base: say which flags this is about
-            hint = ("pass a running OpenAI-compatible server (e.g. `bonsai serve`) as --judge-endpoint" if isinstance(exc, EndpointUnreachable)
-                    else "pass one of the models it lists as --judge-model, or leave --judge-model out")
-            raise type(exc)(f"the judge's engine: {exc.message}", hint) from exc
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        judge_engine = await stack.enter_async_context(open_judge(judge, starting=starting)) if judge is not None else None
         engine = create_engine(setup.config)
         await _start(engine, f"starting the {setup.config.kind} engine", starting)
-        try:
-            yield EngineSession(engine, setup.base, judge_engine)
-        finally:
-            await engine.close()
-    finally:
-        if judge_engine is not None:
-            await judge_engine.close()
+        stack.push_async_callback(engine.close)
+        yield EngineSession(engine, setup.base, judge_engine)
 
 
 @contextlib.asynccontextmanager

@@ -83,7 +83,7 @@ class VerdictRecord:
     judge: str  # persona name, or "panel" for the combined verdict
     winner: str  # "A" | "B"
     prob_a: float  # P(team A wins), averaged over both labellings (A/B swapped)
-    confidence: float  # max(prob_a, 1 - prob_a)
+    confidence: float | None  # max(prob_a, 1 - prob_a); None: the judge's server returned no logprobs
     scores: dict[str, dict[str, float]]  # team -> criterion -> score
     rationale: str
     parsed: bool  # whether the judge's JSON parsed (else winner comes from the logprobs alone)
