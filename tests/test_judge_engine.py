@@ -229,3 +229,17 @@ def test_unreachable_judge_endpoint_for_data_and_loop(tmp_path: Path, base_model
     _assert_one_error(capsys, "--judge-endpoint")
     written = [p for p in home.rglob("*") if p.is_file()] if home.exists() else []
     assert not [p for p in written if "loops" in p.parts or "datasets" in p.parts], written
+
+
+@pytest.mark.engine
+def test_judge_on_a_local_base_of_its_own(base_model: BaseModel, tmp_path: Path) -> None:
+    """`--judge-base`: a second in-process engine (transformers here, as the debaters'), the judge's alone."""
+    store = tmp_path / "t.sqlite"
+    done = _bonsai(tmp_path / "home", "debate", "Tea beats coffee", "--engine", "hf", "--base", str(base_model.path), "--judge-base", str(base_model.path),
+                   "--format", "quick", "--rounds", "1", "--max-tokens", "8", "--seed", "1", "--store", str(store), "--no-color")
+    assert done.returncode == 0, done.stderr
+    assert "starting the judge's hf engine" in done.stderr and "starting the hf engine" in done.stderr
+    with TranscriptStore(store, create=False) as s:
+        (debate,) = s.list_debates()
+        (verdict,) = s.verdicts(debate.debate_id)
+        assert debate.status == "finished" and verdict.confidence is not None and all(o["found_labels"] for o in verdict.orders)
