@@ -22,7 +22,7 @@ from textual.message_pump import MessagePump
 
 from bonsai.debate import events as ev
 from bonsai.debate.events import events_from_store
-from bonsai.debate.runner import DebateRunner, DebateSpec, adapter_refs, plan_debate
+from bonsai.debate.runner import DebateRunner, DebateSpec, PreparedDebate, adapter_refs, plan_debate
 from bonsai.engine import AdapterRef, Engine
 from bonsai.engine.adapters import AdapterInspector
 from bonsai.engine.session import EngineOptions, plan_engine, start_engine
@@ -308,10 +308,11 @@ class LiveRunner:
         self._post(Failed(message, hint, self.debate_id))
         self._set_state("failed" if self.debate_id else "idle")
 
-    async def _debate_runner(self, spec: DebateSpec) -> DebateRunner:
+    async def _debate_runner(self, spec: DebateSpec, prepared: PreparedDebate | None = None) -> DebateRunner:
+        """The session's runner; the first debate's adapters size the engine (its plan, if made already)."""
         if self._debates is None:
             inspector = AdapterInspector()
-            refs = list(adapter_refs(plan_debate(spec, self.book, self.home), inspector).values())
+            refs = list(adapter_refs(prepared or plan_debate(spec, self.book, self.home), inspector).values())
             self._post(EngineStatus("starting"))
             try:
                 engine, base_name = await self.engines.acquire(refs)
@@ -327,8 +328,9 @@ class LiveRunner:
     async def _start(self, spec: DebateSpec) -> None:
         self.debate_id = None
         self._set_state("starting")
-        debates = await self._debate_runner(spec)
-        await self._pump(debates.run(spec, gate=self.control.gate))
+        prepared = plan_debate(spec, self.book, self.home)  # once: it sizes the engine and starts the debate
+        debates = await self._debate_runner(spec, prepared)
+        await self._pump(debates.run(spec, gate=self.control.gate, prepared=prepared))
 
     def _stored_spec(self, record: DebateRecord) -> DebateSpec:
         data = record.config.get("spec")
