@@ -159,9 +159,10 @@ def test_judge_flags_that_do_not_fit(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 @pytest.fixture(scope="module")
 def judge_server(base_model: BaseModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = start_serve(tmp_path_factory.mktemp("judge-serve"), base_model.path, "--max-model-len", "2048")
+    # a shared 2-core machine can take more than the usual five minutes to bring vLLM up
+    server = start_serve(tmp_path_factory.mktemp("judge-serve"), base_model.path, "--max-model-len", "2048", "--start-timeout", "600")
     try:
-        yield server.wait_ready()
+        yield server.wait_ready(630)
     finally:
         server.stop()
 
