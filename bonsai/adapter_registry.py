@@ -8,19 +8,33 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from bonsai.engine.adapters import MANIFEST_FILE
 from bonsai.errors import AdapterError
 from bonsai.paths import adapters_dir
-from bonsai.personas import Persona
+from bonsai.personas import NAME_PATTERN, Persona, check_persona_name
 
 CURRENT = "current"
+#: a version folder's name (a content hash, or a name given by hand): one path component, never . or ..
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def persona_dir(home: Path, persona: str) -> Path:
-    return adapters_dir(home) / persona
+    """The persona's registry folder; every registry path goes through here, so a name like ``../x``
+    is refused before anything outside ``$BONSAI_HOME/adapters`` is read or written."""
+    return adapters_dir(home) / check_persona_name(persona)
+
+
+def check_version_name(version: str) -> str:
+    if not isinstance(version, str) or not _VERSION.fullmatch(version):
+        raise AdapterError(
+            f"{version!r} is not a valid adapter version name",
+            "a version is one folder name (letters, digits, '.', '-', '_'); see `bonsai adapters list`",
+        )
+    return version
 
 
 def current_version(home: Path, persona: str) -> str | None:
@@ -28,6 +42,8 @@ def current_version(home: Path, persona: str) -> str | None:
     if not pointer.is_file():
         return None
     version = pointer.read_text(encoding="utf-8").strip()
+    if version and not _VERSION.fullmatch(version):
+        raise AdapterError(f"{pointer} names {version!r}, which is not a version", "point it at a version with `bonsai adapters rollback --to VERSION`")
     return version or None
 
 
@@ -37,7 +53,7 @@ def version_path(home: Path, persona: str, version: str) -> Path:
         if cur is None:
             raise AdapterError(f"persona {persona!r} has no current adapter version", f"train one first (`bonsai train`) or list versions in {persona_dir(home, persona)}")
         version = cur
-    path = persona_dir(home, persona) / version
+    path = persona_dir(home, persona) / check_version_name(version)
     if not path.is_dir() or version.startswith("."):
         raise AdapterError(f"adapter {persona}@{version} does not exist at {path}", "list the versions with `bonsai adapters list`")
     verify_version(path)
@@ -51,6 +67,7 @@ def resolve_version(home: Path, persona: str, ref: str) -> str:
         if cur is None:
             raise AdapterError(f"persona {persona!r} has no current adapter version", "promote one with `bonsai adapters promote`")
         return cur
+    check_version_name(ref)
     versions = list_versions(home, persona)
     if ref in versions:
         return ref
@@ -131,7 +148,8 @@ def list_personas(home: Path) -> list[str]:
     root = adapters_dir(home)
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    # a folder whose name no persona can have (placed by hand) is not a persona's
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and re.fullmatch(NAME_PATTERN, p.name))
 
 
 def resolve_persona_adapter(persona: Persona, home: Path) -> Path | None:

@@ -7,6 +7,7 @@ Persona files are YAML validated once, here, at the edge; the rest of the code o
 from __future__ import annotations
 
 import importlib.resources
+import re
 from collections.abc import Iterable
 from enum import Enum
 from pathlib import Path
@@ -56,10 +57,26 @@ class SamplingDefaults(BaseModel):
     repetition_penalty: float = Field(1.0, ge=1.0, le=2.0, description="Above 1 discourages repeating earlier text.")
 
 
+#: what a persona may be called; the name is also a folder under $BONSAI_HOME (adapters, datasets), so
+#: no separators, no dots, nothing that could step out of it
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+_NAME = re.compile(NAME_PATTERN)
+
+
+def check_persona_name(name: str) -> str:
+    """``name`` if it is a valid persona name, else a ConfigError (before it is ever used in a path)."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ConfigError(
+            f"{name!r} is not a valid persona name",
+            "persona names are 1-64 characters: lower-case letters, digits, '-' and '_', starting with a letter or digit",
+        )
+    return name
+
+
 class Persona(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="Unique id, lower-case.")]
+    name: Annotated[str, Field(pattern=NAME_PATTERN, description="Unique id, lower-case.")]
     team: Team = Field(description="A or B for debaters; none for judges, moderators and translators.")
     role: Role
     style: Style = Style.ASSISTANT

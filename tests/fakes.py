@@ -25,11 +25,22 @@ from bonsai.engine import (
 class FakeEngine(Engine):
     """Answers every request deterministically from its id; can be told to fail on the n-th debater turn."""
 
-    def __init__(self, *, p_a: float = 0.6, fail_on_call: int | None = None, judge_json: str | None = None, max_model_len: int = 4096) -> None:
+    def __init__(
+        self,
+        *,
+        p_a: float = 0.6,
+        fail_on_call: int | None = None,
+        judge_json: str | None = None,
+        max_model_len: int = 4096,
+        prefer_team: str | None = None,
+    ) -> None:
+        """``p_a``: the judge probe's P(label "A") -- a pure label bias, which the judge cancels into a tie.
+        ``prefer_team``: instead, P = ``p_a`` for the label the judge's prompt gives that team (a real preference)."""
         self.info = EngineInfo(kind="vllm", base_model="fake", max_model_len=max_model_len, supports_json_schema=True, max_lora_rank=16)
         self.p_a = p_a
         self.fail_on_call = fail_on_call
         self.judge_json = judge_json
+        self.prefer_team = prefer_team
         self.calls: list[GenerationRequest] = []
         self.adapters: list[AdapterRef] = []
 
@@ -57,7 +68,12 @@ class FakeEngine(Engine):
         logprobs = None
         if request.sampling.max_tokens == 1 and isinstance(request.prompt, ChatPrompt) and request.prompt.continue_final_message:
             text = "A"
-            top = {"A": math.log(self.p_a), "B": math.log(1 - self.p_a), "The": -5.0}
+            p_label_a = self.p_a
+            if self.prefer_team is not None:
+                user = request.prompt.messages[-2].content
+                team_a_is_label_a = user.rstrip().endswith('call the side for the motion "A" and the side against the motion "B".')
+                p_label_a = self.p_a if team_a_is_label_a == (self.prefer_team == "A") else 1 - self.p_a
+            top = {"A": math.log(p_label_a), "B": math.log(1 - p_label_a), "The": -5.0}
             logprobs = (TokenLogprob("A", top["A"], top),)
         elif request.sampling.json_schema is not None or "-json" in request.request_id:
             text = self.judge_json or json.dumps({"winner": "A", "scores": {"A": {"logic": 7}, "B": {"logic": 5}}, "rationale": "A was clearer."})

@@ -156,11 +156,20 @@ def test_unknown_format(env, capsys) -> None:  # type: ignore[no-untyped-def]
     assert_clean_failure(env, capsys, code, "unknown debate format 'parliamentary'", "quick", "standard")
 
 
-@pytest.mark.parametrize(("flag", "value", "field"), [("--rounds", "0", "rounds"), ("--candidates", "0", "candidates"), ("--max-tokens", "0", "max_tokens")])
-def test_out_of_range_settings(env, capsys, flag: str, value: str, field: str) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--rounds", "0", "--rounds must be between 1 and 50, not 0"),
+        ("--candidates", "-1", "--candidates must be between 1 and 32, not -1"),
+        ("--max-tokens", "0", "--max-tokens must be between 1 and 8192, not 0"),
+        ("--max-model-len", "0", "--max-model-len must be at least 256, not 0"),
+        ("--max-lora-rank", "-4", "--max-lora-rank must be at least 1, not -4"),
+    ],
+)
+def test_out_of_range_settings(env, capsys, flag: str, value: str, message: str) -> None:  # type: ignore[no-untyped-def]
     code = env.run("Tea beats coffee", flag, value)
     assert code == 2
-    assert_clean_failure(env, capsys, code, "invalid debate settings", field)
+    assert_clean_failure(env, capsys, code, message)
 
 
 def test_translator_seated(env, capsys) -> None:  # type: ignore[no-untyped-def]

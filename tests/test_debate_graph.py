@@ -38,7 +38,8 @@ async def test_full_debate_lands_in_store(tmp_path: Path, book: PersonaBook, iso
         assert kinds[0] == "debate_start" and kinds[-1] == "debate_end"
         assert "verdict" in kinds
         rec = store.get_debate(debate_id)
-        assert rec.status == "finished" and rec.winner == "A"
+        # a judge that only prefers the label "A" has no preference between the sides: a tie
+        assert rec.status == "finished" and rec.winner == "tie"
         turns = store.turns(debate_id)
         # standard format, 2 rounds: 4 phases x (moderator + 2 debaters)
         assert len(turns) == 12
@@ -57,9 +58,28 @@ async def test_full_debate_lands_in_store(tmp_path: Path, book: PersonaBook, iso
         verdicts = store.verdicts(debate_id)
         assert len(verdicts) == 1 and verdicts[0].parsed
         assert verdicts[0].prob_a == pytest.approx(0.5)  # label bias cancels: P(label A)=0.7 in both orders
+        assert verdicts[0].winner == "tie" and verdicts[0].tie_band == pytest.approx(0.05)
         token_events = [e for e in events if e.name == "token"]
         assert {e.kind for e in token_events} == {"reasoning", "answer"}
         assert all({"debate_id", "turn", "speaker", "team", "kind"} <= e.to_json().keys() for e in token_events)
+
+
+async def test_a_real_preference_wins_and_ties_flow_to_the_store(tmp_path: Path, book: PersonaBook, isolated_home: Path) -> None:
+    """A judge that prefers team B whatever its label or reading position: B wins, in the record and the
+    event; the same preference inside the format's tie band is a tie."""
+    with TranscriptStore(tmp_path / "t.sqlite") as store:
+        async with DebateRunner(FakeEngine(p_a=0.8, prefer_team="B"), store, tmp_path / "ck.sqlite", book, isolated_home, "fake") as runner:
+            events = await run_all(runner, DebateSpec(motion="Tea beats coffee", format="quick", rounds=1, seed=1))
+        verdict = next(e for e in events if e.name == "verdict").to_json()
+        assert verdict["winner"] == "B" and verdict["prob_a"] == pytest.approx(0.2) and verdict["tie_band"] == pytest.approx(0.05)
+        assert len(verdict["orders"]) == 4 and {(o["layout"], o["order"]) for o in verdict["orders"]} == {
+            (layout, order) for layout in ("spoken", "mirrored") for order in ("AB", "BA")
+        }
+        assert store.get_debate(events[0].debate_id).winner == "B"
+        async with DebateRunner(FakeEngine(p_a=0.53, prefer_team="B"), store, tmp_path / "ck.sqlite", book, isolated_home, "fake") as runner:
+            events = await run_all(runner, DebateSpec(motion="Tea beats coffee", format="quick", rounds=1, seed=2))
+        assert [e.winner for e in events if e.name in ("verdict", "debate_end")] == ["tie", "tie"]
+        assert store.get_debate(events[0].debate_id).winner == "tie"
 
 
 async def test_best_of_n_stores_every_candidate(tmp_path: Path, book: PersonaBook, isolated_home: Path) -> None:
@@ -106,7 +126,7 @@ async def test_motion_too_long_writes_nothing(tmp_path: Path, book: PersonaBook,
     with TranscriptStore(tmp_path / "t.sqlite") as store:
         async with DebateRunner(engine, store, tmp_path / "ck.sqlite", book, isolated_home, "fake") as runner:
             with pytest.raises(PromptTooLong, match="too long"):
-                await run_all(runner, DebateSpec(motion="word " * 400, format="quick", rounds=1))
+                await run_all(runner, DebateSpec(motion="word " * 199, format="quick", rounds=1))
         assert store.list_debates() == []
 
 

@@ -48,6 +48,23 @@ def test_wilson_interval_without_data_is_uninformative() -> None:
     assert wilson_interval(0, 0) == (0.0, 1.0)
 
 
+def test_a_tie_is_half_a_win() -> None:
+    from training.gate import Match, match_score, rate
+
+    assert (match_score("A", "A"), match_score("B", "A"), match_score("tie", "A"), match_score("tie", "B"), match_score(None, "A")) == (1.0, 0.0, 0.5, 0.5, 0.0)
+
+    def m(winner: str | None, team: str = "A") -> Match:
+        return Match("m", 0, "fixed", "advocate", team, "d", winner, winner == team, None, match_score(winner, team))
+
+    # 2 wins, 4 ties, 2 losses: 4 of 8
+    r = rate([m("A"), m("B", "B"), *(m("tie") for _ in range(4)), m("B"), m("A", "B")])
+    assert (r["wins"], r["ties"], r["n"], r["win_rate"]) == (4.0, 4, 8, 0.5)
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx(wilson_interval(4, 8))
+    # a judge that cannot tell candidate and opponent apart (all ties) never passes a 0.5 threshold
+    all_ties = rate([m("tie") for _ in range(40)])
+    assert all_ties["win_rate"] == 0.5 and all_ties["ci_low"] < 0.5 < all_ties["ci_high"]
+
+
 def _evaluation(home: Path, persona: str, version: str, *, wins: int, n: int, current: str | None, threshold: float = 0.5) -> None:
     low, high = wilson_interval(wins, n)
     registry.save_evaluation(home, persona, version, {

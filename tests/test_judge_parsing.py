@@ -17,10 +17,14 @@ from bonsai.debate.judge import (
     OrderReading,
     _label_probs,
     combine,
+    decide,
+    judge_debate,
     judge_messages,
     labels_for,
+    mirrored,
     parse_verdict,
     read_once,
+    side_win_probability,
     verdict_schema,
 )
 from bonsai.personas import PersonaBook
@@ -193,7 +197,15 @@ def test_extreme_logprobs_stay_finite() -> None:
 # --- combining the two orders -------------------------------------------------------------------
 
 
-def reading(order: str, p_label_a: float, winner_label: str | None = None, scores_by_label: dict | None = None, error: str | None = None) -> OrderReading:
+def reading(
+    order: str,
+    p_label_a: float,
+    winner_label: str | None = None,
+    scores_by_label: dict | None = None,
+    error: str | None = None,
+    layout: str = "spoken",
+    found: bool = True,
+) -> OrderReading:
     """One reading as read_once builds it, from what the judge said about the *labels*."""
     labels = labels_for(order)  # team -> label
     team_of = {v: k for k, v in labels.items()}
@@ -202,13 +214,22 @@ def reading(order: str, p_label_a: float, winner_label: str | None = None, score
         order=order,
         prob_team_a=label_probs[labels["A"]],
         label_probs=label_probs,
-        found_labels=True,
+        found_labels=found,
         text="",
         winner_team=team_of[winner_label] if winner_label else None,
         scores={team_of[lbl]: s for lbl, s in (scores_by_label or {}).items()},
         rationale="r",
         error=error,
+        layout=layout,
     )
+
+
+def four(p_spoken_ab: float, p_spoken_ba: float, p_mirrored_ab: float, p_mirrored_ba: float) -> list[OrderReading]:
+    """The four readings of one judge, each given as P(label "A")."""
+    return [
+        reading("AB", p_spoken_ab), reading("BA", p_spoken_ba),
+        reading("AB", p_mirrored_ab, layout="mirrored"), reading("BA", p_mirrored_ba, layout="mirrored"),
+    ]
 
 
 def test_labels_for_orders() -> None:
@@ -217,10 +238,10 @@ def test_labels_for_orders() -> None:
 
 
 @pytest.mark.parametrize("bias", [0.5, 0.7, 0.93])
-def test_pure_label_bias_cancels(bias: float) -> None:
+def test_pure_label_bias_cancels_into_a_tie(bias: float) -> None:
     # the judge prefers the label "A" equally whichever team wears it
     v = combine("judge", "d1", [reading("AB", bias, "A"), reading("BA", bias, "A")])
-    assert v.prob_a == pytest.approx(0.5)
+    assert v.prob_a == pytest.approx(0.5) and v.winner == "tie"
     assert v.confidence == pytest.approx(0.5)
 
 
@@ -233,14 +254,49 @@ def test_real_preference_survives_the_swap() -> None:
     assert v.prob_a == pytest.approx(0.7) and v.winner == "A"
 
 
-def test_tie_is_broken_by_votes_then_scores() -> None:
-    v = combine("judge", "d", [reading("AB", 0.6, "B"), reading("BA", 0.6, "A")])  # prob 0.5; both votes: team B
-    assert v.prob_a == pytest.approx(0.5) and v.winner == "B"
-    s_ab = {"A": {"logic": 3.0}, "B": {"logic": 9.0}}  # labels: team B scores 9
-    s_ba = {"A": {"logic": 8.0}, "B": {"logic": 2.0}}  # label A is team B: 8
-    v = combine("judge", "d", [reading("AB", 0.6, None, s_ab), reading("BA", 0.6, None, s_ba)])
-    assert v.winner == "B"
-    assert v.scores == {"A": {"logic": 2.5}, "B": {"logic": 8.5}}
+def test_position_bias_cancels_between_the_layouts() -> None:
+    """The judge likes whoever it reads first by 0.1, on top of a label bias: the spoken layout (team A
+    first) leans to A, the mirrored one (team B first) to B. They disagree: a tie, at P = 0.5 exactly."""
+    v = combine("judge", "d", four(0.8 + 0.1, 0.8 - 0.1, 0.8 - 0.1, 0.8 + 0.1))
+    assert v.prob_a == pytest.approx(0.5) and v.winner == "tie"
+    # the same position bias on top of a real preference for team A (+0.15) that survives both layouts
+    v = combine("judge", "d", four(0.8 + 0.25, 0.8 - 0.25, 0.8 + 0.05, 0.8 - 0.05))
+    assert v.prob_a == pytest.approx(0.65) and v.winner == "A"
+
+
+def test_layouts_that_disagree_are_a_tie_even_outside_the_band() -> None:
+    # spoken: P(team A) 0.9, mirrored: 0.45 -> mean 0.675 is far outside the band, but position decided it
+    v = combine("judge", "d", four(0.9, 0.1, 0.45, 0.55))
+    assert v.prob_a == pytest.approx(0.675) and v.winner == "tie"
+
+
+@pytest.mark.parametrize(
+    ("p_team_a", "band", "winner"),
+    [(0.51, 0.05, "tie"), (0.549, 0.05, "tie"), (0.56, 0.05, "A"), (0.44, 0.05, "B"), (0.46, 0.05, "tie"),
+     (0.51, 0.0, "A"), (0.5, 0.0, "tie"), (0.7, 0.25, "tie"), (0.8, 0.25, "A")],
+)
+def test_tie_band(p_team_a: float, band: float, winner: str) -> None:
+    # no label bias, the same P in both layouts: only the band decides
+    v = combine("judge", "d", four(p_team_a, 1 - p_team_a, p_team_a, 1 - p_team_a), band)
+    assert v.prob_a == pytest.approx(p_team_a) and v.winner == winner and v.tie_band == band
+
+
+def test_without_logprobs_only_unanimous_json_winners_win() -> None:
+    """An engine that returns no logprobs: every P is 0.5; the JSON verdicts decide if they agree."""
+    agree = [reading("AB", 0.5, "B", found=False), reading("BA", 0.5, "A", found=False, layout="mirrored")]  # both: team B
+    assert combine("judge", "d", agree).winner == "B"
+    disagree = [reading("AB", 0.5, "A", found=False), reading("BA", 0.5, "A", found=False, layout="mirrored")]  # A, then B
+    assert combine("judge", "d", disagree).winner == "tie"
+    unparsed = [reading("AB", 0.5, "B", found=False), reading("BA", 0.5, None, error="x", found=False, layout="mirrored")]
+    assert combine("judge", "d", unparsed).winner == "tie"
+
+
+def test_decide_for_a_panel() -> None:
+    assert decide(0.7, ["A", "B"], 0.05, informative=True) == "tie"  # judges disagree
+    assert decide(0.7, ["A", "tie"], 0.05, informative=True) == "A"
+    assert decide(0.52, ["A", "A"], 0.05, informative=True) == "tie"  # the mean is in the band
+    assert decide(0.5, ["B", "B"], 0.05, informative=False) == "B"
+    assert decide(0.5, ["B", "tie"], 0.05, informative=False) == "tie"
 
 
 def test_combined_record_fields() -> None:
@@ -250,6 +306,50 @@ def test_combined_record_fields() -> None:
     assert v.parsed  # one order parsed
     assert [o["order"] for o in v.orders] == ["AB", "BA"]
     assert not combine("judge", "d9", [reading("AB", 0.7, error="x"), reading("BA", 0.4, error="y")]).parsed
+
+
+async def test_judge_debate_reads_four_times_sharing_a_prefix_per_layout() -> None:
+    """Per layout: one probe alone, then its JSON verdict and the other labelling's probe; the two prompts
+    of a layout differ only in their last sentence. A judge with a real preference for B wins it for B."""
+    judge = PersonaBook.load().get("judge")
+    engine = FakeEngine(p_a=0.75, prefer_team="B")
+    per_judge, panel = await judge_debate(engine, [judge], {}, "d", "m", TURNS, CRITERIA, 64, 1, tie_band=0.1)
+    assert panel is per_judge[0] and panel.winner == "B" and panel.prob_a == pytest.approx(0.25) and panel.tie_band == 0.1
+    probes = [r for r in engine.calls if r.sampling.max_tokens == 1]
+    verdicts = [r for r in engine.calls if r.sampling.max_tokens != 1]
+    assert len(probes) == 4 and len(verdicts) == 2
+    assert sorted(r.request_id for r in engine.calls) == sorted([
+        "d-judge-judge-AB-probe", "d-judge-judge-AB-json", "d-judge-judge-BA-probe",
+        "d-judge-judge-mirrored-BA-probe", "d-judge-judge-mirrored-BA-json", "d-judge-judge-mirrored-AB-probe",
+    ])
+    for in_layout in (lambda rid: "mirrored" not in rid, lambda rid: "mirrored" in rid):
+        users = [r.prompt.messages[1].content for r in engine.calls if in_layout(r.request_id)]
+        cut = users[0].rindex("\n")
+        assert len(users) == 3 and all(u[:cut] == users[0][:cut] for u in users)
+    # the first request of each layout goes alone: it is sent before the other two of its layout
+    ids = [r.request_id for r in engine.calls]
+    assert ids.index("d-judge-judge-AB-probe") < min(ids.index("d-judge-judge-AB-json"), ids.index("d-judge-judge-BA-probe"))
+    assert ids.index("d-judge-judge-mirrored-BA-probe") < ids.index("d-judge-judge-mirrored-AB-probe")
+
+
+async def test_a_panel_of_judges_that_agree() -> None:
+    book = PersonaBook.load()
+    judge = book.get("judge")
+    engine = FakeEngine(p_a=0.75, prefer_team="B")
+    per_judge, panel = await judge_debate(engine, [judge, judge.model_copy(update={"name": "judge2"})], {}, "d", "m", TURNS, CRITERIA, 64, 1)
+    assert [v.winner for v in per_judge] == ["B", "B"] and panel.judge == "panel" and panel.winner == "B"
+    assert len(panel.orders) == 8
+
+
+async def test_best_of_n_score_stays_continuous() -> None:
+    """side_win_probability is never snapped to a tie: inside the band it is still the judge's P."""
+    judge = PersonaBook.load().get("judge")
+    for p, expected_b in ((0.52, 0.52), (0.9, 0.9), (0.7, 0.7)):
+        engine = FakeEngine(p_a=p, prefer_team="B")
+        assert await side_win_probability(engine, judge, None, "m", TURNS, "B", CRITERIA, "r") == pytest.approx(expected_b)
+        assert await side_win_probability(engine, judge, None, "m", TURNS, "A", CRITERIA, "r") == pytest.approx(1 - expected_b)
+    # a pure label bias scores both sides 0.5, not a tie label
+    assert await side_win_probability(FakeEngine(p_a=0.9), judge, None, "m", TURNS, "A", CRITERIA, "r") == pytest.approx(0.5)
 
 
 async def test_read_once_maps_labels_back_to_teams() -> None:
@@ -321,6 +421,28 @@ def test_judge_messages_with_a_silent_side() -> None:
     _, user = judge_messages(judge, "m", TURNS[:2], "AB", CRITERIA)
     assert "The side against the motion has not spoken." in user.content
     assert "for the motion has not spoken" not in user.content
+
+
+def test_mirrored_layout_reverses_each_phase() -> None:
+    turns = [
+        {"kind": "debater", "team": "A", "title": "opening", "speaker": "advocate", "answer": "A1"},
+        {"kind": "debater", "team": "B", "title": "opening", "speaker": "skeptic", "answer": "B1"},
+        {"kind": "moderator", "team": "none", "title": "rebuttal", "speaker": "moderator", "answer": "M"},
+        {"kind": "debater", "team": "B", "title": "rebuttal", "speaker": "skeptic", "answer": "B2"},
+        {"kind": "debater", "team": "A", "title": "rebuttal", "speaker": "advocate", "answer": "A2"},
+        {"kind": "debater", "team": "A", "title": "closing", "speaker": "advocate", "answer": "A3"},
+    ]
+    assert [t["answer"] for t in mirrored(turns)] == ["B1", "A1", "A2", "B2", "A3"]
+    judge = PersonaBook.load().get("judge")
+    spoken = judge_messages(judge, "m", turns, "AB", CRITERIA)[1].content
+    mirror = judge_messages(judge, "m", turns, "AB", CRITERIA, "mirrored")[1].content
+    assert spoken.index("A1") < spoken.index("B1") and mirror.index("B1") < mirror.index("A1")
+    assert mirror.index("A2") < mirror.index("B2") and "M" not in mirror.split("Motion")[1].split("Which side")[0].split()
+    assert "in reverse order" in mirror and "in the order they were given" in spoken
+    # the two labellings of the mirrored layout share everything up to the labelling sentence
+    mirror_ba = judge_messages(judge, "m", turns, "BA", CRITERIA, "mirrored")[1].content
+    cut = mirror.rindex("\n")
+    assert mirror[:cut] == mirror_ba[:cut] and cut > mirror.index("A3")
 
 
 def test_a_verdict_cut_inside_its_rationale_keeps_winner_and_scores() -> None:

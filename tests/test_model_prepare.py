@@ -31,6 +31,7 @@ def test_prepare_writes_a_complete_model_once(tmp_path: Path) -> None:
     assert "quantization_config" not in config and config["model_type"] == "llama"
     tok = json.loads((folder / "tokenizer_config.json").read_text())
     assert tok["eos_token"] == "<|im_end|>"  # the chat template's end-of-turn, not the GGUF's <|im_start|>
+    assert (tok["pad_token"], tok["model_max_length"]) == ("<|endoftext|>", 8192)  # plain TRL pads with it (not EOS)
     assert model.content_hash == hash_model_dir(folder)
     mtime = (folder / "model.safetensors").stat().st_mtime
     again = prepare_embedded(tmp_path)  # idempotent: nothing is redone

@@ -366,8 +366,46 @@ def test_invalid_values_are_rejected_before_writing(store: TranscriptStore) -> N
     with pytest.raises(ValueError):
         store.record_turn(turn(team="C"))
     with pytest.raises(ValueError):
-        store.record_verdict(verdict(winner="tie"))
+        store.record_verdict(verdict(winner="draw"))
+    with pytest.raises(ValueError, match="'A', 'B' or 'tie'"):
+        store.set_status("d1", "finished", winner="C")
     assert store.turns("d1") == [] and store.verdicts("d1") == []
+
+
+def test_a_tie_is_stored_with_its_band(store: TranscriptStore) -> None:
+    store.create_debate(debate())
+    store.record_verdict(verdict(winner="tie", prob_a=0.52, confidence=0.52, tie_band=0.05))
+    store.set_status("d1", "finished", winner="tie")
+    (v,) = store.verdicts("d1")
+    assert (v.winner, v.tie_band) == ("tie", 0.05)
+    assert store.get_debate("d1").winner == "tie"
+    assert [d.debate_id for d in store.list_debates(winner="tie")] == ["d1"]
+
+
+def test_migration_3_adds_the_tie_band_and_keeps_old_verdicts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store written before ties existed (schema 2) opens, gains verdicts.tie_band, and its verdicts read
+    back with tie_band None (decided by the old rule), next to new tie verdicts."""
+    path = tmp_path / "old.sqlite"
+    monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:2])
+    db = sqlite3.connect(path, isolation_level=None)
+    migrations.migrate(db, path)
+    db.execute(
+        "INSERT INTO debates (debate_id, motion, format, rounds, base_model, engine, seats, seed, candidates, created_at, status, winner)"
+        " VALUES ('old', 'm', 'quick', 1, 'b', 'vllm', '{}', 1, 1, 1.0, 'finished', 'A')"
+    )
+    db.execute("INSERT INTO verdicts VALUES ('old', 'judge', 'A', 0.51, 0.51, '{}', '', 1, '[]', 1.0)")
+    db.close()
+    monkeypatch.undo()
+    assert migrations.MIGRATIONS[2].__name__ == "m003_verdict_tie_band"
+    with TranscriptStore(path) as store:
+        (old,) = store.verdicts("old")
+        assert (old.winner, old.prob_a, old.tie_band) == ("A", 0.51, None)
+        store.create_debate(debate())
+        store.record_verdict(verdict(winner="tie", tie_band=0.1))
+        assert store.verdicts("d1")[0].tie_band == 0.1
+    db = sqlite3.connect(path)
+    assert [r[1] for r in db.execute("SELECT version, name FROM schema_version ORDER BY version")][2] == "m003_verdict_tie_band"
+    db.close()
 
 
 def test_concurrent_writes_from_threads(tmp_path: Path) -> None:
@@ -473,8 +511,10 @@ def test_export_replaces_an_existing_file_atomically(tmp_path: Path) -> None:
     out = tmp_path / "turns.jsonl"
     out.write_text("old\n")
     with filled_store(tmp_path / "t.sqlite") as s:
+        with pytest.raises(StoreError, match="already exists"):
+            export_turns(s, out, "jsonl")  # never replaced unasked
         with pytest.raises(DebateNotFound):
-            export_turns(s, out, "jsonl", ["missing"])
+            export_turns(s, out, "jsonl", ["missing"], force=True)
         assert out.read_text() == "old\n"  # a failed export keeps the previous file
-        assert export_turns(s, out, "jsonl") == 3
+        assert export_turns(s, out, "jsonl", force=True) == 3
     assert out.read_text(encoding="utf-8").count("\n") == 3

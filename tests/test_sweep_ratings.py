@@ -174,8 +174,60 @@ def test_competitors_who_never_met_are_ordered_through_others() -> None:
 
 
 def test_outcome_rejects_an_unknown_winner() -> None:
-    with pytest.raises(ValueError, match="winner"):
-        oc("a@1", "b@1", "tie")
+    for bad in ("draw", "a", "", None):
+        with pytest.raises(ValueError, match="winner"):
+            oc("a@1", "b@1", bad)  # type: ignore[arg-type]
+
+
+# --- ties: half a win each way (Chatbot Arena) -------------------------------------------------------
+
+
+def test_ties_count_as_half_wins_in_the_fit() -> None:
+    """2 wins, 2 losses and 4 ties are 4 of 8 each: equal strengths. 3 wins, 1 loss and 4 ties are 5 of 8:
+    exactly what 5 wins and 3 losses give, without a prior (closed form: log(5/3))."""
+    even = games("a@1", "b@1", 2, 2) + [oc("a@1", "b@1", "tie", 10 + k) for k in range(4)]
+    s = bradley_terry(even, prior_games=0)
+    assert s["a@1"] == pytest.approx(s["b@1"], abs=1e-9)
+    tied = games("a@1", "b@1", 3, 1) + [oc("a@1", "b@1", "tie", 10 + k) for k in range(4)]
+    plain = games("a@1", "b@1", 5, 3)
+    with_ties, without = bradley_terry(tied, prior_games=0), bradley_terry(plain, prior_games=0)
+    assert with_ties["a@1"] - with_ties["b@1"] == pytest.approx(math.log(5 / 3), abs=1e-6)
+    assert with_ties == pytest.approx(without, abs=1e-9)
+    # all ties: the MLE exists (each beat the other half a game) and is even
+    only_ties = [oc("a@1", "b@1", "tie", k) for k in range(3)]
+    assert bradley_terry(only_ties, prior_games=0)["a@1"] == pytest.approx(0.0, abs=1e-9)
+    lo, hi = bootstrap_intervals(tied, n=200, seed=1)["a@1"]
+    assert lo < with_ties["a@1"] < hi
+
+
+def test_ties_in_win_rates_side_bias_matrix_table_and_csv() -> None:
+    outcomes = [oc("a@1", "b@1", "A", 0), oc("a@1", "b@1", "tie", 1), oc("b@1", "a@1", "tie", 2), oc("b@1", "a@1", "A", 3)]
+    report = summarize(outcomes, bootstrap=0)
+    by = {c.label: c for c in report.competitors}
+    assert (by["a@1"].wins, by["a@1"].games, by["a@1"].win_rate) == (2.0, 4, 0.5)
+    assert (by["b@1"].wins, by["b@1"].win_rate) == (2.0, 0.5)
+    sides = report.sides
+    assert (sides.wins_a, sides.n, sides.rate_a, sides.ties) == (3.0, 4, 0.75, 2)
+    assert (sides.low, sides.high) == pytest.approx(wilson_interval(3.0, 4))
+    assert sides.per_competitor["a@1"].as_a == ratings.Record(1.5, 2, 0.75, 1)
+    assert sides.per_competitor["a@1"].as_b == ratings.Record(0.5, 2, 0.25, 1)
+    idx = {label: k for k, label in enumerate(report.matrix.labels)}
+    cell = report.matrix.cells[idx["a@1"]][idx["b@1"]]
+    assert cell == ratings.Record(2.0, 4, 0.5, 2)
+    assert "side A won 3/4 = 75.0%" in format_table(report) and "2 ties counted as half" in format_table(report)
+    rows = list(csv.DictReader(io.StringIO(ratings.results_csv(outcomes))))
+    assert [(r["winner"], r["winner_label"]) for r in rows] == [("A", "a@1"), ("tie", ""), ("tie", ""), ("A", "b@1")]
+    assert plots.winrate_png(report).startswith(PNG_SIGNATURE)
+
+
+def test_a_fair_judge_between_equals_gives_side_a_about_half() -> None:
+    """The check of issue 11: the same competitor on both sides, every verdict a tie: 50%, inside the CI."""
+    outcomes = [oc("x@base", "y@base", "tie", k) for k in range(20)]
+    sides = summarize(outcomes, bootstrap=0).sides
+    assert sides.rate_a == 0.5 and sides.low < 0.5 < sides.high
+    # the old judge: side A won all of them
+    biased = summarize([oc("x@base", "y@base", "A", k) for k in range(20)], bootstrap=0).sides
+    assert biased.low > 0.5
 
 
 # --- bootstrap ------------------------------------------------------------------------------------

@@ -222,7 +222,7 @@ def test_sweep_on_a_local_ray_cluster_runs_every_debate_once_in_the_one_store(fi
         workers = set()
         for d in debates:
             job = jobs[d.debate_id]
-            assert d.status == "finished" and d.winner in ("A", "B")
+            assert d.status == "finished" and d.winner in ("A", "B", "tie")
             assert d.sweep == "ray-grid" and d.engine == "hf" and d.base_model == "smollm2-135m-instruct" and d.format == "quick-short"
             assert d.config["sweep_job"] == job.labels()
             # stored settings name the driver's adapter folder; the engine served it under its content name

@@ -224,3 +224,93 @@ def test_bad_list_arguments(store_file: Path, capsys: pytest.CaptureFixture[str]
     assert "must be 1 or more" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["transcripts"])  # an action is required
+
+
+# -- nothing overwritten --------------------------------------------------------------------------
+
+
+def test_export_refuses_an_existing_file_unless_forced(store_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "x.jsonl"
+    out.write_text("keep me\n")
+    assert main(["transcripts", "export", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "--force" in err and "Traceback" not in err
+    assert out.read_text() == "keep me\n"
+    assert main(["transcripts", "export", "-o", str(out), "--force"]) == 0
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 4
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".x.jsonl")] == []
+
+
+@pytest.mark.parametrize("how", ["same path", "relative path", "symlink", "hard link", "wal file", "store suffix"])
+def test_export_never_overwrites_the_store(store_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str], how: str) -> None:
+    before = store_file.read_bytes()
+    target = store_file
+    if how == "relative path":
+        monkeypatch.chdir(store_file.parent)
+        target = Path("sub/../" + store_file.name)
+        (store_file.parent / "sub").mkdir()
+    elif how == "symlink":
+        target = tmp_path / "link.jsonl"
+        target.symlink_to(store_file)
+    elif how == "hard link":
+        target = tmp_path / "hard.jsonl"
+        target.hardlink_to(store_file)
+    elif how == "store suffix":
+        target = store_file  # no --format: the store is refused before its suffix is
+    elif how == "wal file":
+        target = store_file.with_name(store_file.name + "-wal")
+    fmt = [] if how == "store suffix" else ["--format", "jsonl"]
+    assert main(["transcripts", "export", *fmt, "-o", str(target), "--force"]) == 2
+    assert "transcript store itself" in capsys.readouterr().err
+    assert store_file.read_bytes() == before
+    assert main(["transcripts", "list", "--json"]) == 0  # still a working store
+    assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_export_onto_another_sqlite_file_needs_force(store_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    other = tmp_path / "checkpoints.jsonl"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE checkpoints (x)")
+    before = other.read_bytes()
+    assert main(["transcripts", "export", "-o", str(other)]) == 2
+    assert "is an SQLite database" in capsys.readouterr().err
+    assert other.read_bytes() == before
+    assert main(["transcripts", "export", "-o", str(other), "--force"]) == 0
+    assert json.loads(other.read_text(encoding="utf-8").splitlines()[0])["debate_id"] == "deb-aaa111"
+
+
+def test_export_to_an_unwritable_place_is_one_clear_message(store_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    for out in (blocker / "x.jsonl", Path("/proc/bonsai-export.jsonl")):
+        assert main(["transcripts", "export", "-o", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: Cannot write the export to") and "hint:" in err and "Traceback" not in err, err
+
+
+def test_an_export_killed_midway_keeps_the_old_file_and_the_next_export_tidies(store_file: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "turns.jsonl"
+    out.write_text("old\n")
+    # a stage as a SIGKILLed export leaves it: its writer (a process that has exited) is gone
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    stage = tmp_path / f".turns.jsonl.{dead.stdout.strip()}.abcd1234.partial"
+    stage.write_text('{"half": ')
+    os.utime(stage, (time.time() - 120,) * 2)
+    assert out.read_text() == "old\n"
+    assert main(["transcripts", "export", "-o", str(out), "--force"]) == 0
+    assert not stage.exists() and len(out.read_text(encoding="utf-8").splitlines()) == 4
+    assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~_umask())  # not mkstemp's 0600
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask

@@ -138,7 +138,7 @@ async def start_from_form(pilot: Any, app: BonsaiApp) -> None:
 
 
 async def test_form_starts_a_debate_that_streams_into_both_columns(isolated_home: Path) -> None:
-    engine = FakeEngine(p_a=0.8)
+    engine = FakeEngine(p_a=0.8, prefer_team="A")
     app = make_app(isolated_home, engine, form=FormDefaults(format="quick", rounds=1, seed=2))
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("n")
@@ -162,7 +162,7 @@ async def test_form_starts_a_debate_that_streams_into_both_columns(isolated_home
         with TranscriptStore(isolated_home / "transcripts.sqlite", create=False) as store:
             record = store.get_debate(did)
             assert record.status == "finished" and record.motion == MOTION
-            assert f"Winner: team {record.winner}" in text
+            assert ("Tie: no side won" if record.winner == "tie" else f"Winner: team {record.winner}") in text
             left = app.live.column("A")
             assert [v.started.speaker for v in left.query("TurnView")] == ["advocate", "advocate"]  # type: ignore[attr-defined]
             assert [v.answer_text for v in app.live.column("B").query("TurnView")] == [t.answer for t in store.turns(did) if t.team == "B"]  # type: ignore[attr-defined]
@@ -403,7 +403,7 @@ async def test_resizing_during_a_debate(isolated_home: Path) -> None:
 async def test_readable_without_colour(isolated_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With NO_COLOR every state is still spelled out: teams, who speaks, pauses, the winner."""
     monkeypatch.setenv("NO_COLOR", "1")
-    engine = GatedEngine()
+    engine = GatedEngine(prefer_team="A")
     app = make_app(isolated_home, engine)
     async with app.run_test(size=(100, 30)) as pilot:
         assert app.no_color
@@ -424,7 +424,7 @@ async def test_readable_without_colour(isolated_home: Path, monkeypatch: pytest.
 
 
 async def test_debate_goes_on_while_other_screens_are_open(isolated_home: Path) -> None:
-    engine = GatedEngine()
+    engine = GatedEngine(prefer_team="A")
     app = make_app(isolated_home, engine)
     async with app.run_test(size=(100, 30)) as pilot:
         await start_from_form(pilot, app)

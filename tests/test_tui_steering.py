@@ -117,7 +117,8 @@ async def test_cli_resume_finishes_a_debate_paused_in_the_tui(tmp_path: Path, bo
         did = events[0].debate_id
     # a new process, no gate: what `bonsai debate --resume` does
     with TranscriptStore(store_file) as store:
-        async with DebateRunner(FakeEngine(), store, ck, book, isolated_home, "fake") as runner:
+        # a judge that really prefers team A (the fair judge calls a mere label bias a tie)
+        async with DebateRunner(FakeEngine(prefer_team="A"), store, ck, book, isolated_home, "fake") as runner:
             events = await collect(runner.resume(did))
         assert events[0].turns_done == 1
         assert events[-1].to_json() == {"event": "debate_end", "debate_id": did, "status": "finished", "winner": "A"}

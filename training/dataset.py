@@ -325,7 +325,7 @@ async def build_dataset(options: BuildOptions, *, base: PreparedBase, book: Pers
         _check_out(options.out)
     fmt = dataset_format(persona)
 
-    with TranscriptStore(options.store, create=False) as store:
+    with TranscriptStore(options.store, read_only=True) as store:
         sources, dropped = collect_sources(store, persona, base)
     log.info("%d usable turns of %s in %s", len(sources), persona.name, options.store)
 

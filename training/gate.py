@@ -4,8 +4,9 @@ A mini-sweep on held-out motions (the dataset's test motions: never trained on).
 seat and prompt; the adapters move. Against each opponent (the current version, and a fixed one: the
 bare base by default) the candidate plays both sides: once in the persona's own seat with the opponent
 adapter in the opposing seat, once the other way round, so side and speaking-order bias cancel. One
-fixed judge (greedy) decides every debate. Outcomes are wins or losses of the candidate's side; the
-win rate comes with a Wilson 95% interval, and promotion needs its lower bound above the threshold:
+fixed judge (greedy) decides every debate. Outcomes are wins, ties or losses of the candidate's side;
+a tie counts as half a win (as in the sweep ratings), so a judge that cannot tell the two apart gives
+a win rate of 0.5, never a pass. The win rate comes with a Wilson 95% interval, and promotion needs its lower bound above the threshold:
 a lucky streak on two motions is not enough.
 """
 
@@ -69,13 +70,19 @@ class Match:
     candidate_seat: str  # persona name whose seat the candidate took
     candidate_team: str
     debate_id: str
-    winner: str | None
-    won: bool
+    winner: str | None  # "A", "B", "tie", or None if the debate did not finish
+    won: bool  # won outright
     prob_candidate: float | None
+    score: float = 0.0  # 1 won, 0.5 tie, 0 lost: what the win rate counts
 
 
-def wilson_interval(wins: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion: sane at 0/n and n/n, unlike the normal one."""
+def match_score(winner: str | None, team: str) -> float:
+    return 0.5 if winner == "tie" else float(winner == team)
+
+
+def wilson_interval(wins: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion: sane at 0/n and n/n, unlike the normal one.
+    ``wins`` may hold halves (ties)."""
     if n <= 0:
         return 0.0, 1.0
     p = wins / n
@@ -86,10 +93,11 @@ def wilson_interval(wins: int, n: int, z: float = Z95) -> tuple[float, float]:
 
 
 def rate(matches: list[Match]) -> dict[str, Any]:
-    wins = sum(m.won for m in matches)
+    wins = sum(m.score for m in matches)
     n = len(matches)
     low, high = wilson_interval(wins, n)
-    return {"wins": wins, "n": n, "win_rate": wins / n if n else None, "ci_low": low, "ci_high": high}
+    ties = sum(m.winner == "tie" for m in matches)
+    return {"wins": wins, "ties": ties, "n": n, "win_rate": wins / n if n else None, "ci_low": low, "ci_high": high}
 
 
 # --- motions ------------------------------------------------------------------------------------
@@ -231,6 +239,7 @@ async def evaluate_candidate(
                     motion=motion, seed=seed, opponent=opp.label, candidate_seat=seat, candidate_team=team,
                     debate_id=str(debate_id), winner=winner, won=winner == team,
                     prob_candidate=None if prob_a is None else (prob_a if team == "A" else 1 - prob_a),
+                    score=match_score(winner, team),
                 )
                 if on_match is not None:
                     on_match(match)
@@ -283,7 +292,8 @@ def check_gate(home: Path, persona: str, version: str, *, threshold: float | Non
     limit = evaluation["threshold"] if threshold is None else threshold
     if not evaluation["ci_low"] > limit:
         raise AdapterError(
-            f"{persona}@{version} did not pass the gate: it won {evaluation['wins']} of {evaluation['n']} debates "
+            f"{persona}@{version} did not pass the gate: it won {evaluation['wins']:g} of {evaluation['n']} debates "
+            f"{'(ties count half) ' if evaluation.get('ties') else ''}"
             f"({evaluation['win_rate']:.2f}, 95% CI {evaluation['ci_low']:.2f}-{evaluation['ci_high']:.2f}); the lower bound must be above {limit:.2f}",
             "evaluate on more held-out motions (--motions FILE) for a tighter interval, or pass --force to promote anyway",
         )

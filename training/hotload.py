@@ -34,6 +34,8 @@ class Promotion:
     endpoints: tuple[str, ...]
     forced: bool
     evaluation: dict[str, Any] | None
+    #: the gate's threshold given on the command line in place of the evaluation's, if any
+    threshold_override: float | None = None
 
 
 async def load_on_endpoints(endpoints: Sequence[str], folder: Path, *, base_model: Path | None = None) -> str:
@@ -71,9 +73,20 @@ async def promote_version(
     name = inspect_adapter(folder).name
     if endpoints:
         name = await load_on_endpoints(endpoints, folder, base_model=base_model)
-    reason = "forced" if force else "passed the gate"
-    previous = registry.promote(home, persona, version, reason=reason, evaluation=_evaluation_summary(evaluation))
-    return Promotion(persona, version, previous, name, tuple(endpoints), force, evaluation)
+    summary = _evaluation_summary(evaluation)
+    override = None
+    if force:
+        reason = "forced"
+    elif threshold is not None and evaluation is not None and threshold != evaluation.get("threshold"):
+        # a lowered (or raised) bar is a decision someone made, not the gate's verdict: say so in the log
+        override = threshold
+        reason = f"threshold override: passed at {threshold:g} (the evaluation's threshold was {evaluation.get('threshold')})"
+        summary = {**(summary or {}), "threshold_override": threshold}
+        log.warning("%s@%s promoted with the gate threshold overridden to %g (evaluated at %s)", persona, version, threshold, evaluation.get("threshold"))
+    else:
+        reason = "passed the gate"
+    previous = registry.promote(home, persona, version, reason=reason, evaluation=summary)
+    return Promotion(persona, version, previous, name, tuple(endpoints), force, evaluation, override)
 
 
 async def rollback_version(

@@ -13,6 +13,7 @@ works from the history's view of what came before whatever ``current`` says now.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from bonsai.adapter_registry import (
     list_personas,
     list_versions,
     persona_dir,
+    check_version_name,
     read_manifest,
     resolve_version,
     verify_version,
@@ -42,6 +44,8 @@ from bonsai.errors import AdapterError
 log = logging.getLogger(__name__)
 
 HISTORY = "history.json"
+#: the sidecar file promote/rollback lock (flock) while they read and rewrite ``current`` and the history
+LOCK = "history.json.lock"
 EVALUATIONS = "evaluations"
 #: hex digits of the content hash that name a version
 VERSION_CHARS = 12
@@ -66,7 +70,8 @@ def new_version(home: Path, persona: str) -> Iterator[Draft]:
     """
     root = persona_dir(home, persona)
     root.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f".{persona}-", suffix=".partial", dir=root))
+    # the pid in the name lets the next start tell a dead process's leftover from a live stage (atomic.clean_orphans)
+    staged = Path(tempfile.mkdtemp(prefix=atomic.stage_prefix(persona), suffix=".partial", dir=root))
     draft = Draft(persona=persona, path=staged)
     try:
         yield draft
@@ -157,7 +162,7 @@ class VersionInfo:
 
 
 def version_info(home: Path, persona: str, version: str) -> VersionInfo:
-    path = persona_dir(home, persona) / version
+    path = persona_dir(home, persona) / check_version_name(version)
     if version.startswith(".") or not (path / "adapter_config.json").is_file():
         known = ", ".join(list_versions(home, persona)) or "none"
         raise AdapterError(f"adapter {persona}@{version} does not exist", f"versions of {persona}: {known}")
@@ -174,7 +179,7 @@ def version_info(home: Path, persona: str, version: str) -> VersionInfo:
 
 
 def versions(home: Path, persona: str | None = None) -> list[VersionInfo]:
-    personas = [persona] if persona else list_personas(home)
+    personas = [persona] if persona is not None else list_personas(home)
     return [version_info(home, p, v) for p in personas for v in list_versions(home, p)]
 
 
@@ -205,7 +210,22 @@ def promotion_stack(events: list[dict[str, Any]]) -> list[str]:
     return stack
 
 
+@contextlib.contextmanager
+def _locked(home: Path, persona: str) -> Iterator[None]:
+    """Hold the persona's history lock: two promotions or rollbacks at once would each read the
+    history, append their event and write it back, and one event would be lost."""
+    root = persona_dir(home, persona)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / LOCK, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 def _record(home: Path, persona: str, event: dict[str, Any]) -> None:
+    """Append to history.json; the caller holds :func:`_locked`."""
     events = [*history(home, persona), {**event, "at": time.time()}]
     atomic.write_text(persona_dir(home, persona) / HISTORY, json.dumps(events, indent=2) + "\n")
 
@@ -219,17 +239,23 @@ def promote(home: Path, persona: str, version: str, *, reason: str = "", evaluat
     """Make ``version`` current (after checking its files); returns the version it replaced."""
     version = resolve_version(home, persona, version)
     verify_version(persona_dir(home, persona) / version)
-    previous = current_version(home, persona)
-    if previous == version:
-        log.info("%s@%s is already current", persona, version)
-        return previous
-    set_current(home, persona, version)
-    _record(home, persona, {"action": "promote", "version": version, "previous": previous, "reason": reason, "evaluation": evaluation})
+    with _locked(home, persona):
+        previous = current_version(home, persona)
+        if previous == version:
+            log.info("%s@%s is already current", persona, version)
+            return previous
+        set_current(home, persona, version)
+        _record(home, persona, {"action": "promote", "version": version, "previous": previous, "reason": reason, "evaluation": evaluation})
     return previous
 
 
 def rollback(home: Path, persona: str, *, to: str | None = None) -> tuple[str | None, str]:
     """Point ``current`` back to the version promoted before it (or ``to``); returns (from, to)."""
+    with _locked(home, persona):
+        return _rollback(home, persona, to=to)
+
+
+def _rollback(home: Path, persona: str, *, to: str | None) -> tuple[str | None, str]:
     cur = current_version(home, persona)
     if to is not None:
         target = resolve_version(home, persona, to)
@@ -256,7 +282,7 @@ def rollback(home: Path, persona: str, *, to: str | None = None) -> tuple[str | 
 
 
 def evaluation_path(home: Path, persona: str, version: str) -> Path:
-    return persona_dir(home, persona) / EVALUATIONS / f"{version}.json"
+    return persona_dir(home, persona) / EVALUATIONS / f"{check_version_name(version)}.json"
 
 
 def save_evaluation(home: Path, persona: str, version: str, result: dict[str, Any]) -> Path:

@@ -19,10 +19,10 @@ class PersonaRecord:
     persona: str
     team: str
     played: int = 0
-    wins: int = 0
+    wins: float = 0.0  # a tie counts half, as in `bonsai ratings`
 
     @property
-    def losses(self) -> int:
+    def losses(self) -> float:
         return self.played - self.wins
 
     @property
@@ -51,7 +51,7 @@ def summarize(name: str, debates: list[DebateRecord], *, planned: int | None = N
     summary = SweepSummary(name, max(planned or 0, len(mine)), Counter(d.status for d in mine))
     records: dict[tuple[str, str], PersonaRecord] = {}
     for d in mine:
-        if d.status != "finished" or d.winner not in ("A", "B"):
+        if d.status != "finished" or d.winner not in ("A", "B", "tie"):
             continue
         job = d.config.get("sweep_job") if isinstance(d.config, dict) else None
         for team in ("A", "B"):
@@ -59,6 +59,6 @@ def summarize(name: str, debates: list[DebateRecord], *, planned: int | None = N
             for persona in names:
                 rec = records.setdefault((persona, team), PersonaRecord(persona, team))
                 rec.played += 1
-                rec.wins += d.winner == team
+                rec.wins += 0.5 if d.winner == "tie" else float(d.winner == team)
     summary.personas = sorted(records.values(), key=lambda r: (-r.win_rate, -r.played, r.persona, r.team))
     return summary

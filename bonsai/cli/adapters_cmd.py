@@ -127,7 +127,7 @@ def run_show(args: argparse.Namespace) -> int:
         first, last = stage.get("first", {}), stage.get("last", {})
         print(f"  stage {i} {stage['method']:<5} {stage['steps']} steps, loss {first.get('loss', float('nan')):.4f} -> {last.get('loss', float('nan')):.4f}")
     if evaluation:
-        print(f"  {'gate':<13} won {evaluation['wins']}/{evaluation['n']} ({evaluation['win_rate']:.2f}, 95% CI {evaluation['ci_low']:.2f}-{evaluation['ci_high']:.2f}) "
+        print(f"  {'gate':<13} won {evaluation['wins']:g}/{evaluation['n']} ({evaluation['win_rate']:.2f}, 95% CI {evaluation['ci_low']:.2f}-{evaluation['ci_high']:.2f}) "
               f"against {evaluation.get('current') or 'base'}: {'passed' if evaluation['passed'] else 'failed'} (threshold {evaluation['threshold']})")
     if info.problem:
         print(f"error: {info.problem}", file=sys.stderr)
@@ -179,7 +179,7 @@ async def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
         def on_match(m: Any) -> None:
             if not args.json:
-                print(f"  {'won ' if m.won else 'lost'} {m.opponent:<7} seat {m.candidate_seat:<10} {m.motion[:60]}", file=sys.stderr, flush=True)
+                print(f"  {'won ' if m.won else 'tie ' if m.winner == 'tie' else 'lost'} {m.opponent:<7} seat {m.candidate_seat:<10} {m.motion[:60]}", file=sys.stderr, flush=True)
 
         return await evaluate_candidate(
             session.engine, home=home, book=book, base_model=session.base_name, persona=args.persona,
@@ -198,9 +198,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "matches"} | {"matches": result["matches"]}, ensure_ascii=False))
         return 0
-    print(f"{result['persona']}@{result['candidate']}: won {result['wins']}/{result['n']} = {result['win_rate']:.2f} (95% CI {result['ci_low']:.2f}-{result['ci_high']:.2f})")
+    print(f"{result['persona']}@{result['candidate']}: won {result['wins']:g}/{result['n']} = {result['win_rate']:.2f} (95% CI {result['ci_low']:.2f}-{result['ci_high']:.2f})")
     for label, r in result["by_opponent"].items():
-        print(f"  vs {label} ({result['opponents'][label]}): {r['wins']}/{r['n']} = {r['win_rate']:.2f} (95% CI {r['ci_low']:.2f}-{r['ci_high']:.2f})")
+        print(f"  vs {label} ({result['opponents'][label]}): {r['wins']:g}/{r['n']} = {r['win_rate']:.2f} (95% CI {r['ci_low']:.2f}-{r['ci_high']:.2f})")
     verdict = "passes" if result["passed"] else "does not pass"
     print(f"gate: {verdict} (lower bound {result['ci_low']:.2f} {'>' if result['passed'] else '<='} threshold {result['threshold']:.2f})")
     if result["passed"]:
@@ -219,9 +219,12 @@ def run_promote(args: argparse.Namespace) -> int:
     )
     if args.json:
         print(json.dumps({"persona": promotion.persona, "version": promotion.version, "previous": promotion.previous,
-                          "adapter_name": promotion.adapter_name, "endpoints": list(promotion.endpoints), "forced": promotion.forced}))
+                          "adapter_name": promotion.adapter_name, "endpoints": list(promotion.endpoints), "forced": promotion.forced,
+                          "threshold_override": promotion.threshold_override}))
         return 0
     how = " (forced past the gate)" if promotion.forced else ""
+    if promotion.threshold_override is not None:
+        how = f" (gate threshold overridden to {promotion.threshold_override:g}; logged as an override)"
     print(f"{promotion.persona}: current is now {promotion.version}{how} (was {promotion.previous or 'none'}); new debates use it")
     for url in promotion.endpoints:
         print(f"  loaded on {url} as {promotion.adapter_name}")

@@ -22,6 +22,7 @@ from bonsai.errors import BonsaiError, ConfigError
 from bonsai.paths import checkpoints_path, store_path
 from bonsai.personas import PersonaBook
 from bonsai.store.transcripts import TranscriptStore
+from bonsai.text import printable_all
 
 TEAM_STYLE = {"A": "bold cyan", "B": "bold magenta", "none": "yellow"}
 
@@ -60,7 +61,7 @@ def _stored_spec(args: argparse.Namespace, home: Path) -> DebateSpec | None:
     store_file = args.store or store_path(home)
     if not store_file.exists():
         raise ConfigError(f"there is no transcript store at {store_file}, so nothing to resume", "run a debate first, or pass --store")
-    with TranscriptStore(store_file, create=False) as store:
+    with TranscriptStore(store_file, read_only=True) as store:
         debate_id = args.resume
         if debate_id == "latest":
             unfinished = [d for d in store.list_debates(newest_first=True) if d.status != "finished"]
@@ -78,6 +79,7 @@ class Printer:
         self.console = console
 
     def __call__(self, event: ev.DebateEvent) -> None:
+        event = printable_all(event)  # motions, names and model output may hold terminal escape sequences
         c = self.console
         match event:
             case ev.DebateStart(seats=seats):
@@ -107,10 +109,16 @@ class Printer:
                         c.print(Text(event.answer, style=TEAM_STYLE.get(event.team, "").replace("bold ", "")))
             case ev.Judging():
                 c.print()
-                c.rule(Text(f"Judging ({', '.join(event.judges)}, labels both ways)", style="bold"))
+                c.rule(Text(f"Judging ({', '.join(event.judges)}, both reading orders, labels both ways)", style="bold"))
             case ev.Verdict(panel=v):
-                confidence = "no confidence (the judge's server returns no logprobs)" if v.confidence is None else f"confidence {v.confidence:.2f}"
-                c.print(Text(f"Winner: team {v.winner}", style=TEAM_STYLE.get(v.winner, "")), Text(f"  P(A wins) = {v.prob_a:.2f}, {confidence}"))
+                if v.winner == "tie":
+                    from bonsai.debate.judge import tie_reason
+
+                    c.print(Text("Tie: no side won", style="bold yellow"), Text(f"  P(A wins) = {v.prob_a:.2f}"))
+                    c.print(Text(f"  {tie_reason(v.prob_a, v.tie_band)}", style="yellow"))
+                else:
+                    confidence = "no confidence (the judge's server returns no logprobs)" if v.confidence is None else f"confidence {v.confidence:.2f}"
+                    c.print(Text(f"Winner: team {v.winner}", style=TEAM_STYLE.get(v.winner, "")), Text(f"  P(A wins) = {v.prob_a:.2f}, {confidence}"))
                 for team in ("A", "B"):
                     scores = v.scores.get(team)
                     if scores:

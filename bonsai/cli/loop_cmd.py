@@ -88,7 +88,8 @@ def _print(ev: dict[str, Any]) -> None:
     elif kind == "step_start":
         print(f"[gen {gen}] {ev['step']}...", flush=True)
     elif kind == "debate":
-        print(f"[gen {gen}]   debate {ev['debate_id']}: team {ev['winner']} won", flush=True)
+        outcome = "a tie" if ev["winner"] == "tie" else f"team {ev['winner']} won"
+        print(f"[gen {gen}]   debate {ev['debate_id']}: {outcome}", flush=True)
     elif kind == "dataset":
         if ev.get("skipped"):
             print(f"[gen {gen}]   {ev['persona']}: no dataset ({ev['skipped']})", flush=True)
@@ -100,7 +101,7 @@ def _print(ev: dict[str, Any]) -> None:
     elif kind == "evaluated":
         lo, hi = ev["ci"]
         prev = "" if ev.get("vs_previous") is None else f"; vs previous ({ev['against'] or 'base'}) {ev['vs_previous']:.2f}"
-        print(f"[gen {gen}]   {ev['persona']}@{ev['version']}: won {ev['wins']}/{ev['n']} ({ev['win_rate']:.2f}, 95% CI {lo:.2f}-{hi:.2f}){prev}", flush=True)
+        print(f"[gen {gen}]   {ev['persona']}@{ev['version']}: won {ev['wins']:g}/{ev['n']} ({ev['win_rate']:.2f}, 95% CI {lo:.2f}-{hi:.2f}){prev}", flush=True)
     elif kind == "promoted":
         print(f"[gen {gen}]   {ev['persona']}: promoted {ev['version']}", flush=True)
     elif kind == "kept":

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from bonsai import __version__
+from bonsai.cli.limits import check_numeric_options
 from bonsai.errors import BonsaiError
 
 SUBCOMMANDS = (
@@ -52,11 +53,24 @@ def _configure_logging(verbose: int) -> None:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+def _clean_orphans(args: argparse.Namespace) -> None:
+    """Half-written files and folders a killed bonsai left in its home (see atomic.clean_orphans)."""
+    from bonsai import atomic
+    from bonsai.paths import bonsai_home
+
+    try:
+        atomic.clean_orphans(bonsai_home(args.home))
+    except Exception:  # tidying must never stop a command
+        logging.getLogger(__name__).debug("orphan cleanup failed", exc_info=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
+    _clean_orphans(args)
     try:
+        check_numeric_options(args)
         return int(args.func(args) or 0)
     except BonsaiError as exc:
         print(f"error: {exc.message}", file=sys.stderr)

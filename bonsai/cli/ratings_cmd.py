@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from bonsai.cli.common import home_from
-from bonsai.errors import StoreError
+from bonsai.errors import ConfigError, StoreError
 from bonsai.paths import store_path
 from bonsai.store.transcripts import TranscriptStore
+from bonsai.sweep.config import NAME_PATTERN
 from bonsai.sweep.ratings import format_table, summarize, write_report
 from bonsai.sweep.results import sweep_outcomes
 
@@ -31,14 +33,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     home = home_from(args)
+    if not re.fullmatch(NAME_PATTERN, args.sweep):  # it names a folder under $BONSAI_HOME/sweeps
+        raise ConfigError(f"{args.sweep!r} is not a sweep name", "see the names with `bonsai sweep --list`")
     store_file = args.store or store_path(home)
     if not store_file.exists():
         raise StoreError(f"there is no transcript store at {store_file}", "run a sweep first (`bonsai sweep FILE`), or pass --store")
     if args.bootstrap < 1:
-        from bonsai.errors import ConfigError
-
         raise ConfigError(f"--bootstrap must be at least 1, not {args.bootstrap}", "1000 is a good default")
-    with TranscriptStore(store_file, create=False) as store:
+    with TranscriptStore(store_file, read_only=True) as store:
         outcomes = sweep_outcomes(store, args.sweep)
         record = store.get_sweep(args.sweep)
     report = summarize(outcomes, bootstrap=args.bootstrap, seed=args.seed)

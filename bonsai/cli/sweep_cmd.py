@@ -23,7 +23,7 @@ from bonsai.paths import checkpoints_path, store_path
 from bonsai.personas import PersonaBook
 from bonsai.store.records import SweepRecord
 from bonsai.store.transcripts import TranscriptStore
-from bonsai.sweep.config import ResolvedSweep, load_sweep
+from bonsai.sweep.config import GRID_CAP, ResolvedSweep, load_sweep
 from bonsai.sweep.executor import SweepExecutor, SweepProgress, SweepResult
 from bonsai.sweep.plan import SweepPlan, estimate, plan_sweep
 
@@ -37,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file", nargs="?", type=Path, help="the sweep YAML (see examples/sweep-quick.yaml)")
     p.add_argument("--dry-run", action="store_true", help="print the number of debates and an estimate of tokens and time; run nothing")
     p.add_argument("--resume", action="store_true", help="continue a sweep of the same name: skip finished debates, resume the rest from their checkpoints")
+    p.add_argument("--yes", action="store_true", help=f"run (or plan) a grid larger than {GRID_CAP:,} debates")
     p.add_argument("--list", action="store_true", help="list the sweeps in the store and their progress")
     p.add_argument("--concurrency", type=int, default=None, help="debates in flight at once (overrides the file)")
     p.add_argument("--retries", type=int, default=None, help="engine errors a debate may hit before it is marked failed (overrides the file)")
@@ -87,6 +88,7 @@ async def _run_async(args: argparse.Namespace) -> int:
         raise ConfigError("--ray does not take a judge engine yet", "each Ray worker judges on its own engine; drop --judge-endpoint/--judge-base")
     book = PersonaBook.load(args.personas_dir)
     sweep = load_sweep(args.file, overrides=_overrides(args))
+    _check_grid_size(sweep, args)
     stored = _stored_sweep(store_file, sweep, resume=args.resume)
     plan = plan_sweep(sweep, book, home, resolved=(stored.config.get("resolved") if stored else None))
     if args.dry_run:
@@ -138,12 +140,25 @@ async def _run_async(args: argparse.Namespace) -> int:
                 return _finish(store, plan, result, console, args)
 
 
+def _check_grid_size(sweep: ResolvedSweep, args: argparse.Namespace) -> None:
+    """A grid past GRID_CAP debates needs --yes, asked before the grid is built (counted, not listed)."""
+    size = sweep.grid_size()
+    if size > GRID_CAP and not args.yes and not args.resume:  # a resumed sweep was accepted when it started
+        c = sweep.config
+        axes = (f"{len(sweep.motions)} motions x {len(c.pairings)} pairings x {2 if c.sides == 'both' else 1} sides x {len(c.seeds)} seeds"
+                f" x {len(c.judges)} judges x {len(c.formats)} formats x {len(c.candidates)} candidate counts")
+        raise ConfigError(
+            f"sweep {c.name} is a grid of {size:,} debates ({axes}), more than {GRID_CAP:,}",
+            "pass --yes if you mean it (check the time with --dry-run --yes first), or take fewer motions (`limit:`), seeds or pairings",
+        )
+
+
 def _stored_sweep(store_file: Path, sweep: ResolvedSweep, *, resume: bool) -> SweepRecord | None:
     """The stored sweep of this name, checked against the file: a name runs one grid, once."""
     name = sweep.config.name
     record = None
     if store_file.exists():
-        with TranscriptStore(store_file, create=False) as store:
+        with TranscriptStore(store_file, read_only=True) as store:
             record = store.get_sweep(name)
     if record is None:
         if resume:
@@ -210,7 +225,7 @@ def _dry_run(plan: SweepPlan, book: PersonaBook, store_file: Path, args: argpars
     rate, basis = args.tokens_per_s, "--tokens-per-s"
     done = 0
     if store_file.exists():
-        with TranscriptStore(store_file, create=False) as store:
+        with TranscriptStore(store_file, read_only=True) as store:
             statuses = store.debate_statuses(j.debate_id for j in plan.jobs)
             done = sum(1 for s in statuses.values() if s == "finished")
             if rate is None:
@@ -265,7 +280,7 @@ def _duration(seconds: float) -> str:
 def _list(store_file: Path, console: Console, *, as_json: bool) -> int:
     if not store_file.exists():
         raise StoreError(f"there is no transcript store at {store_file}", "run a sweep first, or pass --store")
-    with TranscriptStore(store_file, create=False) as store:
+    with TranscriptStore(store_file, read_only=True) as store:
         rows = [{**{k: v for k, v in s.to_dict().items() if k != "config"}, "counts": store.sweep_status_counts(s.name)} for s in store.list_sweeps()]
     if as_json:
         print(json.dumps(rows, ensure_ascii=False))

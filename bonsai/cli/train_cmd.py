@@ -35,9 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def newest_dataset(home: Path, persona: str) -> Path:
     from training.card import read_card
+    from bonsai.personas import check_persona_name
     from training.dataset import datasets_dir
 
-    root = datasets_dir(home) / persona
+    root = datasets_dir(home) / check_persona_name(persona)
     found = []
     if root.is_dir():
         for folder in root.iterdir():

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from bonsai.errors import BonsaiError
 from bonsai.paths import store_path
 from bonsai.store.records import CandidateRecord, DebateRecord, TurnRecord, VerdictRecord
 from bonsai.store.transcripts import STATUSES, TranscriptStore
+from bonsai.text import printable_all, terminal_json
 
 MOTION_WIDTH = 60
 
@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls = actions.add_parser("list", parents=[store_opt], help="the recorded debates, newest first")
     ls.add_argument("--persona", help="only debates with this persona in any seat")
     ls.add_argument("--status", choices=STATUSES, help="only debates with this status")
-    ls.add_argument("--winner", choices=("A", "B"), help="only debates this team won")
+    ls.add_argument("--winner", choices=("A", "B", "tie"), help="only debates this team won (tie: only ties)")
     ls.add_argument("--sweep", help="only debates of this sweep")
     ls.add_argument("--limit", type=_positive_int, help="at most this many debates")
     ls.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
@@ -50,10 +50,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     export = actions.add_parser("export", parents=[store_opt], help="debater turns as a JSONL or Parquet dataset")
     export.add_argument("--format", dest="fmt", choices=("jsonl", "parquet"), help="file format (default: from the file's suffix)")
-    export.add_argument("-o", "--output", type=Path, required=True, help="file to write (replaced atomically)")
+    export.add_argument("-o", "--output", type=Path, required=True, help="file to write (appears whole, or not at all)")
+    export.add_argument("--force", action="store_true", help="replace OUTPUT if it exists (never the transcript store itself)")
     export.add_argument("--debate", dest="debates", action="append", metavar="ID", help="export only this debate (repeatable)")
     export.add_argument("--include-moderator", action="store_true", help="also export the moderator's lines")
     export.set_defaults(func=run_export)
+
+    vac = actions.add_parser(
+        "vacuum", parents=[store_opt], help="drop old finished debates' checkpoints and compact the databases",
+        description="Drop the checkpoints of debates finished more than --older-than days ago, then VACUUM the transcript "
+        "store and the checkpoint database. Unfinished debates stay resumable; transcripts are never deleted.",
+    )
+    vac.add_argument("--older-than", type=float, default=30.0, metavar="DAYS", help="drop all checkpoints of debates finished this long ago (default 30)")
+    vac.add_argument("--checkpoints", type=Path, default=None, help="checkpoint database (default: checkpoints.sqlite in the bonsai home)")
+    vac.set_defaults(func=run_vacuum)
 
 
 def _positive_int(raw: str) -> int:
@@ -68,7 +78,7 @@ def _positive_int(raw: str) -> int:
 
 def _open(args: argparse.Namespace) -> TranscriptStore:
     path = args.store.expanduser() if args.store else store_path(home_from(args))
-    return TranscriptStore(path, create=False)
+    return TranscriptStore(path, read_only=True)
 
 
 def _console() -> Console:
@@ -86,11 +96,12 @@ def run_list(args: argparse.Namespace) -> int:
         path = store.path
     if args.json:
         for debate in debates:
-            print(json.dumps({**debate.to_dict(), "turns": counts.get(debate.debate_id, 0)}, ensure_ascii=False))
+            print(terminal_json({**debate.to_dict(), "turns": counts.get(debate.debate_id, 0)}))
         return 0
     if not debates:
         print(f"No debates{' match' if _any_filter(args) else ''} in {path}.", file=sys.stderr)
         return 0
+    debates = printable_all(debates)  # motions and names are stored as typed: no escape sequences reach the terminal
     console = _console()
     seats = {d.debate_id: _seats_lines(d) for d in debates}
     # Every column but the motion keeps its full width; the motion gets what is left of the line.
@@ -180,8 +191,11 @@ def run_show(args: argparse.Namespace) -> int:
             "turns": [{**t.to_dict(), "candidates": [c.to_dict() for c in by_turn.get(t.turn_index, [])]} for t in turns],
             "verdicts": [v.to_dict() for v in verdicts],
         }
-        print(json.dumps(doc, ensure_ascii=False, indent=2))
+        print(terminal_json(doc, indent=2))
         return 0
+    # stored text (motion, model output, names) may hold escape sequences: none reach the terminal
+    debate, turns, verdicts = printable_all(debate), printable_all(turns), printable_all(verdicts)
+    by_turn = printable_all(by_turn)
     console = _console()
     console.print(_header(debate))
     if not turns:
@@ -242,7 +256,13 @@ def _turn_block(turn: TurnRecord, candidates: list[CandidateRecord]) -> Group:
 def _verdict_block(verdict: VerdictRecord) -> Panel:
     body: list[Any] = []
     line = Text()
-    line.append(f"winner {verdict.winner}", style=f"bold {_TEAM_STYLE.get(verdict.winner, '')}".strip())
+    if verdict.winner == "tie":
+        from bonsai.debate.judge import tie_reason
+
+        line.append("tie", style="bold yellow")
+        line.append(f" ({tie_reason(verdict.prob_a, verdict.tie_band)})", style="yellow")
+    else:
+        line.append(f"winner {verdict.winner}", style=f"bold {_TEAM_STYLE.get(verdict.winner, '')}".strip())
     line.append(f"   P(A wins) {verdict.prob_a:.3f}   " + ("no confidence (no logprobs)" if verdict.confidence is None else f"confidence {verdict.confidence:.3f}"))
     if not verdict.parsed:
         line.append("   (judge's JSON did not parse: winner from label probabilities)", style="yellow")
@@ -269,12 +289,29 @@ def _score(value: float | None) -> str:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from bonsai.store.export import export_turns
+    from bonsai.store.export import check_target, export_turns
 
-    fmt = args.fmt or _format_from_suffix(args.output)
     with _open(args) as store:
-        count = export_turns(store, args.output, fmt, args.debates, include_moderator=args.include_moderator)
+        check_target(args.output, store.path, force=args.force)  # the store itself is refused first, whatever its suffix
+        fmt = args.fmt or _format_from_suffix(args.output)
+        count = export_turns(store, args.output, fmt, args.debates, include_moderator=args.include_moderator, force=args.force)
     print(f"wrote {count} turns to {args.output}", file=sys.stderr)
+    return 0
+
+
+def run_vacuum(args: argparse.Namespace) -> int:
+    from bonsai.debate.checkpoints import vacuum
+    from bonsai.paths import checkpoints_path
+
+    if not args.older_than >= 0:
+        raise BonsaiError(f"--older-than must be 0 days or more, not {args.older_than}", hint="for example --older-than 30")
+    home = home_from(args)
+    store = args.store.expanduser() if args.store else store_path(home)
+    checkpoints = args.checkpoints.expanduser() if args.checkpoints else checkpoints_path(home)
+    report = vacuum(store, checkpoints, older_than_days=args.older_than)
+    print(f"checkpoints: dropped those of {report.debates_dropped} debates finished more than {args.older_than:g} days ago "
+          f"({report.rows_deleted} rows); unfinished debates keep theirs")
+    print(f"vacuum: {report.bytes_before:,} -> {report.bytes_after:,} bytes ({report.bytes_saved:,} bytes saved)")
     return 0
 
 

@@ -35,6 +35,15 @@ class JudgeSpec(BaseModel):
 
     criteria: list[str] = Field(default_factory=lambda: ["evidence", "logic", "rebuttal", "clarity"], min_length=1)
     max_tokens: int = Field(160, ge=16, le=2048)
+    # Here rather than in the judge persona: it is a rule of the competition (when is a debate won?),
+    # like the criteria, not a property of the model that judges; a sweep's formats fix it for every judge.
+    tie_band: float = Field(
+        0.05,
+        ge=0.0,
+        lt=0.5,
+        description="A verdict whose P(A wins) lies within this distance of 0.5 is a tie (0: only an exact 0.5; "
+        "readings that lean to different sides in the two layouts are a tie in any case).",
+    )
 
 
 class DebateFormat(BaseModel):

@@ -365,6 +365,7 @@ async def judge_node(state: DebateState, runtime: Runtime[DebateContext]) -> dic
         ctx.fmt.judge.criteria,
         ctx.fmt.judge.max_tokens,
         derive_seed(ctx.seed, len(ctx.schedule)),
+        tie_band=ctx.fmt.judge.tie_band,
     )
     for v in per_judge:
         ctx.store.record_verdict(v)

@@ -1,17 +1,24 @@
 """The judge: a verdict that always parses, with a confidence read from the winner token's logprobs.
 
-Each judge reads the debate twice, with the labels "A" and "B" swapped between the sides, and the two
-readings are averaged: a small model's preference for the label "A" cancels out. The probability
-comes from a one-token probe (the assistant message is pre-filled with ``{"winner": "`` and the next
-token's logprobs are read), so it exists even when the JSON verdict that follows is malformed; the
-JSON (schema-guided where the engine supports it) adds per-criterion scores and a rationale when it
-parses, and is recorded as unparsed when it does not.
+Position must not decide a verdict. A small model prefers the label "A", and prefers whichever side it
+reads first (or last); a verdict decided by either means nothing. So each judge reads the debate four
+times: in two layouts (the speeches in speaking order, and "mirrored": each phase's speakers in reverse
+order, so the side that opened is read second) x two labellings ("A"/"B" swapped between the sides).
+P(team A wins) is the mean of the four readings; label bias cancels within each layout and position
+bias between the layouts. The verdict is a **tie** when the two layouts lean to different sides (the
+position decided it), or when P lies within the tie band (``|P(A) - 0.5| < tie_band``, set per format:
+``judge.tie_band``). Ratings count a tie as half a win for each side.
 
-Both readings show the speeches in speaking order, naming sides by stance, and assign the labels only
-in the closing question: the two prompts share everything up to that question, so the second reading
-(and the verdict after each probe) is served from the engine's prefix cache. Which side speaks first
-is the format's, the same in both readings; a sweep runs both side assignments, and the ratings report
-the win rate per side, so an advantage of speaking first shows there instead of hiding in each verdict.
+The probability comes from a one-token probe (the assistant message is pre-filled with
+``{"winner": "`` and the next token's logprobs are read), so it exists even when the JSON verdict is
+malformed. Each layout also asks for one JSON verdict (schema-guided where the engine supports it) for
+the per-criterion scores and the rationale, with opposite labellings in the two layouts, so a bias for
+the label "A" and one for the side read first both cancel in the mean scores too.
+
+Prefix cache: within a layout the two labellings share everything up to the closing question (the labels
+are assigned only in its last sentence), so each layout's first probe is sent alone and the other two
+requests find its transcript cached. The spoken layout only grows as the debate does, so best-of-N
+scoring (which reads that layout turn by turn) keeps hitting the cache.
 """
 
 from __future__ import annotations
@@ -33,8 +40,17 @@ from bonsai.store.records import VerdictRecord
 
 log = logging.getLogger(__name__)
 
+#: labelling: in "AB" team A is called "A", in "BA" team B is
 Order = Literal["AB", "BA"]
 ORDERS: tuple[Order, ...] = ("AB", "BA")
+#: how the speeches are listed: in speaking order, or each phase's speakers reversed
+Layout = Literal["spoken", "mirrored"]
+LAYOUTS: tuple[Layout, ...] = ("spoken", "mirrored")
+#: the labelling of each layout that also writes the JSON verdict: opposite ones, so the mean scores
+#: carry neither a label nor a position bias (the other labelling is a one-token probe only)
+JSON_ORDER: dict[Layout, Order] = {"spoken": "AB", "mirrored": "BA"}
+TIE = "tie"
+DEFAULT_TIE_BAND = 0.05
 WINNER_PREFIX = '{"winner": "'
 PROBE_TOP = 20
 
@@ -63,10 +79,35 @@ def verdict_schema(criteria: Sequence[str]) -> dict[str, Any]:
     }
 
 
-def judge_messages(judge: Persona, motion: str, turns: Sequence[dict[str, Any]], order: Order, criteria: Sequence[str]) -> list[ChatMessage]:
-    """Everything before the closing question is the same in both orders and only grows as the debate
-    does (best-of-N scoring reads it turn by turn), so it stays in the prefix cache."""
+def mirrored(turns: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The debater turns with each phase's speakers in reverse order (a phase is a run of consecutive
+    turns with the same title): the side that spoke first in a phase is read second, and the side that
+    closed the debate is no longer read last."""
+    speeches = [t for t in turns if t["kind"] == "debater"]
+    out: list[dict[str, Any]] = []
+    start = 0
+    for end in range(1, len(speeches) + 1):
+        if end == len(speeches) or speeches[end]["title"] != speeches[start]["title"]:
+            out.extend(reversed(speeches[start:end]))
+            start = end
+    return out
+
+
+HEADERS: dict[Layout, str] = {
+    "spoken": "The speeches, in the order they were given:",
+    "mirrored": "The speeches, phase by phase, with each phase's speakers in reverse order:",
+}
+
+
+def judge_messages(
+    judge: Persona, motion: str, turns: Sequence[dict[str, Any]], order: Order, criteria: Sequence[str], layout: Layout = "spoken"
+) -> list[ChatMessage]:
+    """Everything before the closing question is the same in both labellings of a layout, and in the
+    spoken layout it only grows as the debate does (best-of-N scoring reads it turn by turn), so it
+    stays in the prefix cache."""
     labels = labels_for(order)
+    if layout == "mirrored":
+        turns = mirrored(turns)
     speeches = [
         f"{t['title'].capitalize()}, {t['speaker']} ({SIDE_STANCE[t['team']]} the motion):\n{t['answer']}"
         for t in turns
@@ -81,7 +122,7 @@ def judge_messages(judge: Persona, motion: str, turns: Sequence[dict[str, Any]],
     naming = " and ".join(f'the side {SIDE_STANCE[team]} the motion "{labels[team]}"' for team in by_label)
     # the labels come last: the part both readings share ends just before them
     user = (
-        f'Motion: "{motion}"\n\nThe speeches, in the order they were given:\n\n' + "\n\n".join(speeches or ["(none)"]) + "\n\n"
+        f'Motion: "{motion}"\n\n{HEADERS[layout]}\n\n' + "\n\n".join(speeches or ["(none)"]) + "\n\n"
         + "".join(f"{line}\n\n" for line in silent)
         + f"Which side argued better? Score each side from 1 to 10 on: {', '.join(criteria)}. "
         f"Answer with JSON only, in this form: {example}\nIn this answer, call {naming}."
@@ -210,6 +251,9 @@ def parse_verdict(text: str, criteria: Sequence[str]) -> tuple[str | None, dict[
 
 @dataclass
 class OrderReading:
+    """One reading: a layout, a labelling, the probe's probabilities and (for one labelling per layout) the
+    JSON verdict. ``order`` keeps its stored name: it is the labelling."""
+
     order: Order
     prob_team_a: float
     label_probs: dict[str, float]
@@ -219,17 +263,26 @@ class OrderReading:
     scores: dict[str, dict[str, float]]  # by team
     rationale: str
     error: str | None
+    layout: Layout = "spoken"
+    asked_json: bool = True  # False: a probe-only reading (no text, scores or rationale)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "order": self.order,
+            "layout": self.layout,
             "prob_team_a": self.prob_team_a,
             "label_probs": self.label_probs,
             "found_labels": self.found_labels,
+            "json": self.asked_json,
             "text": self.text,
             "winner_team": self.winner_team,
             "error": self.error,
         }
+
+
+def _probe_only(order: Order, layout: Layout, probed: tuple[dict[str, float], bool]) -> OrderReading:
+    probs, found = probed
+    return OrderReading(order, probs[labels_for(order)["A"]], probs, found, "", None, {}, "", None, layout, asked_json=False)
 
 
 async def read_once(
@@ -244,9 +297,10 @@ async def read_once(
     request_id: str,
     seed: int | None,
     probed: tuple[dict[str, float], bool] | None = None,
+    layout: Layout = "spoken",
 ) -> OrderReading:
-    """``probed``: this order's label probe, when the caller already sent it."""
-    messages = judge_messages(judge, motion, turns, order, criteria)
+    """A probe and a JSON verdict. ``probed``: this reading's label probe, when the caller already sent it."""
+    messages = judge_messages(judge, motion, turns, order, criteria, layout)
     labels = labels_for(order)
     team_of = {v: k for k, v in labels.items()}
     sampling = Sampling(
@@ -272,10 +326,37 @@ async def read_once(
         scores={team_of[label]: s for label, s in scores_by_label.items()},
         rationale=rationale,
         error=error,
+        layout=layout,
     )
 
 
-async def read_both_orders(
+async def read_layout(
+    engine: Engine,
+    judge: Persona,
+    adapter: AdapterRef | None,
+    motion: str,
+    turns: Sequence[dict[str, Any]],
+    layout: Layout,
+    criteria: Sequence[str],
+    max_tokens: int,
+    request_id: str,
+    seed: int | None,
+) -> list[OrderReading]:
+    """Both labellings of one layout: the first probe alone, then the JSON verdict and the other probe at
+    once. The transcript is prefilled once, and the two later requests (sent together, they would all have
+    been prefilled in the same engine step) find it in the prefix cache."""
+    first = JSON_ORDER[layout]
+    second: Order = "BA" if first == "AB" else "AB"
+    rid = f"{request_id}-{layout}" if layout != "spoken" else request_id  # spoken keeps the old request ids
+    first_probe = await probe_labels(engine, adapter, judge_messages(judge, motion, turns, first, criteria, layout), f"{rid}-{first}-probe")
+    with_json, second_probe = await asyncio.gather(
+        read_once(engine, judge, adapter, motion, turns, first, criteria, max_tokens, f"{rid}-{first}", seed, probed=first_probe, layout=layout),
+        probe_labels(engine, adapter, judge_messages(judge, motion, turns, second, criteria, layout), f"{rid}-{second}-probe"),
+    )
+    return [with_json, _probe_only(second, layout, second_probe)]
+
+
+async def read_all(
     engine: Engine,
     judge: Persona,
     adapter: AdapterRef | None,
@@ -286,17 +367,11 @@ async def read_both_orders(
     request_id: str,
     seed: int | None,
 ) -> list[OrderReading]:
-    """The first order's probe alone, then everything else at once: the transcript is prefilled once, and
-    the other three requests (sent together, they would all have been prefilled in the same engine step)
-    find it in the prefix cache."""
-    first, second = ORDERS
-    first_probe = await probe_labels(engine, adapter, judge_messages(judge, motion, turns, first, criteria), f"{request_id}-{first}-probe")
-    return list(
-        await asyncio.gather(
-            read_once(engine, judge, adapter, motion, turns, first, criteria, max_tokens, f"{request_id}-{first}", seed, probed=first_probe),
-            read_once(engine, judge, adapter, motion, turns, second, criteria, max_tokens, f"{request_id}-{second}", seed),
-        )
+    """The four readings of one judge (two layouts x two labellings); the layouts' chains run at once."""
+    per_layout = await asyncio.gather(
+        *(read_layout(engine, judge, adapter, motion, turns, layout, criteria, max_tokens, request_id, seed) for layout in LAYOUTS)
     )
+    return [r for readings in per_layout for r in readings]
 
 
 def _mean_scores(readings: Sequence[OrderReading]) -> dict[str, dict[str, float]]:
@@ -311,20 +386,50 @@ def _mean_scores(readings: Sequence[OrderReading]) -> dict[str, dict[str, float]
     return out
 
 
-def _decide(prob_a: float, votes: Sequence[str | None], scores: dict[str, dict[str, float]]) -> str:
-    if abs(prob_a - 0.5) > 1e-9:
+def _side(prob_a: float) -> str | None:
+    return "A" if prob_a > 0.5 else "B" if prob_a < 0.5 else None
+
+
+def layout_leans(readings: Sequence[OrderReading]) -> dict[str, float]:
+    """P(team A) per layout, its labellings averaged (so the label bias is gone), from probes that saw a label."""
+    by_layout: dict[str, list[float]] = {}
+    for r in readings:
+        if r.found_labels:
+            by_layout.setdefault(r.layout, []).append(r.prob_team_a)
+    return {layout: sum(ps) / len(ps) for layout, ps in by_layout.items()}
+
+
+def decide(prob_a: float, sides: Sequence[str | None], tie_band: float, *, informative: bool) -> str:
+    """"A", "B" or "tie".
+
+    ``sides``: what each part of the verdict leans to (a layout's P, or a panel member's verdict). Parts that
+    lean to opposite sides make a tie: the verdict would depend on the layout (or on the judge). With
+    probabilities (``informative``), a P within ``tie_band`` of 0.5 is a tie too. Without any (an engine
+    that returns no logprobs), ``sides`` are the JSON winners, and only a unanimous one wins."""
+    if "A" in sides and "B" in sides:
+        return TIE
+    if informative:
+        if abs(prob_a - 0.5) < tie_band or prob_a == 0.5:
+            return TIE
         return "A" if prob_a > 0.5 else "B"
-    a, b = votes.count("A"), votes.count("B")
-    if a != b:
-        return "A" if a > b else "B"
-    sa, sb = sum(scores.get("A", {}).values()), sum(scores.get("B", {}).values())
-    return "B" if sb > sa else "A"
+    voted = set(sides)
+    return voted.pop() if len(voted) == 1 and None not in voted and TIE not in voted else TIE
 
 
-def combine(judge_name: str, debate_id: str, readings: Sequence[OrderReading]) -> VerdictRecord:
+def tie_reason(prob_a: float, tie_band: float | None) -> str:
+    """Why a verdict is a tie, in words, from what the verdict stores."""
+    if tie_band is not None and (abs(prob_a - 0.5) < tie_band or prob_a == 0.5):
+        return f"P(A wins) {prob_a:.2f} is within the tie band (0.5 ± {tie_band:g})"
+    return "the readings leaned to different sides depending on the order the speeches were read in"
+
+
+def combine(judge_name: str, debate_id: str, readings: Sequence[OrderReading], tie_band: float = DEFAULT_TIE_BAND) -> VerdictRecord:
     prob_a = sum(r.prob_team_a for r in readings) / len(readings)
     scores = _mean_scores(readings)
-    winner = _decide(prob_a, [r.winner_team for r in readings], scores)
+    if any(r.found_labels for r in readings):
+        winner = decide(prob_a, [_side(p) for p in layout_leans(readings).values()], tie_band, informative=True)
+    else:
+        winner = decide(prob_a, [r.winner_team for r in readings if r.asked_json], tie_band, informative=False)
     rationale = next((r.rationale for r in readings if r.rationale), "")
     return VerdictRecord(
         debate_id=debate_id,
@@ -335,9 +440,10 @@ def combine(judge_name: str, debate_id: str, readings: Sequence[OrderReading]) -
         confidence=max(prob_a, 1 - prob_a) if any(r.found_labels for r in readings) else None,
         scores=scores,
         rationale=rationale,
-        parsed=any(r.error is None for r in readings),
+        parsed=any(r.error is None for r in readings if r.asked_json),
         orders=[r.as_dict() for r in readings],
         created_at=time.time(),
+        tie_band=tie_band,
     )
 
 
@@ -351,28 +457,31 @@ async def judge_debate(
     criteria: Sequence[str],
     max_tokens: int,
     seed: int | None,
+    tie_band: float = DEFAULT_TIE_BAND,
 ) -> tuple[list[VerdictRecord], VerdictRecord]:
-    """One verdict per judge (both orders each), and the panel's combined verdict (the judge's own if alone)."""
+    """One verdict per judge (four readings each), and the panel's combined verdict (the judge's own if alone)."""
     per_judge_readings = await asyncio.gather(
-        *(read_both_orders(engine, j, adapters.get(j.name), motion, turns, criteria, max_tokens, f"{debate_id}-judge-{j.name}", seed) for j in judges)
+        *(read_all(engine, j, adapters.get(j.name), motion, turns, criteria, max_tokens, f"{debate_id}-judge-{j.name}", seed) for j in judges)
     )
-    readings = [r for pair in per_judge_readings for r in pair]
-    per_judge = [combine(j.name, debate_id, readings[2 * i : 2 * i + 2]) for i, j in enumerate(judges)]
+    per_judge = [combine(j.name, debate_id, readings, tie_band) for j, readings in zip(judges, per_judge_readings, strict=True)]
     if len(per_judge) == 1:
         return per_judge, per_judge[0]
     prob_a = sum(v.prob_a for v in per_judge) / len(per_judge)
-    scores = _mean_scores(readings)
+    readings = [r for rs in per_judge_readings for r in rs]
+    informative = any(r.found_labels for r in readings)
     panel = VerdictRecord(
         debate_id=debate_id,
         judge="panel",
-        winner=_decide(prob_a, [v.winner for v in per_judge], scores),
+        # judges that disagree make a tie, as layouts do within one judge
+        winner=decide(prob_a, [v.winner for v in per_judge], tie_band, informative=informative),
         prob_a=prob_a,
         confidence=max(prob_a, 1 - prob_a) if any(v.confidence is not None for v in per_judge) else None,
-        scores=scores,
+        scores=_mean_scores(readings),
         rationale=per_judge[0].rationale,
         parsed=any(v.parsed for v in per_judge),
         orders=[o for v in per_judge for o in v.orders],
         created_at=time.time(),
+        tie_band=tie_band,
     )
     return per_judge, panel
 
@@ -387,7 +496,12 @@ async def side_win_probability(
     criteria: Sequence[str],
     request_id: str,
 ) -> float:
-    """P(``side`` wins | the debate so far), both orders averaged: the best-of-N score of a candidate."""
-    # one order after the other: the second finds the transcript in the prefix cache
+    """P(``side`` wins | the debate so far), both labellings averaged: the best-of-N score of a candidate.
+
+    A continuous score, never snapped to a tie: it ranks the candidates of one turn, and a small gap
+    between two of them is information. Only the spoken layout is read: every candidate of a turn sits
+    in the same position, so a position bias shifts them all alike and cannot change which is kept,
+    and the spoken layout's prompts only grow turn by turn (prefix cache)."""
+    # one labelling after the other: the second finds the transcript in the prefix cache
     probs = [await probe_labels(engine, adapter, judge_messages(judge, motion, turns, order, criteria), f"{request_id}-{order}") for order in ORDERS]
     return sum(p[labels_for(order)[side]] for (p, _), order in zip(probs, ORDERS, strict=True)) / len(ORDERS)

@@ -27,6 +27,7 @@ from langgraph.types import Command
 
 from bonsai.adapter_registry import resolve_persona_adapter
 from bonsai.debate import events as ev
+from bonsai.debate.checkpoints import prune_finished, strict_serializer
 from bonsai.debate.formats import DebateFormat, load_format
 from bonsai.debate.graph import DebateContext, build_graph, turn_summary
 from bonsai.debate.prompts import debater_prompt
@@ -100,7 +101,7 @@ class DebateRunner:
         # only an OS crash can lose the last ones. The default (FULL) syncs the disk on every checkpoint,
         # and with hundreds of debates sharing this one connection those syncs became the bottleneck.
         await conn.execute("PRAGMA synchronous=NORMAL")
-        saver = AsyncSqliteSaver(conn)
+        saver = AsyncSqliteSaver(conn, serde=strict_serializer())  # a tampered checkpoint is refused, never run
         self._graph = build_graph().compile(checkpointer=saver)
         return self
 
@@ -321,6 +322,8 @@ class DebateRunner:
             yield ev.Paused(debate_id, step, nxt.speaker if nxt else "judge", nxt.team if nxt else "none", nxt.title if nxt else "verdict")
             return
         record = self.store.get_debate(debate_id)
+        if record.status == "finished" and not snapshot.values.get("notes"):  # keep only its last state (see checkpoints.py)
+            await prune_finished(self.graph.checkpointer, debate_id)
         yield ev.DebateEnd(debate_id, record.status, record.winner)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from bonsai.text import check_motion
+
 
 class DebateSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -25,10 +27,7 @@ class DebateSpec(BaseModel):
     @field_validator("motion")
     @classmethod
     def _motion_not_empty(cls, v: str) -> str:
-        v = v.strip()
-        if not v:
-            raise ValueError("the motion is empty")
-        return v
+        return check_motion(v)  # empty, too long, or not encodable (a lone surrogate)
 
 
 #: the settings a person picks for a debate (the CLI flags, the TUI form); the rest is set by sweeps and resumes

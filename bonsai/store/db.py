@@ -26,8 +26,15 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 BUSY_TIMEOUT_MS = 10_000
 
 
-def open_store(path: Path, *, create: bool) -> sqlite3.Connection:
-    """A migrated connection to the store at ``path`` (WAL, foreign keys on, busy timeout set)."""
+def open_store(path: Path, *, create: bool, read_only: bool = False) -> sqlite3.Connection:
+    """A migrated connection to the store at ``path`` (WAL, foreign keys on, busy timeout set).
+
+    ``read_only`` opens the file with SQLite's ``mode=ro``: nothing is created, migrated or switched to
+    WAL, so reading a store (or a file that only looks like one) never changes it. A store older than
+    this bonsai is then migrated in a private in-memory copy instead of on disk.
+    """
+    if read_only:
+        return _open_read_only(path)
     _check_file(path, create=create)
     if create:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -38,18 +45,58 @@ def open_store(path: Path, *, create: bool) -> sqlite3.Connection:
     except sqlite3.Error as exc:
         raise StoreError(f"Cannot open the transcript store {path}: {exc}.", hint="check the path and its permissions") from exc
     try:
+        # whose file is it, before anything is written to it (WAL mode included)
+        migrations.check_identity(db, path)
         _configure(db, path)
         migrations.migrate(db, path)
     except sqlite3.DatabaseError as exc:
         db.close()
-        raise StoreError(
-            f"{path} is not a usable transcript store ({exc}).",
-            hint="pass --store with a bonsai transcripts.sqlite, or move the damaged file away and run again",
-        ) from exc
+        raise _unusable(path, exc) from exc
     except BaseException:
         db.close()
         raise
     return db
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    _check_file(path, create=False)
+    if path.stat().st_size == 0:
+        raise StoreError(f"{path} is an empty file (0 bytes), not a transcript store.", hint="pass --store with a bonsai transcripts.sqlite, or run a debate to fill it")
+    try:
+        db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, check_same_thread=False, isolation_level=None,
+                             timeout=BUSY_TIMEOUT_MS / 1000)
+    except sqlite3.Error as exc:
+        raise StoreError(f"Cannot open the transcript store {path}: {exc}.", hint="check the path and its permissions") from exc
+    try:
+        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        db.execute("PRAGMA query_only=ON")
+        migrations.check_identity(db, path)
+        version = migrations.check_version(db, path)
+        if version < len(migrations.MIGRATIONS):
+            # an older store: read it through a migrated copy in memory, leaving the file as it is
+            log.info("transcript store %s has schema %d; reading a migrated in-memory copy", path, version)
+            mem = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+            db.backup(mem)
+            db.close()
+            db = mem
+            migrations.migrate(db, path)
+            db.execute("PRAGMA query_only=ON")
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise _unusable(path, exc) from exc
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _unusable(path: Path, exc: sqlite3.DatabaseError) -> StoreError:
+    if migrations.is_corruption(exc):
+        return migrations.corrupt_error(path, str(exc))
+    return StoreError(
+        f"{path} is not a usable transcript store ({exc}).",
+        hint="pass --store with a bonsai transcripts.sqlite, or move the damaged file away and run again",
+    )
 
 
 def _check_file(path: Path, *, create: bool) -> None:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
 
+from bonsai import atomic
 from bonsai.errors import StoreError
 from bonsai.store.records import CandidateRecord, DebateRecord, TurnRecord, VerdictRecord
 from bonsai.store.transcripts import TranscriptStore
@@ -90,6 +90,7 @@ SCHEMA = pa.schema(
                     ("rationale", pa.string()),
                     ("parsed", pa.bool_()),
                     ("orders", pa.string()),
+                    ("tie_band", pa.float64()),
                 ]
             ),
         ),
@@ -104,14 +105,17 @@ def export_turns(
     debate_ids: Iterable[str] | None = None,
     *,
     include_moderator: bool = False,
+    force: bool = False,
 ) -> int:
     """Write the turns of ``debate_ids`` (all debates, oldest first, when None) to ``out``; returns the row count.
 
-    The file appears only when complete. Nothing to export is an error rather than an empty file,
+    An existing ``out`` is replaced only with ``force``, and never when it is the store (see
+    :func:`check_target`). The file appears only when complete. Nothing to export is an error rather than an empty file,
     because an empty JSONL or Parquet file fails later, far from the cause, when a trainer loads it.
     """
     if fmt not in FORMATS:
         raise StoreError(f"Unknown export format {fmt!r}.", hint=f"use one of: {', '.join(FORMATS)}")
+    check_target(out, store.path, force=force)
     if debate_ids is None:
         debates = store.list_debates(newest_first=False)
     else:
@@ -125,13 +129,23 @@ def export_turns(
             if rows:
                 yield rows
 
-    with _staged_file(out) as tmp:
-        count = _write_jsonl(tmp, batches()) if fmt == "jsonl" else _write_parquet(tmp, batches())
-        if count == 0:
-            raise StoreError(
-                f"The selected debates in {store.path} have no debater turns to export.",
-                hint="pick debates that got past the opening (see `bonsai transcripts list`)",
-            )
+    # an export killed earlier (kill -9, power cut) may have left its stage beside the target
+    atomic.clean_orphans(Path(out).parent, depth=0)
+    try:
+        with atomic.staged_file(out, suffix=".partial", shared=True) as tmp:
+            count = _write_jsonl(tmp, batches()) if fmt == "jsonl" else _write_parquet(tmp, batches())
+            if count == 0:
+                raise StoreError(
+                    f"The selected debates in {store.path} have no debater turns to export.",
+                    hint="pick debates that got past the opening (see `bonsai transcripts list`)",
+                )
+            # checked again just before the rename: a file that appeared meanwhile is not replaced unasked
+            check_target(out, store.path, force=force)
+    except OSError as exc:
+        raise StoreError(
+            f"Cannot write the export to {out}: {exc.strerror or exc}.",
+            hint="check that the folder exists and is writable and the disk has room, or pick another -o",
+        ) from exc
     return count
 
 
@@ -200,6 +214,7 @@ def _verdict_row(verdict: VerdictRecord) -> dict[str, Any]:
         "rationale": verdict.rationale,
         "parsed": verdict.parsed,
         "orders": json.dumps(verdict.orders, ensure_ascii=False),
+        "tie_band": verdict.tie_band,
     }
 
 
@@ -236,22 +251,36 @@ def _finite(value: Any) -> Any:
     return value
 
 
-@contextlib.contextmanager
-def _staged_file(out: Path) -> Iterator[Path]:
-    """A temp file beside ``out`` that replaces it in one step on success and vanishes on failure."""
+def check_target(out: Path, store_path: Path, *, force: bool = False) -> None:
+    """Refuse an export target that would destroy data: the store itself (always), any existing file
+    (unless ``force``), and say plainly when the file in the way is an SQLite database."""
     out = Path(out)
     if out.is_dir():
         raise StoreError(f"The export target {out} is a folder.", hint="give a file name, e.g. -o turns.jsonl")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
-    os.close(fd)
-    tmp = Path(name)
+    store_path = Path(store_path)
+    # the store's own file and its WAL/journal companions, by resolved path and, for links, by inode
+    guarded = [store_path, *(store_path.with_name(store_path.name + s) for s in ("-wal", "-shm", "-journal"))]
+    target = out.expanduser().resolve()
+    for g in guarded:
+        same = target == g.expanduser().resolve()
+        with contextlib.suppress(OSError):
+            same = same or (out.exists() and g.exists() and os.path.samefile(out, g))
+        if same:
+            raise StoreError(f"Refusing to export onto the transcript store itself ({g}).", hint="pick another output file, e.g. -o turns.jsonl")
+    if not out.exists():
+        return
+    if _is_sqlite(out) and not force:
+        raise StoreError(
+            f"{out} is an SQLite database (perhaps a transcript store or a checkpoint file); an export would replace it.",
+            hint="pick another output file, or pass --force if you really mean to replace that database",
+        )
+    if not force:
+        raise StoreError(f"{out} already exists.", hint="pick another output file, or pass --force to replace it")
+
+
+def _is_sqlite(path: Path) -> bool:
     try:
-        yield tmp
-        with tmp.open("rb+") as fh:  # on disk before the rename makes it visible
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+        with path.open("rb") as fh:
+            return fh.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False

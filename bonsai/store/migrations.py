@@ -146,7 +146,15 @@ def m002_sweeps(db: sqlite3.Connection) -> None:
 
 
 @migration
-def m003_verdict_confidence_optional(db: sqlite3.Connection) -> None:
+def m003_verdict_tie_band(db: sqlite3.Connection) -> None:
+    # A verdict may now be a tie ("tie" in verdicts.winner and debates.winner: plain TEXT, checked in
+    # Python, so no rebuild). The band that decided it is kept with it; older verdicts keep NULL: they were
+    # decided by the sign of prob_a alone, from readings in speaking order only, and are not re-judged.
+    db.execute("ALTER TABLE verdicts ADD COLUMN tie_band REAL")
+
+
+@migration
+def m004_verdict_confidence_optional(db: sqlite3.Connection) -> None:
     # A judge on a server that returns no logprobs has no confidence to record (NULL), so the column may
     # be empty. SQLite cannot drop NOT NULL in place: the table is rebuilt with the same rows.
     db.execute(
@@ -162,11 +170,12 @@ def m003_verdict_confidence_optional(db: sqlite3.Connection) -> None:
             parsed     INTEGER NOT NULL,
             orders     TEXT NOT NULL,
             created_at REAL NOT NULL,
+            tie_band   REAL,
             PRIMARY KEY (debate_id, judge)
         )
         """
     )
-    db.execute("INSERT INTO verdicts_new SELECT debate_id, judge, winner, prob_a, confidence, scores, rationale, parsed, orders, created_at FROM verdicts")
+    db.execute("INSERT INTO verdicts_new SELECT debate_id, judge, winner, prob_a, confidence, scores, rationale, parsed, orders, created_at, tie_band FROM verdicts")
     db.execute("DROP TABLE verdicts")
     db.execute("ALTER TABLE verdicts_new RENAME TO verdicts")
 
@@ -178,25 +187,66 @@ def current_version(db: sqlite3.Connection) -> int:
     return int(row[0] or 0)
 
 
+def check_identity(db: sqlite3.Connection, path: Path) -> None:
+    """Refuse an SQLite file that holds tables but no ``schema_version``: somebody else's database."""
+    if _has_table(db, "schema_version"):
+        return
+    others = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'")]
+    if others:
+        raise StoreError(
+            f"{path} is an SQLite database but not a bonsai transcript store (it holds {', '.join(sorted(others)[:5])}).",
+            hint="pass --store with a bonsai transcripts.sqlite (the checkpoint database is a different file)",
+        )
+
+
+def check_version(db: sqlite3.Connection, path: Path) -> int:
+    """The store's schema version; a version this bonsai does not know is refused, as corruption if it is."""
+    if not _has_table(db, "schema_version"):
+        raise StoreError(f"{path} is an empty SQLite database, not a transcript store.", hint="pass --store with a bonsai transcripts.sqlite")
+    version = current_version(db)
+    known = len(MIGRATIONS)
+    if version > known or version < 0:
+        # a version from the future is far more often a damaged page than a newer bonsai: check first
+        problems = quick_check(db)
+        if problems:
+            raise corrupt_error(path, problems[0])
+        raise StoreError(
+            f"The transcript store {path} was written by a newer bonsai (schema {version}, this one knows {known}).",
+            hint="upgrade bonsai (pip install -U bonsai), or pass --store with another file",
+        )
+    return version
+
+
+def quick_check(db: sqlite3.Connection) -> list[str]:
+    """SQLite's ``PRAGMA quick_check``: [] for a sound file, else its first complaints."""
+    try:
+        rows = [str(r[0]) for r in db.execute("PRAGMA quick_check(5)")]
+    except sqlite3.DatabaseError as exc:
+        return [str(exc)]
+    return [] if rows == ["ok"] else rows
+
+
+def is_corruption(exc: sqlite3.DatabaseError) -> bool:
+    text = str(exc).lower()
+    return "malformed" in text or "corrupt" in text or "not a database" in text
+
+
+def corrupt_error(path: Path, detail: str) -> StoreError:
+    return StoreError(
+        f"The transcript store {path} is corrupt (SQLite integrity check: {detail}).",
+        hint=f"restore it from a backup, or try `sqlite3 {path} .recover > recovered.sql`; bonsai will not write to it",
+    )
+
+
 def migrate(db: sqlite3.Connection, path: Path) -> int:
     """Bring the database up to ``len(MIGRATIONS)`` in one transaction; returns the version it ends at."""
     known = len(MIGRATIONS)
     db.execute("BEGIN IMMEDIATE")  # taken before reading the version, so two processes cannot both migrate
     try:
+        check_identity(db, path)
         if not _has_table(db, "schema_version"):
-            others = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'")]
-            if others:
-                raise StoreError(
-                    f"{path} is an SQLite database but not a bonsai transcript store (it holds {', '.join(sorted(others)[:5])}).",
-                    hint="pass --store with a bonsai transcripts.sqlite (the checkpoint database is a different file)",
-                )
             db.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)")
-        version = current_version(db)
-        if version > known:
-            raise StoreError(
-                f"The transcript store {path} was written by a newer bonsai (schema {version}, this one knows {known}).",
-                hint="upgrade bonsai (pip install -U bonsai), or pass --store with another file",
-            )
+        version = check_version(db, path)
         for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
             log.info("transcript store %s: applying migration %d (%s)", path, number, step.__name__)
             step(db)

@@ -20,7 +20,7 @@ class DebateRecord:
     candidates: int
     created_at: float
     status: str = "running"  # running | finished | failed | interrupted
-    winner: str | None = None  # "A" | "B" | None
+    winner: str | None = None  # "A" | "B" | "tie" | None (no verdict yet)
     finished_at: float | None = None
     sweep: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
@@ -81,14 +81,19 @@ class CandidateRecord:
 class VerdictRecord:
     debate_id: str
     judge: str  # persona name, or "panel" for the combined verdict
-    winner: str  # "A" | "B"
-    prob_a: float  # P(team A wins), averaged over both labellings (A/B swapped)
+    winner: str  # "A" | "B" | "tie" (the readings disagree, or prob_a lies within tie_band of 0.5)
+    prob_a: float  # P(team A wins), averaged over every reading (layouts x labellings)
     confidence: float | None  # max(prob_a, 1 - prob_a); None: the judge's server returned no logprobs
     scores: dict[str, dict[str, float]]  # team -> criterion -> score
     rationale: str
     parsed: bool  # whether the judge's JSON parsed (else winner comes from the logprobs alone)
-    orders: list[dict[str, Any]]  # per labelling ("AB": team A called "A"; "BA": swapped): raw text, label probabilities, parse errors
+    #: per reading: "layout" (spoken, or mirrored: each phase's speakers reversed; absent before ties
+    #: existed, when every reading was spoken), "order" (labelling: "AB" team A called "A"; "BA" swapped),
+    #: label probabilities, raw text and parse errors
+    orders: list[dict[str, Any]]
     created_at: float = 0.0
+    #: the band that decided a tie: |prob_a - 0.5| < tie_band; None for verdicts from before ties existed
+    tie_band: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

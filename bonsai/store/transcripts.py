@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 STATUSES = ("running", "finished", "failed", "interrupted")
 SWEEP_STATUSES = ("running", "finished", "incomplete", "interrupted")
 TEAMS = ("A", "B")
+WINNERS = ("A", "B", "tie")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,13 +98,15 @@ VERDICTS = _Table(
 class TranscriptStore:
     """The transcript database at ``path``.
 
-    ``create=False`` is for read-only commands: a missing file is an error instead of a fresh empty store.
+    ``create=False``: a missing file is an error instead of a fresh empty store. ``read_only=True`` (for
+    commands that only read) also never migrates, converts or writes the file: see :func:`open_store`.
     """
 
-    def __init__(self, path: Path, *, create: bool = True) -> None:
+    def __init__(self, path: Path, *, create: bool = True, read_only: bool = False) -> None:
         self.path = Path(path)
+        self.read_only = read_only
         self._lock = threading.RLock()
-        self._db = open_store(self.path, create=create)
+        self._db = open_store(self.path, create=create and not read_only, read_only=read_only)
         self._db.row_factory = sqlite3.Row
 
     def __repr__(self) -> str:
@@ -433,8 +436,8 @@ def _check_status(status: str) -> None:
 def _check_winner(winner: str | None, *, required: bool = False) -> None:
     if winner is None and not required:
         return
-    if winner not in TEAMS:
-        raise ValueError(f"winner must be 'A' or 'B'{'' if required else ' or None'}, not {winner!r}")
+    if winner not in WINNERS:
+        raise ValueError(f"winner must be 'A', 'B' or 'tie'{'' if required else ' or None'}, not {winner!r}")
 
 
 def _check_team(team: str, *, allow_none: bool) -> None:

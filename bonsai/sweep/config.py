@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from bonsai.errors import ConfigError, describe_validation
 from bonsai.sweep.motions import read_motions, unique
+from bonsai.text import check_motion
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
@@ -96,6 +97,18 @@ class SweepConfig(BaseModel):
         return self
 
 
+def _checked(motion: str, where: str) -> str:
+    try:
+        return check_motion(motion)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}", "fix or remove that motion") from None
+
+
+#: a grid larger than this is run (or planned, with --dry-run) only with --yes: 10,000 debates are
+#: hours of GPU time, and planning a grid holds every debate of it in memory at once
+GRID_CAP = 10_000
+
+
 class ResolvedSweep(BaseModel):
     """A sweep with its motions read: what is stored, hashed and compared on --resume."""
 
@@ -104,6 +117,13 @@ class ResolvedSweep(BaseModel):
     config: SweepConfig
     motions: list[str]
     source: str | None = None
+
+    def grid_size(self) -> int:
+        """Debates in the grid, counted without building it (an upper bound: a competitor paired with
+        itself runs one assignment, not two)."""
+        cfg = self.config
+        sides = 2 if cfg.sides == "both" else 1
+        return len(self.motions) * len(cfg.pairings) * sides * len(cfg.seeds) * len(cfg.judges) * len(cfg.formats) * len(cfg.candidates)
 
     def grid_hash(self) -> str:
         """Hash of what decides the debates (not concurrency, retries or budgets, which may change on resume)."""
@@ -134,14 +154,15 @@ def load_sweep(path: Path, *, overrides: dict[str, object] | None = None) -> Res
     except ValidationError as exc:
         raise ConfigError(f"{path}: invalid sweep:\n    " + "\n    ".join(describe_validation(exc)), "see examples/sweep-quick.yaml for a valid file") from None
     motions: list[str] = []
-    for item in config.motions:
+    for i, item in enumerate(config.motions):
         if isinstance(item, MotionsFile):
             file = item.file if item.file.is_absolute() else path.parent / item.file
             found = read_motions(file, field=item.field)
-            motions.extend(found[: item.limit] if item.limit else found)
+            found = found[: item.limit] if item.limit else found
+            motions.extend(_checked(m, f"motions file {file}, motion {n}") for n, m in enumerate(found, start=1))
         else:
             text = item.strip()
             if not text:
                 raise ConfigError(f"{path}: motions lists an empty motion", "remove it, or write the motion")
-            motions.append(text)
+            motions.append(_checked(text, f"{path}: motions[{i}]"))
     return ResolvedSweep(config=config, motions=unique(motions), source=str(path.resolve()))

@@ -75,7 +75,7 @@ def winrate_png(report: RatingsReport) -> bytes:
             if cell is None or cell.rate is None:
                 continue
             colour = "white" if abs(cell.rate - 0.5) > 0.3 else "black"
-            ax.text(j, i, f"{cell.rate:.0%}\n{cell.wins}/{cell.games}", ha="center", va="center",
+            ax.text(j, i, f"{cell.rate:.0%}\n{cell.wins:g}/{cell.games}", ha="center", va="center",
                     fontsize=fontsize, color=colour)
     ax.set_xticks(range(size), labels, rotation=45, ha="right", fontsize=fontsize)
     ax.set_yticks(range(size), labels, fontsize=fontsize)

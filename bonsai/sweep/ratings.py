@@ -2,7 +2,8 @@
 
 A sweep gives a few hundred noisy pairwise outcomes at best, so every number here comes with its
 uncertainty: ratings with a percentile bootstrap over debates, the side-A win rate with a Wilson
-interval. The fit carries a weak prior (a few virtual drawn games against an average opponent) because
+interval. A tie counts as half a win for each side, as Chatbot Arena counts them: in the
+Bradley-Terry fit (half a game won each way), in every win rate and in the side bias. The fit carries a weak prior (a few virtual drawn games against an average opponent) because
 small sweeps routinely contain a competitor that won or lost everything, whose plain maximum-likelihood
 strength is infinite.
 """
@@ -58,7 +59,7 @@ class Outcome:
     motion: str
     a: str  # competitor label on side A
     b: str  # competitor label on side B
-    winner: str  # "A" or "B"
+    winner: str  # "A", "B" or "tie"
     prob_a: float | None  # judge's P(A wins), averaged over both labellings
     confidence: float | None  # max(prob_a, 1-prob_a)
     judge: str
@@ -68,17 +69,31 @@ class Outcome:
     tokens: int  # output tokens spent on the debate
 
     def __post_init__(self) -> None:
-        # Checked here so a typo such as "a" or "tie" fails loudly instead of counting as a B win.
-        if self.winner not in ("A", "B"):
-            raise ValueError(f"debate {self.debate_id}: winner must be 'A' or 'B', not {self.winner!r}")
+        # Checked here so a typo such as "a" or "draw" fails loudly instead of counting as a B win.
+        if self.winner not in ("A", "B", "tie"):
+            raise ValueError(f"debate {self.debate_id}: winner must be 'A', 'B' or 'tie', not {self.winner!r}")
 
     @property
-    def winner_label(self) -> str:
-        return self.a if self.winner == "A" else self.b
+    def tie(self) -> bool:
+        return self.winner == "tie"
 
     @property
-    def loser_label(self) -> str:
-        return self.b if self.winner == "A" else self.a
+    def points_a(self) -> float:
+        """What side A scored: 1 for a win, 0.5 for a tie, 0 for a loss."""
+        return 1.0 if self.winner == "A" else 0.5 if self.winner == "tie" else 0.0
+
+    def points(self, label: str) -> float:
+        """What competitor ``label`` scored in this debate (it must have played it; self-play: side A's seat)."""
+        return self.points_a if label == self.a else 1.0 - self.points_a
+
+    @property
+    def winner_label(self) -> str | None:
+        """The winning competitor; None for a tie."""
+        return None if self.tie else self.a if self.winner == "A" else self.b
+
+    @property
+    def loser_label(self) -> str | None:
+        return None if self.tie else self.b if self.winner == "A" else self.a
 
     @property
     def self_play(self) -> bool:
@@ -90,9 +105,10 @@ def to_elo(log_strength: float) -> float:
     return ELO_BASE + ELO_PER_NAT * log_strength
 
 
-def wilson_interval(wins: int, n: int, *, level: float = 0.95) -> tuple[float, float] | None:
+def wilson_interval(wins: float, n: int, *, level: float = 0.95) -> tuple[float, float] | None:
     """Wilson score interval for a binomial rate; unlike the normal one it stays inside [0, 1] and is
-    sensible at 0/n and n/n, which small sweeps hit often. ``None`` when there are no trials."""
+    sensible at 0/n and n/n, which small sweeps hit often. ``wins`` may count ties as halves (as the
+    score-based Wilson interval does for Chatbot Arena's win rates). ``None`` when there are no trials."""
     if n <= 0:
         return None
     z = statistics.NormalDist().inv_cdf(0.5 + level / 2)
@@ -119,19 +135,27 @@ def _labels(outcomes: Sequence[Outcome]) -> list[str]:
     return labels
 
 
-def _pairs(outcomes: Sequence[Outcome], index: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Winner and loser indices of each debate that carries rating information, and which debates they
-    are (self-play says nothing about relative strength)."""
-    rated = [k for k, o in enumerate(outcomes) if not o.self_play]
-    winners = np.array([index[outcomes[k].winner_label] for k in rated], dtype=np.int64)
-    losers = np.array([index[outcomes[k].loser_label] for k in rated], dtype=np.int64)
-    return winners, losers, np.array(rated, dtype=np.int64)
+def _pairs(outcomes: Sequence[Outcome], index: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(winner, loser, points, debate) rows for each debate that carries rating information (self-play
+    says nothing about relative strength): a win is one row worth 1, a tie two rows worth 0.5, one each
+    way."""
+    rows: list[tuple[int, int, float, int]] = []
+    for k, o in enumerate(outcomes):
+        if o.self_play:
+            continue
+        a, b = index[o.a], index[o.b]
+        if o.tie:
+            rows += [(a, b, 0.5, k), (b, a, 0.5, k)]
+        else:
+            rows.append((a, b, 1.0, k) if o.winner == "A" else (b, a, 1.0, k))
+    winners, losers, points, debates = (np.array(col) for col in zip(*rows, strict=True)) if rows else (np.zeros(0),) * 4
+    return winners.astype(np.int64), losers.astype(np.int64), points.astype(float), debates.astype(np.int64)
 
 
 def _win_matrix(
     winners: np.ndarray, losers: np.ndarray, size: int, weights: np.ndarray | None = None
 ) -> np.ndarray:
-    """``W[i, j]`` = how often i beat j."""
+    """``W[i, j]`` = how often i beat j (ties as halves, given as ``weights``)."""
     flat = np.bincount(winners * size + losers, weights=weights, minlength=size * size)
     return flat.astype(float).reshape(size, size)
 
@@ -222,8 +246,8 @@ def bradley_terry(outcomes: Sequence[Outcome], *, prior_games: float = 1.0) -> d
     _check_prior(prior_games)
     labels = _labels(outcomes)
     index = {label: k for k, label in enumerate(labels)}
-    winners, losers, _ = _pairs(outcomes, index)
-    wins = _win_matrix(winners, losers, len(labels))
+    winners, losers, points, _ = _pairs(outcomes, index)
+    wins = _win_matrix(winners, losers, len(labels), weights=points)
     if not _connected(wins + wins.T):
         log.warning(
             "the competitors do not all meet, directly or through others: ratings of unconnected groups "
@@ -260,12 +284,12 @@ def bootstrap_intervals(
         raise ConfigError(f"interval level must be between 0 and 1, not {level}", hint="0.95 is usual")
     labels = _labels(outcomes)
     index = {label: k for k, label in enumerate(labels)}
-    winners, losers, rated = _pairs(outcomes, index)
+    winners, losers, points, rated = _pairs(outcomes, index)
     rng = np.random.default_rng(seed)
     samples: list[np.ndarray] = []
     for _ in range(n):
         counts = np.bincount(rng.integers(0, len(outcomes), size=len(outcomes)), minlength=len(outcomes))
-        wins = _win_matrix(winners, losers, len(labels), weights=counts[rated].astype(float))
+        wins = _win_matrix(winners, losers, len(labels), weights=points * counts[rated])
         if prior_games == 0 and not _mle_exists(wins):
             continue
         samples.append(_fit(wins, prior_games))
@@ -288,7 +312,7 @@ class CompetitorRating:
     label: str
     rank: int
     games: int  # self-play excluded: it is always one win and one loss
-    wins: int
+    wins: float  # a tie counts half
     win_rate: float | None
     log_strength: float
     elo: float
@@ -298,9 +322,10 @@ class CompetitorRating:
 
 @dataclass(frozen=True)
 class Record:
-    wins: int
+    wins: float  # a tie counts half
     games: int
     rate: float | None
+    ties: int = 0
 
 
 @dataclass(frozen=True)
@@ -314,11 +339,12 @@ class SideStats:
     """Side bias: a fair format and judge give side A about half the wins."""
 
     n: int
-    wins_a: int
+    wins_a: float  # a tie counts half
     rate_a: float
     low: float
     high: float
     per_competitor: dict[str, SideRecords]
+    ties: int = 0
 
 
 @dataclass(frozen=True)
@@ -370,7 +396,7 @@ class RatingsReport:
         return asdict(self)
 
 
-def _rate(wins: int, games: int) -> float | None:
+def _rate(wins: float, games: int) -> float | None:
     return wins / games if games else None
 
 
@@ -383,31 +409,37 @@ def _ranks(ordered: list[float]) -> list[int]:
 
 
 def _side_stats(outcomes: Sequence[Outcome], labels: list[str]) -> SideStats:
-    wins_a = sum(o.winner == "A" for o in outcomes)
+    wins_a = sum(o.points_a for o in outcomes)
     low, high = wilson_interval(wins_a, len(outcomes)) or (0.0, 1.0)
     per: dict[str, SideRecords] = {}
     for label in labels:
         on_a = [o for o in outcomes if o.a == label]
         on_b = [o for o in outcomes if o.b == label]
-        won_a = sum(o.winner == "A" for o in on_a)
-        won_b = sum(o.winner == "B" for o in on_b)
+        won_a = sum(o.points_a for o in on_a)
+        won_b = sum(1.0 - o.points_a for o in on_b)
         per[label] = SideRecords(
-            as_a=Record(won_a, len(on_a), _rate(won_a, len(on_a))),
-            as_b=Record(won_b, len(on_b), _rate(won_b, len(on_b))),
+            as_a=Record(won_a, len(on_a), _rate(won_a, len(on_a)), sum(o.tie for o in on_a)),
+            as_b=Record(won_b, len(on_b), _rate(won_b, len(on_b)), sum(o.tie for o in on_b)),
         )
-    return SideStats(len(outcomes), wins_a, wins_a / len(outcomes), low, high, per)
+    return SideStats(len(outcomes), wins_a, wins_a / len(outcomes), low, high, per, sum(o.tie for o in outcomes))
 
 
 def _win_matrix_report(outcomes: Sequence[Outcome], labels: list[str]) -> WinMatrix:
     index = {label: k for k, label in enumerate(labels)}
-    wins = np.zeros((len(labels), len(labels)), dtype=int)
+    wins = np.zeros((len(labels), len(labels)), dtype=float)
+    ties = np.zeros((len(labels), len(labels)), dtype=int)
     for o in outcomes:
         if not o.self_play:
-            wins[index[o.winner_label], index[o.loser_label]] += 1
-    games = wins + wins.T
+            a, b = index[o.a], index[o.b]
+            wins[a, b] += o.points_a
+            wins[b, a] += 1.0 - o.points_a
+            if o.tie:
+                ties[a, b] += 1
+                ties[b, a] += 1
+    games = np.rint(wins + wins.T).astype(int)
     cells = [
         [
-            Record(int(wins[i, j]), int(games[i, j]), float(wins[i, j] / games[i, j])) if games[i, j] else None
+            Record(float(wins[i, j]), int(games[i, j]), float(wins[i, j] / games[i, j]), int(ties[i, j])) if games[i, j] else None
             for j in range(len(labels))
         ]
         for i in range(len(labels))
@@ -449,7 +481,7 @@ def summarize(
     competitors = []
     for label, rank in zip(order, ranks, strict=True):
         games = sum(1 for o in outcomes if not o.self_play and label in (o.a, o.b))
-        wins = sum(1 for o in outcomes if not o.self_play and o.winner_label == label)
+        wins = sum(o.points(label) for o in outcomes if not o.self_play and label in (o.a, o.b))
         interval = intervals.get(label)
         competitors.append(
             CompetitorRating(
@@ -480,6 +512,11 @@ def summarize(
 # --- output -----------------------------------------------------------------------------------------
 
 
+def _count(wins: float) -> str:
+    """7, or 7.5 when ties made a half."""
+    return f"{wins:g}"
+
+
 def _pct(rate: float | None) -> str:
     return "-" if rate is None else f"{rate:.1%}"
 
@@ -499,7 +536,8 @@ def format_table(report: RatingsReport) -> str:
         lines.append("  ".join(cells).rstrip())
     s = report.sides
     lines.append("")
-    lines.append(f"side A won {s.wins_a}/{s.n} = {s.rate_a:.1%} (95% CI {s.low:.1%} to {s.high:.1%}; fair is 50%)")
+    ties = f", {s.ties} ties counted as half" if s.ties else ""
+    lines.append(f"side A won {_count(s.wins_a)}/{s.n} = {s.rate_a:.1%} (95% CI {s.low:.1%} to {s.high:.1%}; fair is 50%{ties})")
     t = report.totals
     extra = f", {t.self_play} self-play" if t.self_play else ""
     lines.append(f"{t.debates} debates{extra}, {t.tokens} output tokens")
@@ -523,7 +561,7 @@ def results_csv(outcomes: Sequence[Outcome]) -> str:
                 o.a,
                 o.b,
                 o.winner,
-                o.winner_label,
+                o.winner_label or "",
                 _cell(o.prob_a),
                 _cell(o.confidence),
                 o.judge,

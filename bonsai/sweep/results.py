@@ -22,7 +22,7 @@ def sweep_outcomes(store: TranscriptStore, name: str) -> list[Outcome]:
     outcomes = []
     for debate, verdicts, tokens in store.sweep_results(name):
         job = debate.config.get("sweep_job")
-        if not isinstance(job, dict) or debate.winner not in ("A", "B"):
+        if not isinstance(job, dict) or debate.winner not in ("A", "B", "tie"):
             log.warning("debate %s of sweep %s has no competitor labels or no winner; left out of the ratings", debate.debate_id, name)
             continue
         verdict = verdicts[-1] if verdicts else None  # the panel's when there is one (sorted last)

@@ -17,11 +17,12 @@ from textual.widgets import DataTable, Footer, Input, Select, Static
 
 from bonsai.store.records import DebateRecord
 from bonsai.store.transcripts import STATUSES, TranscriptStore
+from bonsai.text import printable_all
 
 if TYPE_CHECKING:
     from tui.app import BonsaiApp
 
-WINNERS = [("any winner", "any"), ("A won", "A"), ("B won", "B"), ("no winner", "none")]
+WINNERS = [("any winner", "any"), ("A won", "A"), ("B won", "B"), ("tie", "tie"), ("no winner", "none")]
 
 
 def when(ts: float) -> str:
@@ -76,14 +77,14 @@ class BrowserScreen(Screen[None]):
         f = self.filters()
         debates = self.store.list_debates(
             persona=f["persona"], sweep=f["sweep"], status=None if f["status"] == "any" else f["status"],
-            winner=f["winner"] if f["winner"] in ("A", "B") else None,
+            winner=f["winner"] if f["winner"] in ("A", "B", "tie") else None,
         )
         if f["winner"] == "none":
             debates = [d for d in debates if d.winner is None]
         self.rows = debates
         table = self.query_one(DataTable)
         table.clear()
-        for d in debates:
+        for d in printable_all(debates):  # stored motions and names: no escape sequences onto the terminal
             motion = d.motion if len(d.motion) <= 48 else d.motion[:47] + "…"
             table.add_row(d.debate_id, when(d.created_at), d.status, d.winner or "-", ", ".join(d.seats.get("A", [])),
                           ", ".join(d.seats.get("B", [])), motion, d.sweep or "-", f"{d.format}/{d.rounds}", key=d.debate_id)

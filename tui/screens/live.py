@@ -15,6 +15,7 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
+from bonsai.text import printable
 from tui.messages import (
     DebateEnded,
     DebateStarted,
@@ -103,7 +104,7 @@ class LiveScreen(Screen[None]):
         self.schedule = msg.schedule
         self.adapters = msg.adapters
         self.turns = {}
-        self.query_one("#motion", Static).update(f"Motion: {msg.motion}")
+        self.query_one("#motion", Static).update(f"Motion: {printable(msg.motion)}")
         fork = f" (forked from {msg.forked_from['debate_id']} at turn {msg.forked_from['turn'] + 1})" if msg.forked_from else ""
         self._moderator(f"Moderator: {msg.format} format, {msg.rounds} round{'s' if msg.rounds != 1 else ''}{fork}")
         for team in ("A", "B"):
@@ -138,7 +139,7 @@ class LiveScreen(Screen[None]):
         if msg.debate_id != self.debate_id:
             return
         if msg.role == "moderator" or msg.team not in ("A", "B"):
-            self._moderator(f"Moderator · {msg.phase}: {msg.answer}")
+            self._moderator(printable(f"Moderator · {msg.phase}: {msg.answer}"))
             return
         view = self.turns.get(msg.turn)
         if view is not None:

@@ -79,7 +79,7 @@ class SweepScreen(Screen[None]):
         text.update(f"{s.name}: {s.finished}/{s.total} debates finished" + (f" ({others})" if others else ""))
         bar.update(total=max(1, s.total), progress=s.finished)
         for r in s.personas:
-            table.add_row(r.persona, r.team, str(r.played), str(r.wins), str(r.losses), f"{r.win_rate:.0%}")
+            table.add_row(r.persona, r.team, str(r.played), f"{r.wins:g}", f"{r.losses:g}", f"{r.win_rate:.0%}")
 
     @on(OptionList.OptionHighlighted)
     def _pick(self, event: OptionList.OptionHighlighted) -> None:

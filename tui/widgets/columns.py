@@ -6,6 +6,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from bonsai.debate.schedule import SIDE_STANCE
+from bonsai.text import printable
 from tui.messages import TurnStarted
 from tui.widgets.turn import TurnView
 
@@ -34,7 +35,7 @@ class TeamColumn(VerticalScroll):
     async def reset(self, seats: list[str] | None) -> None:
         self.anchor(False)
         await self.remove_children()
-        names = ", ".join(seats) if seats else "-"
+        names = printable(", ".join(seats)) if seats else "-"
         self.border_title = f"Team {self.team} ({SIDE_STANCE[self.team]}) · {names}"
         if seats is None:
             await self.mount(Static(EMPTY_HINT, classes="empty-hint"))
@@ -48,5 +49,5 @@ class TeamColumn(VerticalScroll):
         return view
 
     async def add_note(self, turn: int, text: str) -> None:
-        await self.mount(Static(f"⚑ moderator note: {text}", classes="note", markup=False))
+        await self.mount(Static(f"⚑ moderator note: {printable(text)}", classes="note", markup=False))
         self.follow()

@@ -6,11 +6,14 @@ terminal too.
 
 from __future__ import annotations
 
+import dataclasses
+
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
+from bonsai.text import printable, printable_all
 from tui.messages import TurnDone, Verdict
 
 BAR_WIDTH = 20
@@ -34,22 +37,23 @@ class JudgePanel(Static):
         self.candidates: TurnDone | None = None
 
     def reset(self, seats: dict[str, list[str]] | None) -> None:
-        self.seats = seats or {}
+        self.seats = printable_all(seats or {})
         self.judges = list(self.seats.get("judge", []))
         self.state, self.verdict, self.candidates = "idle", None, None
         self._redraw()
 
     def judging(self, judges: list[str]) -> None:
-        self.judges = judges or self.judges
+        self.judges = printable_all(judges) or self.judges
         self.state = "judging"
         self._redraw()
 
     def show_verdict(self, verdict: Verdict) -> None:
-        self.state, self.verdict = "verdict", verdict
+        # the judge's rationale and criteria are model output: no escape sequences onto the terminal
+        self.state, self.verdict = "verdict", dataclasses.replace(verdict, rationale=printable(verdict.rationale), scores=printable_all(verdict.scores))
         self._redraw()
 
     def show_candidates(self, done: TurnDone) -> None:
-        self.candidates = done
+        self.candidates = dataclasses.replace(done, speaker=printable(done.speaker))
         self._redraw()
 
     def _redraw(self) -> None:
@@ -61,7 +65,7 @@ class JudgePanel(Static):
         if self.state == "idle":
             lines.append(Text(f"{who}: waiting for the debate to end", style="dim"))
         elif self.state == "judging":
-            lines.append(Text(f"{who}: judging (labels both ways)…", style="italic"))
+            lines.append(Text(f"{who}: judging (both reading orders, labels both ways)…", style="italic"))
         elif self.verdict is not None:
             lines.append(self._verdict())
         if self.candidates is not None and self.candidates.candidates:
@@ -74,9 +78,13 @@ class JudgePanel(Static):
         team = v.winner
         names = ", ".join(self.seats.get(team, []))
         left = Text()
-        left.append(f"Winner: team {team}", style=f"bold {'cyan' if team == 'A' else 'magenta'}")
-        if names:
-            left.append(f" ({names})")
+        if team == "tie":
+            # spelled out, not only coloured: the readings disagreed or P(A) was too close to call
+            left.append("Tie: no side won", style="bold yellow")
+        else:
+            left.append(f"Winner: team {team}", style=f"bold {'cyan' if team == 'A' else 'magenta'}")
+            if names:
+                left.append(f" ({names})")
         left.append("\nno confidence (the judge's server returns no logprobs)" if v.confidence is None else f"\nconfidence {bar(v.confidence)} {v.confidence:.2f}")
         left.append(f"\nP(A wins)  {bar(v.prob_a)} {v.prob_a:.2f}")
         if not v.parsed:

@@ -6,6 +6,8 @@ from typing import Any
 
 from textual.widgets import Static
 
+from bonsai.text import printable_all
+
 STATE_LABEL = {
     "idle": "○ idle",
     "starting": "… starting",
@@ -34,7 +36,7 @@ class StatusLine(Static):
         self._redraw()
 
     def set(self, **fields: Any) -> None:
-        for key, value in fields.items():
+        for key, value in printable_all(fields).items():
             setattr(self, key, value)
         self._redraw()
 

@@ -3,11 +3,14 @@ and dimmed, and the answer streamed in as Markdown."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Collapsible, Markdown, Static
 from textual.widgets._markdown import MarkdownStream
 
+from bonsai.text import printable
 from tui.messages import TurnDone, TurnStarted
 
 
@@ -16,8 +19,10 @@ class TurnView(Vertical):
 
     def __init__(self, started: TurnStarted, version: str | None = None) -> None:
         super().__init__(id=f"turn-{started.turn}", classes=f"turn team-{started.team.lower()}")
-        self.started = started
-        self.version = version
+        # names, phase and adapter reach the header as text: no escape sequences onto the terminal
+        self.started = dataclasses.replace(started, speaker=printable(started.speaker), phase=printable(started.phase),
+                                           adapter=printable(started.adapter) if started.adapter else started.adapter)
+        self.version = printable(version) if version else version
         self.done: TurnDone | None = None
         self._reasoning = ""
         self._answer = ""
@@ -51,6 +56,7 @@ class TurnView(Vertical):
         return self.done.answer if self.done is not None else self._answer
 
     async def add(self, kind: str, text: str) -> None:
+        text = printable(text)  # model output, a token at a time: a sequence split over tokens loses its ESC here
         if kind == "reasoning":
             self._reasoning += text
             self._show_reasoning(self._reasoning)
@@ -71,7 +77,8 @@ class TurnView(Vertical):
         if self._stream is not None:
             await self._stream.stop()
             self._stream = None
-        self.done = done
+        self.done = done = dataclasses.replace(done, answer=printable(done.answer),
+                                               reasoning=printable(done.reasoning) if done.reasoning else done.reasoning)
         self.query_one(".turn-header", Static).update(self.header())
         if done.reasoning:
             self._show_reasoning(done.reasoning)
