@@ -70,7 +70,7 @@ async def main(args: argparse.Namespace) -> None:
                 t1 = time.monotonic()
                 events = [ev async for ev in runner.run(spec)]
                 wall = time.monotonic() - t1
-                debate_id = events[0]["debate_id"]
+                debate_id = events[0].debate_id
                 turns = store.turns(debate_id)
                 out_tokens = sum(t.output_tokens for t in turns)
                 verdict = store.verdicts(debate_id)[0]

@@ -117,13 +117,15 @@ def engine_class() -> type:
 async def one_debate(runner: Any, engine: Any, store: Any, spec: Any, debate_id: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     result: dict[str, Any] = {"debate_id": debate_id, "seed": spec.seed}
+    from bonsai.debate import events
+
     async for ev in runner.run(spec, debate_id=debate_id):
-        if ev["event"] == "verdict":
-            result["prob_a"] = round(float(ev["prob_a"]), 4)
-            result["judge_json_parsed"] = bool(ev.get("parsed"))
-        elif ev["event"] == "debate_end":
-            result["winner"] = ev["winner"]
-            result["status"] = ev["status"]
+        if isinstance(ev, events.Verdict):
+            result["prob_a"] = round(ev.prob_a, 4)
+            result["judge_json_parsed"] = ev.panel.parsed
+        elif isinstance(ev, events.DebateEnd):
+            result["winner"] = ev.winner
+            result["status"] = ev.status
     wall = time.perf_counter() - t0
     done = [c for c in engine.completions if c.request_id.startswith(debate_id)]
     turns = store.turns(debate_id)

@@ -121,8 +121,9 @@ def bench_steps(base: BaseModel, steps: int, work: Path) -> dict[str, Any]:
 
 async def bench_loop(base: BaseModel, generations: int, work: Path, promote: str = "gate") -> dict[str, Any]:
     from bonsai.cli import loop_cmd
-    from bonsai.cli.debate_cmd import build_engine_config
+    from bonsai.cli.common import engine_options
     from bonsai.engine import create_engine
+    from bonsai.engine.session import plan_engine
     from bonsai.personas import PersonaBook
     from training.loop import Loop, new_state, save_state
 
@@ -135,8 +136,8 @@ async def bench_loop(base: BaseModel, generations: int, work: Path, promote: str
     config = loop_cmd._config(args)
     home = work / "loop-home"
     home.mkdir(parents=True)
-    args.max_lora_rank = 16
-    engine = create_engine(build_engine_config(args, base, []).model_copy(update={"max_loras": 4}))
+    options = engine_options(args, max_lora_rank=16, base=str(base.path))
+    engine = create_engine(plan_engine(options, home, min_loras=4).config)
     t0 = time.monotonic()
     await engine.start()
     started = time.monotonic() - t0

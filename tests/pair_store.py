@@ -63,8 +63,8 @@ async def _fill(store_file: Path, work: Path, base: BaseModel) -> list[str]:
             async def run(i: int, spec: DebateSpec) -> str:
                 async with DebateRunner(engine, store, work / f"ck{i}.sqlite", book, home, base.name) as runner:
                     events = [ev async for ev in runner.run(spec)]
-                assert events[-1]["event"] == "debate_end" and events[-1]["status"] == "finished", events[-1]
-                return events[0]["debate_id"]
+                assert events[-1].name == "debate_end" and events[-1].status == "finished", events[-1]
+                return events[0].debate_id
 
             # one after the other: batched together, the two debates' rows would pad each other
             # differently from run to run and sample different text; alone, each samples the same

@@ -53,7 +53,7 @@ async def test_a_tampered_checkpoint_stops_the_resume_with_a_clear_error(tmp_pat
     book = PersonaBook.load()
     with TranscriptStore(tmp_path / "t.sqlite") as store:
         async with DebateRunner(FakeEngine(), store, ck, book, isolated_home, "fake") as runner:
-            did = (await collect(runner.run(SPEC, gate=Hold(2))))[0]["debate_id"]  # held before turn 2
+            did = (await collect(runner.run(SPEC, gate=Hold(2))))[0].debate_id  # held before turn 2
         assert store.get_debate(did).status == "interrupted"
         with sqlite3.connect(ck) as db:  # someone with write access to the file swaps the latest checkpoint
             last = db.execute("SELECT MAX(checkpoint_id) FROM checkpoints WHERE thread_id=?", (did,)).fetchone()[0]
@@ -74,10 +74,10 @@ async def test_a_finished_debate_keeps_only_its_last_checkpoint(tmp_path: Path, 
     book = PersonaBook.load()
     with TranscriptStore(tmp_path / "t.sqlite") as store:
         async with DebateRunner(FakeEngine(), store, ck, book, isolated_home, "fake") as runner:
-            held = (await collect(runner.run(SPEC, gate=Hold(2))))[0]["debate_id"]
+            held = (await collect(runner.run(SPEC, gate=Hold(2))))[0].debate_id
             before = rows(ck, held)
             assert before > 2  # an unfinished debate keeps its history (resumable, forkable)
-            done = (await collect(runner.run(SPEC.model_copy(update={"seed": 4}))))[0]["debate_id"]
+            done = (await collect(runner.run(SPEC.model_copy(update={"seed": 4}))))[0].debate_id
             assert store.get_debate(done).status == "finished"
             assert rows(ck, done) == 1 and rows(ck, held) == before
             state = await runner.graph.aget_state({"configurable": {"thread_id": done}})
@@ -92,9 +92,9 @@ async def test_vacuum_drops_old_finished_debates_only(tmp_path: Path, isolated_h
     book = PersonaBook.load()
     with TranscriptStore(store_file) as store:
         async with DebateRunner(FakeEngine(), store, ck, book, isolated_home, "fake") as runner:
-            old = [(await collect(runner.run(SPEC.model_copy(update={"seed": s}))))[0]["debate_id"] for s in range(6)]
-            recent = (await collect(runner.run(SPEC.model_copy(update={"seed": 10}))))[0]["debate_id"]
-            held = (await collect(runner.run(SPEC.model_copy(update={"seed": 11}), gate=Hold(2))))[0]["debate_id"]
+            old = [(await collect(runner.run(SPEC.model_copy(update={"seed": s}))))[0].debate_id for s in range(6)]
+            recent = (await collect(runner.run(SPEC.model_copy(update={"seed": 10}))))[0].debate_id
+            held = (await collect(runner.run(SPEC.model_copy(update={"seed": 11}), gate=Hold(2))))[0].debate_id
     with sqlite3.connect(store_file) as db:
         db.executemany("UPDATE debates SET finished_at=? WHERE debate_id=?", [(time.time() - 40 * 86400, d) for d in old])
         # an old interrupted debate is never touched, however old

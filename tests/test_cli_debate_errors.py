@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-import bonsai.cli.debate_cmd as debate_cmd
+import bonsai.engine.session as session
 from bonsai.cli.main import main
 from bonsai.personas import default_personas_dir
 from bonsai.store.transcripts import TranscriptStore
@@ -71,7 +71,7 @@ def env(tmp_path: Path, base_model, monkeypatch: pytest.MonkeyPatch):  # type: i
         created.append(config)
         raise AssertionError("an engine was created before the input was validated")
 
-    monkeypatch.setattr(debate_cmd, "create_engine", no_engine)
+    monkeypatch.setattr(session, "create_engine", no_engine)
     personas = tmp_path / "personas"
     shutil.copytree(default_personas_dir(), personas, ignore=shutil.ignore_patterns("__*", "*.py"))
 
@@ -231,7 +231,7 @@ def _closed_port() -> int:
 def test_unreachable_endpoint(env, capsys, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     from bonsai.engine import create_engine
 
-    monkeypatch.setattr(debate_cmd, "create_engine", create_engine)  # this one does create an engine
+    monkeypatch.setattr(session, "create_engine", create_engine)  # this one does create an engine
     url = f"http://127.0.0.1:{_closed_port()}"
     code = env.run("Tea beats coffee", "--engine", "openai", "--endpoint", url)
     assert code == 3

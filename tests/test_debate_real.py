@@ -44,7 +44,7 @@ async def test_two_round_debate_on_vllm_lands_in_sqlite(vllm_engine, lora_adapte
     with TranscriptStore(tmp_path / "t.sqlite") as store:
         async with DebateRunner(vllm_engine, store, tmp_path / "ck.sqlite", book, isolated_home, base_model.name) as runner:
             events = [ev async for ev in runner.run(_spec(lora_adapters))]
-        debate_id = events[0]["debate_id"]
+        debate_id = events[0].debate_id
         record = store.get_debate(debate_id)
         assert record.status == "finished" and record.winner in ("A", "B", "tie")
         turns = store.turns(debate_id)
@@ -63,8 +63,8 @@ async def test_two_round_debate_on_vllm_lands_in_sqlite(vllm_engine, lora_adapte
         # the streamed tokens of each turn add up to the stored raw text
         streamed: dict[int, str] = {}
         for ev in events:
-            if ev["event"] == "token" and ev["role"] == "debater":
-                streamed[ev["turn"]] = streamed.get(ev["turn"], "") + ev["text"]
+            if ev.name == "token" and ev.role == "debater":
+                streamed[ev.turn] = streamed.get(ev.turn, "") + ev.text
         for t in debaters:
             assert streamed[t.turn_index].strip() in t.text or t.answer.strip() == streamed[t.turn_index].strip()
         # each debater's consecutive prompts only append (vLLM's per-adapter prefix cache depends on it)
@@ -92,12 +92,12 @@ async def test_resume_after_failure_mid_turn_on_vllm(vllm_engine, lora_adapters,
             with pytest.raises(RuntimeError, match="mid-turn"):
                 async for ev in runner.run(spec):
                     seen.append(ev)
-        debate_id = seen[0]["debate_id"]
+        debate_id = seen[0].debate_id
         assert store.get_debate(debate_id).status == "failed"
         assert len(store.turns(debate_id)) == 2
         async with DebateRunner(vllm_engine, store, ck, book, isolated_home, base_model.name) as runner:
             events = [ev async for ev in runner.resume(debate_id)]
-        assert events[-1]["event"] == "debate_end" and events[-1]["status"] == "finished"
+        assert events[-1].name == "debate_end" and events[-1].status == "finished"
         assert [t.turn_index for t in store.turns(debate_id)] == [0, 1, 2, 3]
         assert len(store.verdicts(debate_id)) == 1
 
@@ -107,7 +107,7 @@ async def test_best_of_n_on_vllm_scores_every_candidate(vllm_engine, lora_adapte
     with TranscriptStore(tmp_path / "t.sqlite") as store:
         async with DebateRunner(vllm_engine, store, tmp_path / "ck.sqlite", PersonaBook.load(), isolated_home, base_model.name) as runner:
             events = [ev async for ev in runner.run(_spec(lora_adapters, format="quick", rounds=1, candidates=3, max_tokens=12))]
-        debate_id = events[0]["debate_id"]
+        debate_id = events[0].debate_id
         cands = store.candidates(debate_id)
         assert len(cands) == 3 * 4
         for turn in store.turns(debate_id):
@@ -124,7 +124,7 @@ async def test_same_debate_on_hf_engine(lora_adapters, base_model, tmp_path: Pat
         with TranscriptStore(tmp_path / "t.sqlite") as store:
             async with DebateRunner(engine, store, tmp_path / "ck.sqlite", PersonaBook.load(), isolated_home, base_model.name) as runner:
                 events = [ev async for ev in runner.run(_spec(lora_adapters, max_tokens=16))]
-            debate_id = events[0]["debate_id"]
+            debate_id = events[0].debate_id
             assert store.get_debate(debate_id).status == "finished"
             assert len([t for t in store.turns(debate_id) if t.role == "debater"]) == 8
             v = store.verdicts(debate_id)[0]

@@ -380,7 +380,7 @@ async def test_same_debate_through_bonsai_serve(remote: OpenAIEngine, served: Se
     with TranscriptStore(tmp_path / "t.sqlite") as store:
         async with DebateRunner(remote, store, tmp_path / "ck.sqlite", PersonaBook.load(), tmp_path, base_model.name) as runner:
             events = [ev async for ev in runner.run(spec)]
-        debate_id = events[0]["debate_id"]
+        debate_id = events[0].debate_id
         assert store.get_debate(debate_id).status == "finished"
         turns = store.turns(debate_id)
         assert len(turns) == 4 and all(t.output_tokens > 0 for t in turns)

@@ -23,7 +23,7 @@ import httpx
 import pytest
 from servekit import free_port
 
-from bonsai import engine_resident as resident
+from bonsai.engine import resident
 from bonsai.cli.main import main
 from bonsai.engine.adapters import inspect_adapter
 from bonsai.engine.platform import resolve_dtype

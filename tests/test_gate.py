@@ -261,19 +261,19 @@ async def test_running_debates_keep_their_version_and_new_ones_take_the_promoted
     with TranscriptStore(tmp_path / "t.sqlite") as store:
         # debate 1 runs its first turn (advocate, on v1), then the engine fails in the next one
         async with DebateRunner(FailingEngine(vllm_engine, fail_on_call=2), store, ck, book, isolated_home, base_model.name) as runner:
-            started: list[dict[str, Any]] = []
+            started: list[Any] = []
             with pytest.raises(RuntimeError, match="mid-turn"):
                 async for ev in runner.run(spec):
                     started.append(ev)
-        running = started[0]["debate_id"]
+        running = started[0].debate_id
         assert [t.adapter_name for t in store.turns(running)] == [name1]
         await promote_version(isolated_home, "advocate", v2, force=True)
         async with DebateRunner(vllm_engine, store, ck, book, isolated_home, base_model.name) as runner:
             # a new debate resolves `current` when it starts: v2
-            new_id = [ev async for ev in runner.run(spec.model_copy(update={"seed": 4}))][-1]["debate_id"]
+            new_id = [ev async for ev in runner.run(spec.model_copy(update={"seed": 4}))][-1].debate_id
             # the debate that was running goes on with the version it started with, even across a resume
             end = [ev async for ev in runner.resume(running)][-1]
-        assert end["event"] == "debate_end" and end["status"] == "finished"
+        assert end.name == "debate_end" and end.status == "finished"
         old_turns = [t.adapter_name for t in store.turns(running) if t.speaker == "advocate"]
         new_turns = [t.adapter_name for t in store.turns(new_id) if t.speaker == "advocate"]
     assert old_turns == [name1, name1] and new_turns == [name2, name2]

@@ -32,8 +32,8 @@ async def test_same_model_on_both_sides_gives_side_a_half(vllm_engine, base_mode
 
             async def one(spec: DebateSpec) -> str:
                 events = [ev async for ev in runner.run(spec)]
-                assert events[-1]["status"] == "finished", events[-1]
-                return events[0]["debate_id"]
+                assert events[-1].status == "finished", events[-1]
+                return events[0].debate_id
 
             ids = await asyncio.gather(*(one(s) for s in specs))
         verdicts = [store.verdicts(i)[-1] for i in ids]

@@ -404,7 +404,7 @@ def test_migration_3_adds_the_tie_band_and_keeps_old_verdicts(tmp_path: Path, mo
         store.record_verdict(verdict(winner="tie", tie_band=0.1))
         assert store.verdicts("d1")[0].tie_band == 0.1
     db = sqlite3.connect(path)
-    assert [r[1] for r in db.execute("SELECT version, name FROM schema_version ORDER BY version")][-1] == "m003_verdict_tie_band"
+    assert [r[1] for r in db.execute("SELECT version, name FROM schema_version ORDER BY version")][2] == "m003_verdict_tie_band"
     db.close()
 
 

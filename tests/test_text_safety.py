@@ -14,6 +14,8 @@ from test_transcripts_cli import fill
 
 from bonsai.cli.debate_cmd import Printer
 from bonsai.cli.main import main
+from bonsai.debate.events import DebateStart, Token, TurnEnd, TurnStart, Verdict
+from bonsai.store.records import VerdictRecord
 from bonsai.store import TranscriptStore
 from bonsai.store.records import TurnRecord, VerdictRecord
 from bonsai.text import printable, printable_all
@@ -102,14 +104,13 @@ def test_debate_printer_strips_escapes_even_split_over_tokens() -> None:
     printer = Printer(Console(file=buf, force_terminal=False, width=100, highlight=False))
     seats = {"A": [f"adv{CLEAR}"], "B": ["skeptic"], "judge": ["judge"], "moderator": []}
     for ev in [
-        {"event": "debate_start", "debate_id": "d1", "motion": f"Cars{RETITLE} out", "seats": seats, "format": "quick", "rounds": 1},
-        {"event": "turn_start", "debate_id": "d1", "phase": "opening", "role": "debater", "speaker": f"adv{CLEAR}", "team": "A"},
+        DebateStart("d1", motion=f"Cars{RETITLE} out", seats=seats, format="quick", rounds=1),
+        TurnStart("d1", turn=0, speaker=f"adv{CLEAR}", team="A", phase="opening", role="debater"),
         # a sequence cut across two tokens: the ESC goes with the first, the rest is plain text
-        {"event": "token", "debate_id": "d1", "kind": "answer", "team": "A", "text": "Hello \x1b"},
-        {"event": "token", "debate_id": "d1", "kind": "answer", "team": "A", "text": "]0;x\x07 world"},
-        {"event": "turn_end", "debate_id": "d1", "team": "A", "answer": "Hello world", "chosen": 0},
-        {"event": "verdict", "debate_id": "d1", "winner": "A", "prob_a": 0.7, "confidence": 0.7, "scores": {"A": {f"lo{CLEAR}gic": 7.0}},
-         "rationale": f"Clear{RETITLE}.", "parsed": True},
+        Token("d1", turn=0, speaker=f"adv{CLEAR}", team="A", phase="opening", role="debater", kind="answer", text="Hello \x1b"),
+        Token("d1", turn=0, speaker=f"adv{CLEAR}", team="A", phase="opening", role="debater", kind="answer", text="]0;x\x07 world"),
+        TurnEnd("d1", turn=0, speaker=f"adv{CLEAR}", team="A", role="debater", phase="opening", answer="Hello world", chosen=0),
+        Verdict("d1", panel=VerdictRecord("d1", "panel", "A", 0.7, 0.7, {"A": {f"lo{CLEAR}gic": 7.0}}, f"Clear{RETITLE}.", True, [])),
     ]:
         printer(ev)
     out = buf.getvalue()

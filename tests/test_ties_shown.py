@@ -11,17 +11,18 @@ from rich.console import Console
 
 from bonsai.cli.debate_cmd import Printer
 from bonsai.cli.main import main
+from bonsai.debate.events import Verdict
 from bonsai.paths import store_path
 from bonsai.store.records import DebateRecord, VerdictRecord
 from bonsai.store.transcripts import TranscriptStore
 
 
-def verdict_event(winner: str, prob_a: float, tie_band: float | None = 0.05) -> dict:
-    return {"event": "verdict", "debate_id": "d", "winner": winner, "prob_a": prob_a, "confidence": max(prob_a, 1 - prob_a),
-            "scores": {"A": {"logic": 5.0}}, "rationale": "close", "parsed": True, "orders": [], "tie_band": tie_band, "judges": []}
+def verdict_event(winner: str, prob_a: float, tie_band: float | None = 0.05) -> Verdict:
+    panel = VerdictRecord("d", "panel", winner, prob_a, max(prob_a, 1 - prob_a), {"A": {"logic": 5.0}}, "close", True, [], tie_band=tie_band)
+    return Verdict("d", panel=panel)
 
 
-def printed(ev: dict) -> str:
+def printed(ev: Verdict) -> str:
     buf = io.StringIO()
     Printer(Console(file=buf, width=120, no_color=True))(ev)
     return buf.getvalue()

@@ -11,6 +11,10 @@ from pathlib import Path
 import pytest
 
 from bonsai.cli import tui_cmd
+from bonsai.cli.common import engine_options
+from bonsai.debate.spec import DebateSpec
+from bonsai.engine.session import EngineOptions, options_from_args
+from tui.options import FormDefaults
 from bonsai.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,9 +31,13 @@ def parse(*argv: str) -> argparse.Namespace:
 def test_options_mirror_bonsai_debate() -> None:
     args = parse("--engine", "hf", "--base", "/m", "--max-model-len", "2048", "--format", "quick", "--rounds", "3",
                  "--candidates", "2", "--max-tokens", "32", "--seed", "5", "--personas", "advocate, skeptic", "--replay", "abc")
-    assert (args.engine, args.base, args.max_model_len, args.format, args.rounds, args.candidates, args.max_tokens, args.seed) == (
-        "hf", "/m", 2048, "quick", 3, 2, 32, 5)
-    assert args.personas == "advocate, skeptic" and args.replay == "abc" and args.func is tui_cmd.run
+    assert engine_options(args) == EngineOptions(kind="hf", base="/m", max_model_len=2048)
+    form = options_from_args(FormDefaults, args, motion="")
+    assert (form.format, form.rounds, form.candidates, form.max_tokens, form.seed, form.personas) == ("quick", 3, 2, 32, 5, ["advocate", "skeptic"])
+    assert args.replay == "abc" and args.func is tui_cmd.run
+    # flags left out take the models' own defaults, the ones `bonsai debate` has
+    plain = parse()
+    assert engine_options(plain) == EngineOptions() and options_from_args(FormDefaults, plain).rounds == DebateSpec.model_fields["rounds"].default
 
 
 def test_openai_without_endpoint_is_refused_before_the_ui_starts(isolated_home: Path) -> None:

@@ -301,7 +301,7 @@ async def test_quit_mid_turn_keeps_the_debate(isolated_home: Path) -> None:
         # it goes on where it stopped, in another process or in the CLI
         async with DebateRunner(FakeEngine(), store, isolated_home / "checkpoints.sqlite", PersonaBook.load(), isolated_home, "fake") as runner:
             events = [ev async for ev in runner.resume(did)]
-        assert events[-1]["status"] == "finished"
+        assert events[-1].status == "finished"
         assert [t.turn_index for t in store.turns(did)] == [0, 1, 2, 3]
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from fakes import FakeEngine
 
+from bonsai.debate.events import DebateEvent
 from bonsai.debate.runner import DebateRunner, DebateSpec
 from bonsai.errors import BonsaiError, ConfigError
 from bonsai.personas import PersonaBook
@@ -25,8 +26,8 @@ def book() -> PersonaBook:
     return PersonaBook.load()
 
 
-def kinds(events: list[dict[str, Any]]) -> list[str]:
-    return [e["event"] for e in events if e["event"] != "token"]
+def kinds(events: list[DebateEvent]) -> list[str]:
+    return [e.name for e in events if e.name != "token"]
 
 
 class Hold:
@@ -39,7 +40,7 @@ class Hold:
         return step in self.steps
 
 
-async def collect(events) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+async def collect(events) -> list[DebateEvent]:  # type: ignore[no-untyped-def]
     return [ev async for ev in events]
 
 
@@ -50,9 +51,9 @@ async def test_hold_note_and_go_on(tmp_path: Path, book: PersonaBook, isolated_h
         async with DebateRunner(engine, store, tmp_path / "ck.sqlite", book, isolated_home, "fake") as runner:
             spec = DebateSpec(motion="Tea beats coffee", format="quick", rounds=1, seed=1)
             first = await collect(runner.run(spec, gate=gate))
-            did = first[0]["debate_id"]
-            assert kinds(first)[-1] == "paused" and first[-1]["step"] == 2
-            assert first[-1]["next_speaker"] == "skeptic" and first[-1]["next_team"] == "B"
+            did = first[0].debate_id
+            assert kinds(first)[-1] == "paused" and first[-1].step == 2
+            assert first[-1].next_speaker == "skeptic" and first[-1].next_team == "B"
             assert store.get_debate(did).status == "interrupted"
             assert [t.turn_index for t in store.turns(did)] == [0, 1]
             calls_before = len(engine.calls)
@@ -60,12 +61,12 @@ async def test_hold_note_and_go_on(tmp_path: Path, book: PersonaBook, isolated_h
             # a note while still held: delivered, then held again at the same step (nothing generated)
             second = await collect(runner.resume(did, gate=gate, note=NOTE))
             assert kinds(second) == ["debate_start", "note", "paused"]
-            assert next(e for e in second if e["event"] == "note")["text"] == NOTE
+            assert next(e for e in second if e.name == "note").text == NOTE
             assert len(engine.calls) == calls_before and store.get_debate(did).status == "interrupted"
 
             gate.steps.clear()
             third = await collect(runner.resume(did, gate=gate))
-            assert kinds(third)[-1] == "debate_end" and third[-1]["status"] == "finished"
+            assert kinds(third)[-1] == "debate_end" and third[-1].status == "finished"
         turns = store.turns(did)
         assert [t.turn_index for t in turns] == [0, 1, 2, 3]
         # both debaters read the note as a moderator line in their next prompt
@@ -79,12 +80,12 @@ async def test_hold_note_and_go_on(tmp_path: Path, book: PersonaBook, isolated_h
 async def test_note_is_refused_when_not_waiting(tmp_path: Path, book: PersonaBook, isolated_home: Path) -> None:
     with TranscriptStore(tmp_path / "t.sqlite") as store:
         async with DebateRunner(FakeEngine(fail_on_call=2), store, tmp_path / "ck.sqlite", book, isolated_home, "fake") as runner:
-            seen: list[dict[str, Any]] = []
+            seen: list[DebateEvent] = []
             with pytest.raises(RuntimeError, match="injected"):
                 async for ev in runner.run(DebateSpec(motion="Tea beats coffee", format="quick", rounds=1), gate=Hold()):
                     seen.append(ev)
             with pytest.raises(BonsaiError, match="not waiting"):
-                await collect(runner.resume(seen[0]["debate_id"], note="hello"))
+                await collect(runner.resume(seen[0].debate_id, note="hello"))
 
 
 async def test_stepping_holds_after_each_turn(tmp_path: Path, book: PersonaBook, isolated_home: Path) -> None:
@@ -94,7 +95,7 @@ async def test_stepping_holds_after_each_turn(tmp_path: Path, book: PersonaBook,
             until = {"step": 0}
             gate = lambda step: step >= until["step"]  # noqa: E731
             events = await collect(runner.run(DebateSpec(motion="Tea beats coffee", format="quick", rounds=1), gate=gate))
-            did = events[0]["debate_id"]
+            did = events[0].debate_id
             assert kinds(events) == ["debate_start", "paused"] and store.turns(did) == []
             for step in range(4):
                 until["step"] = step + 1
@@ -102,7 +103,7 @@ async def test_stepping_holds_after_each_turn(tmp_path: Path, book: PersonaBook,
                 assert kinds(events) == ["debate_start", "turn_start", "turn_end", "paused"]
                 assert len(store.turns(did)) == step + 1
             # held before the verdict; the last step runs the judge
-            assert events[-1]["next_speaker"] == "judge"
+            assert events[-1].next_speaker == "judge"
             until["step"] = 99
             events = await collect(runner.resume(did, gate=gate))
             assert kinds(events)[-3:] == ["judging", "verdict", "debate_end"]
@@ -113,14 +114,14 @@ async def test_cli_resume_finishes_a_debate_paused_in_the_tui(tmp_path: Path, bo
     with TranscriptStore(store_file) as store:
         async with DebateRunner(FakeEngine(), store, ck, book, isolated_home, "fake") as runner:
             events = await collect(runner.run(DebateSpec(motion="Tea beats coffee", format="quick", rounds=1), gate=Hold(1)))
-        did = events[0]["debate_id"]
+        did = events[0].debate_id
     # a new process, no gate: what `bonsai debate --resume` does
     with TranscriptStore(store_file) as store:
         # a judge that really prefers team A (the fair judge calls a mere label bias a tie)
         async with DebateRunner(FakeEngine(prefer_team="A"), store, ck, book, isolated_home, "fake") as runner:
             events = await collect(runner.resume(did))
-        assert events[0]["turns_done"] == 1
-        assert events[-1] == {"event": "debate_end", "debate_id": did, "status": "finished", "winner": "A"}
+        assert events[0].turns_done == 1
+        assert events[-1].to_json() == {"event": "debate_end", "debate_id": did, "status": "finished", "winner": "A"}
         assert [t.turn_index for t in store.turns(did)] == [0, 1, 2, 3]
 
 
@@ -130,7 +131,7 @@ async def test_fork_from_a_checkpoint(tmp_path: Path, book: PersonaBook, isolate
         async with DebateRunner(engine, store, tmp_path / "ck.sqlite", book, isolated_home, "fake") as runner:
             spec = DebateSpec(motion="Tea beats coffee", format="quick", rounds=2, seed=4, candidates=2, sweep="s1")
             gate = Hold(1, 3)
-            did = (await collect(runner.run(spec, gate=gate)))[0]["debate_id"]
+            did = (await collect(runner.run(spec, gate=gate)))[0].debate_id
             await collect(runner.resume(did, gate=gate, note="first note"))  # before turn 1, then held again
             gate.steps = {3}
             await collect(runner.resume(did, gate=gate))  # runs turns 1, 2; held before 3
@@ -140,11 +141,11 @@ async def test_fork_from_a_checkpoint(tmp_path: Path, book: PersonaBook, isolate
             assert len(source_turns) == 6 and store.get_debate(did).status == "finished"
 
             events = await collect(runner.fork(did, 3, gate=Hold()))
-        new = events[0]["debate_id"]
-        assert new != did and events[0]["forked_from"] == {"debate_id": did, "turn": 3} and events[0]["turns_done"] == 3
+        new = events[0].debate_id
+        assert new != did and events[0].forked_from == {"debate_id": did, "turn": 3} and events[0].turns_done == 3
         assert kinds(events)[-1] == "debate_end"
         # the fork redid turns 3.. only
-        assert [e["turn"] for e in events if e["event"] == "turn_start"] == [3, 4, 5]
+        assert [e.turn for e in events if e.name == "turn_start"] == [3, 4, 5]
         forked = store.turns(new)
         assert [t.turn_index for t in forked] == list(range(6))
         for a, b in zip(source_turns[:3], forked[:3], strict=True):
@@ -162,12 +163,12 @@ async def test_fork_from_a_checkpoint(tmp_path: Path, book: PersonaBook, isolate
 async def test_fork_without_checkpoints_rebuilds_from_the_store(tmp_path: Path, book: PersonaBook, isolated_home: Path) -> None:
     with TranscriptStore(tmp_path / "t.sqlite") as store:
         async with DebateRunner(FakeEngine(), store, tmp_path / "ck.sqlite", book, isolated_home, "fake") as runner:
-            did = (await collect(runner.run(DebateSpec(motion="Tea beats coffee", format="quick", rounds=1))))[0]["debate_id"]
+            did = (await collect(runner.run(DebateSpec(motion="Tea beats coffee", format="quick", rounds=1))))[0].debate_id
         async with DebateRunner(FakeEngine(), store, tmp_path / "other-ck.sqlite", book, isolated_home, "fake") as runner:
             events = await collect(runner.fork(did, 2))
             with pytest.raises(ConfigError, match="cannot fork at turn 9"):
                 await collect(runner.fork(did, 9))
-        new = events[0]["debate_id"]
+        new = events[0].debate_id
         assert kinds(events)[-1] == "debate_end"
         assert [t.answer for t in store.turns(new)[:2]] == [t.answer for t in store.turns(did)[:2]]
 
@@ -188,7 +189,7 @@ async def test_prompts_with_notes_only_append(tmp_path: Path, book: PersonaBook,
         async with DebateRunner(FakeEngine(), store, tmp_path / "ck.sqlite", book, isolated_home, "fake") as runner:
             spec = DebateSpec(motion="Tea beats coffee", personas=["advocate", "ronri", "skeptic", "bianlun"], rounds=2)
             gate = Hold(2, 5, 9)
-            did = (await collect(runner.run(spec, gate=gate)))[0]["debate_id"]
+            did = (await collect(runner.run(spec, gate=gate)))[0].debate_id
             for i, step in enumerate(sorted(gate.steps)):
                 gate.steps.discard(step)
                 await collect(runner.resume(did, gate=gate, note=f"note number {i}"))

@@ -24,6 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from bonsai.adapter_registry import current_version, persona_dir, read_manifest, verify_version
+from bonsai.debate.events import DebateEnd, Verdict
 from bonsai.debate.runner import DebateRunner, DebateSpec
 from bonsai.debate.schedule import Cast
 from bonsai.engine import Engine
@@ -205,11 +206,13 @@ async def evaluate_candidate(
     on_match: Callable[[Match], None] | None = None,
     only_fixed: bool = False,
     save: bool = True,
+    judge_engine: Engine | None = None,
 ) -> dict[str, Any]:
     """Run the sweep and save its result beside the version (``evaluations/<version>.json``).
 
     ``only_fixed`` plays the fixed opponent alone (``bonsai eval`` compares with one reference, which may
-    be the current version's parent); ``save=False`` leaves the saved gate result alone.
+    be the current version's parent); ``save=False`` leaves the saved gate result alone;
+    ``judge_engine``: the judge's own engine (None: it judges on ``engine``).
     """
     config = config or GateConfig()
     candidate = resolve_version(home, persona, candidate)
@@ -240,17 +243,17 @@ async def evaluate_candidate(
     matches: list[Match] = []
     t0 = time.monotonic()
     with TranscriptStore(store_path) as store:
-        async with DebateRunner(engine, store, checkpoints, book, home, base_model) as runner:
+        async with DebateRunner(engine, store, checkpoints, book, home, base_model, judge_engine=judge_engine) as runner:
 
             async def one(motion: str, seed: int, opp: Opponent, seat: str, spec: DebateSpec) -> Match:
                 async with gate:
                     winner = prob_a = debate_id = None
-                    async for ev in runner.run(spec):
-                        debate_id = ev["debate_id"]
-                        if ev["event"] == "verdict":
-                            prob_a = float(ev["prob_a"])
-                        elif ev["event"] == "debate_end":
-                            winner = ev["winner"]
+                    async for event in runner.run(spec):
+                        debate_id = event.debate_id
+                        if isinstance(event, Verdict):
+                            prob_a = event.prob_a
+                        elif isinstance(event, DebateEnd):
+                            winner = event.winner
                 team = teams[seat]
                 match = Match(
                     motion=motion, seed=seed, opponent=opp.label, candidate_seat=seat, candidate_team=team,

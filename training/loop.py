@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bonsai import atomic
 from bonsai.adapter_registry import current_version
+from bonsai.debate.events import DebateEnd
 from bonsai.debate.runner import DebateRunner, DebateSpec
 from bonsai.engine import Engine
 from bonsai.errors import BonsaiError, ConfigError
@@ -212,10 +213,13 @@ class Loop:
         base: PreparedBase,
         after_step: AfterStep | None = None,
         progress: bool = False,
+        judge_engine: Engine | None = None,
     ) -> None:
+        """``judge_engine``: the judge's own engine for the debates and the gate (None: ``engine``)."""
         self.state = state
         self.config = LoopConfig.model_validate(state["config"])
         self.engine = engine
+        self.judge_engine = judge_engine
         self.home = home
         self.book = book
         self.base = base
@@ -289,7 +293,8 @@ class Loop:
         finished: list[Event] = []
         with TranscriptStore(self._store(gen)) as store:
             existing = {d.debate_id: d.status for d in store.list_debates()}
-            async with DebateRunner(self.engine, store, self.dir / "checkpoints.sqlite", self.book, self.home, self.base.name) as runner:
+            async with DebateRunner(self.engine, store, self.dir / "checkpoints.sqlite", self.book, self.home, self.base.name,
+                                    judge_engine=self.judge_engine) as runner:
 
                 async def one(i: int, debate_id: str) -> None:
                     status = existing.get(debate_id)
@@ -304,11 +309,11 @@ class Loop:
                             sweep=f"loop:{self.id}:g{gen}",
                         )
                         events = runner.run(spec, debate_id=debate_id)
-                    async for ev in events:
-                        if ev["event"] == "debate_end":
+                    async for event in events:
+                        if isinstance(event, DebateEnd):
                             step["finished"] = sorted({*step["finished"], debate_id})
                             self._save()
-                            finished.append({"event": "debate", "loop": self.id, "generation": gen, "debate_id": debate_id, "winner": ev["winner"]})
+                            finished.append({"event": "debate", "loop": self.id, "generation": gen, "debate_id": debate_id, "winner": event.winner})
 
                 await asyncio.gather(*(one(i, d) for i, d in enumerate(ids)))
         for ev in finished:
@@ -382,7 +387,7 @@ class Loop:
                 self.engine, home=self.home, book=self.book, base=self.base, persona=persona, version=version,
                 motions=self.config.eval_motions, config=self.config.evaluation.model_copy(update={"max_motions": self.config.gate.max_motions}),
                 gate=self.config.gate, store_path=self.dir / f"evaluations-{persona}.sqlite",
-                checkpoints=self.dir / f"evaluations-{persona}-checkpoints.sqlite",
+                checkpoints=self.dir / f"evaluations-{persona}-checkpoints.sqlite", judge_engine=self.judge_engine,
             )).to_json()
             files = save_report(self.home, report)
             passed, reasons = decide(report, self.config.gate.criteria, threshold=self.config.gate.threshold)
@@ -418,6 +423,7 @@ class Loop:
                 self.engine, home=self.home, book=self.book, base_model=self.base.name, persona=persona,
                 candidate=version, motions=self.config.eval_motions, store_path=self.dir / f"evaluations-{persona}.sqlite",
                 checkpoints=self.dir / f"evaluations-{persona}-checkpoints.sqlite", config=self.config.gate,
+                judge_engine=self.judge_engine,
             )
             vs_current = result["by_opponent"].get("current", {})
             step["results"][persona] = {

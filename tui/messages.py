@@ -1,6 +1,6 @@
 """What the runner tells the screens: one small dataclass message per debate event (as Toad does).
 
-The runner turns the debate graph's event dicts (see ``bonsai.debate.events``) into these and posts
+The runner turns the debate's typed events (see ``bonsai.debate.events``) into these and posts
 them; widgets handle them with ``@on(...)`` and are never called from the backend. Replays of stored
 debates post the same messages, so a replay and a live debate look alike.
 """
@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from textual.message import Message
+
+from bonsai.debate import events as ev
 
 
 @dataclass
@@ -92,7 +94,8 @@ class Verdict(Message):
     debate_id: str
     winner: str
     prob_a: float
-    confidence: float
+    #: None: the judge's server returned no logprobs
+    confidence: float | None
     scores: dict[str, dict[str, float]]
     rationale: str = ""
     parsed: bool = True
@@ -149,30 +152,28 @@ class RunnerState(Message):
     state: str
 
 
-def from_event(ev: dict[str, Any]) -> Message | None:
-    """The message for one graph event (None for events the screens do not show)."""
-    kind = ev.get("event")
-    did = ev.get("debate_id", "")
-    if kind == "debate_start":
-        return DebateStarted(did, ev["motion"], ev["seats"], ev["format"], ev["rounds"], ev.get("schedule", []),
-                             bool(ev.get("resumed")), int(ev.get("turns_done", 0)), ev.get("forked_from"))
-    if kind == "turn_start":
-        return TurnStarted(did, ev["turn"], ev["speaker"], ev["team"], ev["role"], ev["phase"], ev.get("adapter"), int(ev.get("candidates", 1)))
-    if kind == "token":
-        return Token(did, ev["turn"], ev["team"], ev.get("role", "debater"), ev["kind"], ev["text"], int(ev.get("candidate", 0)))
-    if kind == "turn_end":
-        return TurnDone(did, ev["turn"], ev["speaker"], ev["team"], ev["role"], ev["phase"], ev["answer"], ev.get("reasoning"),
-                        int(ev.get("output_tokens", 0)), float(ev.get("latency_s", 0.0)), ev.get("adapter"), int(ev.get("chosen", 0) or 0),
-                        list(ev.get("candidates") or []))
-    if kind == "note":
-        return NoteAdded(did, ev["turn"], ev["text"])
-    if kind == "judging":
-        return Judging(did, list(ev.get("judges", [])))
-    if kind == "verdict":
-        return Verdict(did, ev["winner"], float(ev["prob_a"]), float(ev["confidence"]), ev.get("scores", {}), ev.get("rationale", ""),
-                       bool(ev.get("parsed", True)), [j.get("judge", "") for j in ev.get("judges", [])])
-    if kind == "paused":
-        return Paused(did, ev["step"], ev["next_speaker"], ev["next_team"], ev["next_phase"])
-    if kind == "debate_end":
-        return DebateEnded(did, ev["status"], ev.get("winner"))
+def from_event(event: ev.DebateEvent) -> Message | None:
+    """The message for one debate event (None for events the screens do not show)."""
+    did = event.debate_id
+    match event:
+        case ev.DebateStart():
+            return DebateStarted(did, event.motion, event.seats, event.format, event.rounds, list(event.schedule),
+                                 event.resumed, event.turns_done or 0, event.forked_from)
+        case ev.TurnStart():
+            return TurnStarted(did, event.turn, event.speaker, event.team, event.role, event.phase, event.adapter, event.candidates)
+        case ev.Token():
+            return Token(did, event.turn, event.team, event.role, event.kind, event.text, event.candidate)
+        case ev.TurnEnd():
+            return TurnDone(did, event.turn, event.speaker, event.team, event.role, event.phase, event.answer, event.reasoning,
+                            event.output_tokens, event.latency_s, event.adapter, event.chosen or 0, list(event.candidates))
+        case ev.Note():
+            return NoteAdded(did, event.turn, event.text)
+        case ev.Judging():
+            return Judging(did, list(event.judges))
+        case ev.Verdict(panel=v):
+            return Verdict(did, v.winner, v.prob_a, v.confidence, v.scores, v.rationale, v.parsed, [j.judge for j in event.judges])
+        case ev.Paused():
+            return Paused(did, event.step, event.next_speaker, event.next_team, event.next_phase)
+        case ev.DebateEnd():
+            return DebateEnded(did, event.status, event.winner)
     return None

@@ -3,35 +3,34 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.fields import FieldInfo
+
+from bonsai.debate.spec import DebateSpec
+from bonsai.engine.session import EngineOptions
+
+__all__ = ["EngineOptions", "FormDefaults", "TuiOptions"]
 
 
-class EngineOptions(BaseModel):
-    """The same engine choices as `bonsai debate` (``--engine``, ``--endpoint``, ``--base``, ...)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: Literal["vllm", "openai", "hf"] = Field("vllm", description="in-process vLLM, a `bonsai serve` endpoint, or transformers+PEFT")
-    endpoints: list[str] = Field(default_factory=list, description="OpenAI-compatible server URLs (kind=openai)")
-    base: str | None = Field(None, description="base model folder or cached hub id (default: the embedded model)")
-    max_model_len: int = Field(4096, ge=256)
-    max_lora_rank: int | None = Field(None, ge=1, description="default: from the adapters in play, at least 16")
+def _spec_field(name: str) -> FieldInfo:
+    """The field as DebateSpec declares it (default, limits, description): declared once."""
+    return FieldInfo.merge_field_infos(DebateSpec.model_fields[name])
 
 
 class FormDefaults(BaseModel):
-    """What the new-debate form starts filled with (from the command line)."""
+    """What the new-debate form starts filled with (from the command line): the debate settings with
+    :class:`DebateSpec`'s own defaults and limits, and a motion that may still be empty."""
 
     model_config = ConfigDict(extra="forbid")
 
     motion: str = ""
-    personas: list[str] | None = None
-    format: str = "standard"
-    rounds: int = Field(2, ge=1, le=50)
-    candidates: int = Field(1, ge=1, le=32)
-    seed: int | None = None
-    max_tokens: int | None = Field(None, ge=1, le=8192)
+    personas: list[str] | None = _spec_field("personas")
+    format: str = _spec_field("format")
+    rounds: int = _spec_field("rounds")
+    candidates: int = _spec_field("candidates")
+    seed: int | None = _spec_field("seed")
+    max_tokens: int | None = _spec_field("max_tokens")
 
 
 class TuiOptions(BaseModel):

@@ -20,30 +20,26 @@ from typing import Any, Protocol
 from textual.message import Message
 from textual.message_pump import MessagePump
 
-from bonsai.debate.runner import DebateRunner, DebateSpec, adapter_refs, plan_debate
-from bonsai.engine import AdapterRef, Engine, EngineConfig, create_engine
-from bonsai.engine.adapters import AdapterInspector, lora_rank_for, validate_adapter
+from bonsai.debate import events as ev
+from bonsai.debate.events import events_from_store
+from bonsai.debate.runner import DebateRunner, DebateSpec, PreparedDebate, adapter_refs, plan_debate
+from bonsai.engine import AdapterRef, Engine
+from bonsai.engine.adapters import AdapterInspector
+from bonsai.engine.session import EngineOptions, plan_engine, start_engine
 from bonsai.errors import BonsaiError, ConfigError, EngineError
-from bonsai.model.prepare import resolve_base
 from bonsai.paths import checkpoints_path
 from bonsai.personas import PersonaBook
 from bonsai.store.records import DebateRecord
 from bonsai.store.transcripts import TranscriptStore
 from tui.messages import (
-    DebateEnded,
     DebateStarted,
     EngineStatus,
     Failed,
-    Judging,
     RunnerState,
     Throughput,
     Token,
-    TurnDone,
-    TurnStarted,
-    Verdict,
     from_event,
 )
-from tui.options import EngineOptions
 
 log = logging.getLogger(__name__)
 
@@ -94,46 +90,29 @@ class ConfiguredEngine:
         self.home = home
         self._engine: Engine | None = None
         self._base_name = ""
+        self._stack = contextlib.AsyncExitStack()
 
     async def acquire(self, refs: list[AdapterRef | None]) -> tuple[Engine, str]:
         if self._engine is not None:
             return self._engine, self._base_name
-        opts = self.options
-        if opts.kind == "openai" and not opts.endpoints:
-            raise ConfigError("--engine openai needs --endpoint URL", "start a server with `bonsai serve` and pass its URL")
-        kind = "openai" if opts.endpoints else opts.kind
-        base = None if kind == "openai" else await asyncio.to_thread(resolve_base, opts.base, self.home)
-        live = [r for r in refs if r is not None]
-        if base is not None:
-            for ref in live:
-                validate_adapter(ref, base_dir=base.path, base_hash=base.content_hash, max_rank=opts.max_lora_rank)
-        config = EngineConfig(
-            kind=kind,
-            base_model=base.path if base else None,
-            base_hash=base.content_hash if base else None,
-            endpoints=opts.endpoints,
-            max_model_len=opts.max_model_len,
-            # later debates of the session may bring other adapters: leave room for a few
-            max_loras=max(4, len({r.name for r in live})),
-            max_lora_rank=opts.max_lora_rank or max(16, lora_rank_for(live) if live else 16),
-        )
-        engine = create_engine(config)
+        # later debates of the session may bring other adapters: leave room for a few
+        setup = await asyncio.to_thread(plan_engine, self.options, self.home, refs, min_loras=4)
+        stack = contextlib.AsyncExitStack()
         try:
             with process_stdio():
-                await engine.start()
+                session = await stack.enter_async_context(start_engine(setup))
         except BaseException as exc:
-            with contextlib.suppress(Exception):
-                await engine.close()
+            await stack.aclose()
             if isinstance(exc, BonsaiError) or not isinstance(exc, Exception):
                 raise
-            raise EngineError(f"the {kind} engine did not start: {exc}", "run `bonsai debate` with -v to see the engine's log") from exc
-        self._engine, self._base_name = engine, base.name if base else engine.info.base_model
-        return engine, self._base_name
+            raise EngineError(f"the {setup.config.kind} engine did not start: {exc}", "run `bonsai debate` with -v to see the engine's log") from exc
+        self._stack, self._engine, self._base_name = stack, session.engine, session.base_name
+        return session.engine, session.base_name
 
     async def close(self) -> None:
         if self._engine is not None:
-            engine, self._engine = self._engine, None
-            await engine.close()
+            stack, self._engine = self._stack, None
+            await stack.aclose()
 
 
 class ReadyEngine:
@@ -329,10 +308,11 @@ class LiveRunner:
         self._post(Failed(message, hint, self.debate_id))
         self._set_state("failed" if self.debate_id else "idle")
 
-    async def _debate_runner(self, spec: DebateSpec) -> DebateRunner:
+    async def _debate_runner(self, spec: DebateSpec, prepared: PreparedDebate | None = None) -> DebateRunner:
+        """The session's runner; the first debate's adapters size the engine (its plan, if made already)."""
         if self._debates is None:
             inspector = AdapterInspector()
-            refs = list(adapter_refs(plan_debate(spec, self.book, self.home), inspector).values())
+            refs = list(adapter_refs(prepared or plan_debate(spec, self.book, self.home), inspector).values())
             self._post(EngineStatus("starting"))
             try:
                 engine, base_name = await self.engines.acquire(refs)
@@ -348,8 +328,9 @@ class LiveRunner:
     async def _start(self, spec: DebateSpec) -> None:
         self.debate_id = None
         self._set_state("starting")
-        debates = await self._debate_runner(spec)
-        await self._pump(debates.run(spec, gate=self.control.gate))
+        prepared = plan_debate(spec, self.book, self.home)  # once: it sizes the engine and starts the debate
+        debates = await self._debate_runner(spec, prepared)
+        await self._pump(debates.run(spec, gate=self.control.gate, prepared=prepared))
 
     def _stored_spec(self, record: DebateRecord) -> DebateSpec:
         data = record.config.get("spec")
@@ -381,61 +362,57 @@ class LiveRunner:
         self._set_state("running" if not self.control.holds else "pausing")
         await self._pump(self._debates.resume(self.debate_id, gate=self.control.gate, note=note))
 
-    async def _pump(self, events: AsyncIterator[dict[str, Any]]) -> None:
+    async def _pump(self, events: AsyncIterator[ev.DebateEvent]) -> None:
         """Relay one run of the graph; a hold that was lifted (or a note that came) meanwhile goes on at once."""
-        current: AsyncIterator[dict[str, Any]] | None = events
+        current: AsyncIterator[ev.DebateEvent] | None = events
         while current is not None:
-            nxt: AsyncIterator[dict[str, Any]] | None = None
-            async for ev in current:
-                kind = ev["event"]
-                if kind == "debate_start":
-                    self.debate_id = ev["debate_id"]
-                    started = from_event(ev)
+            nxt: AsyncIterator[ev.DebateEvent] | None = None
+            async for event in current:
+                if isinstance(event, ev.DebateStart):
+                    self.debate_id = event.debate_id
+                    started = from_event(event)
                     assert isinstance(started, DebateStarted)
                     started.adapters = adapter_versions(self.store.get_debate(self.debate_id))
                     self._post(started)
-                    if ev.get("forked_from"):
-                        await self._replay_turns(self.debate_id, below=ev.get("turns_done"))
+                    if event.forked_from:
+                        await self._replay_turns(self.debate_id, below=event.turns_done)
                     self.paused_at = None
                     self._set_state("pausing" if self.control.holds or self.control.until is not None else "running")
                     continue
-                if kind == "paused":
-                    step = int(ev["step"])
-                    self.paused_at = step
-                    if self.control.until is not None and step >= self.control.until:
+                if isinstance(event, ev.Paused):
+                    self.paused_at = event.step
+                    if self.control.until is not None and event.step >= self.control.until:
                         self.control.until = None  # a step ends as a pause
                         self.control.holds.add("user")
-                    if self.control.note is not None or not self.control.gate(step):
+                    if self.control.note is not None or not self.control.gate(event.step):
                         note = self.control.take_note()
                         assert self._debates is not None
-                        nxt = self._debates.resume(ev["debate_id"], gate=self.control.gate, note=note)
+                        nxt = self._debates.resume(event.debate_id, gate=self.control.gate, note=note)
                         continue
-                    self._post(from_event(ev))  # type: ignore[arg-type]
+                    self._post(from_event(event))  # type: ignore[arg-type]
                     self._set_state("paused")
                     continue
-                self._account(ev)
-                message = from_event(ev)
+                self._account(event)
+                message = from_event(event)
                 if message is not None:
                     self._post(message)
-                if kind == "debate_end":
-                    self._set_state("finished" if ev["status"] == "finished" else ev["status"])
+                if isinstance(event, ev.DebateEnd):
+                    self._set_state("finished" if event.status == "finished" else event.status)
             current = nxt
 
-    def _account(self, ev: dict[str, Any]) -> None:
+    def _account(self, event: ev.DebateEvent) -> None:
         """Tokens per second: token events over wall time while streaming, the engine's count at the end."""
-        kind = ev["event"]
         now = time.monotonic()
-        if kind == "turn_start":
+        if isinstance(event, ev.TurnStart):
             self._turn_t0, self._turn_tokens, self._last_rate = now, 0, now
-        elif kind == "token":
+        elif isinstance(event, ev.Token):
             self._turn_tokens += 1
             if now - self._last_rate >= THROUGHPUT_EVERY_S and now > self._turn_t0:
                 self._last_rate = now
-                self._post(Throughput(ev["debate_id"], self._turn_tokens / (now - self._turn_t0)))
-        elif kind == "turn_end" and ev.get("role") == "debater":
-            latency, tokens = float(ev.get("latency_s") or 0.0), int(ev.get("output_tokens") or 0)
-            if latency > 0 and tokens > 0:
-                self._post(Throughput(ev["debate_id"], tokens / latency, final=True))
+                self._post(Throughput(event.debate_id, self._turn_tokens / (now - self._turn_t0)))
+        elif isinstance(event, ev.TurnEnd) and event.role == "debater":
+            if event.latency_s > 0 and event.output_tokens > 0:
+                self._post(Throughput(event.debate_id, event.output_tokens / event.latency_s, final=True))
 
     # -- replays from the store --------------------------------------------------------------------
 
@@ -454,45 +431,29 @@ class LiveRunner:
             return []  # a persona or format that is gone: the turns still show, without the plan
 
     async def _replay_record(self, record: DebateRecord, *, final: bool) -> None:
-        turns = self.store.turns(record.debate_id)
-        self._post(
-            DebateStarted(record.debate_id, record.motion, record.seats, record.format, record.rounds, self._schedule(record),
-                          False, len(turns), record.config.get("forked_from"), replay=True, adapters=adapter_versions(record))
-        )
-        await self._replay_turns(record.debate_id)
-        if not final:
-            return
-        verdicts = self.store.verdicts(record.debate_id)
-        if verdicts:
-            panel = verdicts[-1]
-            judges = [v.judge for v in verdicts if v.judge != "panel"] or [panel.judge]
-            self._post(Judging(record.debate_id, judges))
-            self._post(Verdict(record.debate_id, panel.winner, panel.prob_a, panel.confidence, panel.scores, panel.rationale, panel.parsed, judges))
-        self._post(DebateEnded(record.debate_id, record.status, record.winner))
+        await self._replay(events_from_store(self.store, record.debate_id, schedule=self._schedule(record), final=final), record)
 
     async def _replay_turns(self, debate_id: str, *, below: int | None = None) -> None:
-        by_turn: dict[int, list[dict[str, Any]]] = {}
-        chosen: dict[int, int] = {}
-        for c in self.store.candidates(debate_id):
-            by_turn.setdefault(c.turn_index, []).append({"index": c.candidate_index, "score": c.score, "answer": c.answer})
-            if c.chosen:
-                chosen[c.turn_index] = c.candidate_index
-        for t in self.store.turns(debate_id):
-            if below is not None and t.turn_index >= below:
-                break
-            cands = by_turn.get(t.turn_index, [])
-            self._post(TurnStarted(debate_id, t.turn_index, t.speaker, t.team, t.role, t.phase, t.adapter_name, max(1, len(cands))))
-            if t.reasoning:
-                self._post(Token(debate_id, t.turn_index, t.team, t.role, "reasoning", t.reasoning))
-            for piece in self._chunks(t.answer):
-                self._post(Token(debate_id, t.turn_index, t.team, t.role, "answer", piece))
-                if self.replay_delay:
+        await self._replay(events_from_store(self.store, debate_id, below=below, final=False)[1:], None)
+
+    async def _replay(self, events: list[ev.DebateEvent], record: DebateRecord | None) -> None:
+        """Post a stored debate's events as the live run would (the start marked as a replay); with a
+        ``replay_delay`` the answers come word by word."""
+        for event in events:
+            message = from_event(event)
+            if isinstance(message, DebateStarted) and record is not None:
+                message.replay, message.adapters = True, adapter_versions(record)
+            if isinstance(event, ev.Token) and event.kind == "answer" and self.replay_delay:
+                for piece in self._chunks(event.text):
+                    self._post(Token(event.debate_id, event.turn, event.team, event.role, "answer", piece))
                     await asyncio.sleep(self.replay_delay)
-            self._post(TurnDone(debate_id, t.turn_index, t.speaker, t.team, t.role, t.phase, t.answer, t.reasoning, t.output_tokens,
-                                t.latency_s, t.adapter_name, chosen.get(t.turn_index, 0), cands))
-            if t.role == "debater" and t.latency_s > 0 and t.output_tokens > 0:
-                self._post(Throughput(debate_id, t.output_tokens / t.latency_s, final=True))
-            await asyncio.sleep(0)
+                continue
+            if message is not None:
+                self._post(message)
+            if isinstance(event, ev.TurnEnd):
+                if event.role == "debater" and event.latency_s > 0 and event.output_tokens > 0:
+                    self._post(Throughput(event.debate_id, event.output_tokens / event.latency_s, final=True))
+                await asyncio.sleep(0)
 
     def _chunks(self, text: str) -> list[str]:
         if not self.replay_delay:

@@ -10,13 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bonsai.cli.common import home_from, progress
+from bonsai.cli.common import add_engine_arguments, engine_options, home_from, judge_options, starting
 from bonsai.errors import BonsaiError, ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from bonsai.cli.debate_cmd import add_engine_options
-
     p = sub.add_parser("adapters", help="list, evaluate, promote and roll back persona adapter versions", description="The adapter registry under $BONSAI_HOME/adapters.")
     cmds = p.add_subparsers(dest="adapters_command", metavar="ACTION")
     cmds.required = True
@@ -56,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--max-tokens", type=int, default=48, help="cap on every debater turn (default 48)")
     ev.add_argument("--store", type=Path, default=None, help="store for the evaluation debates (default: $BONSAI_HOME/evaluations.sqlite, apart from training data)")
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
-    add_engine_options(ev)
+    add_engine_arguments(ev)
     ev.set_defaults(func=run_evaluate)
 
     pr = cmds.add_parser("promote", help="make a version current (if it passed the gate), here and on running servers")
@@ -171,32 +169,23 @@ def _gate_config(args: argparse.Namespace) -> Any:
 
 async def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from bonsai.adapter_registry import persona_dir
-    from bonsai.cli.debate_cmd import build_engine_config
-    from bonsai.engine import create_engine
-    from bonsai.engine.adapters import inspect_adapter, validate_adapter
-    from bonsai.model.prepare import resolve_base
+    from bonsai.engine.adapters import inspect_adapter
+    from bonsai.engine.session import open_engine
     from bonsai.paths import checkpoints_path
     from bonsai.personas import PersonaBook
     from training.gate import evaluate_candidate, held_out_motions, opponents
     from training.registry import resolve_version
 
     home = home_from(args)
-    if args.endpoint and args.engine != "openai":
-        args.engine = "openai"
+    engine = engine_options(args)
+    judge = judge_options(args)
     config = _gate_config(args)
     book = PersonaBook.load(args.personas_dir)
     candidate = resolve_version(home, args.persona, args.candidate)
     motions = held_out_motions(home, args.persona, candidate, dataset=args.dataset, motions_file=args.motions)
-    base = None if args.engine == "openai" else resolve_base(args.base, home)
     folders = [persona_dir(home, args.persona) / candidate, *(o.path for o in opponents(home, args.persona, config) if o.path)]
     refs = [inspect_adapter(f) for f in folders]
-    if base is not None:
-        for ref in refs:
-            validate_adapter(ref, base_dir=base.path, base_hash=base.content_hash, max_rank=args.max_lora_rank)
-    engine = create_engine(build_engine_config(args, base, refs))
-    with progress(f"starting the {args.engine} engine", enabled=not args.json):
-        await engine.start()
-    try:
+    async with open_engine(engine, home, refs, judge=judge, starting=starting(enabled=not args.json)) as session:
         n = len(motions[: config.max_motions]) * len(config.seeds) * 2 * len(opponents(home, args.persona, config))
         if not args.json:
             print(f"evaluating {args.persona}@{candidate}: {n} debates on {min(len(motions), config.max_motions)} held-out motions...", file=sys.stderr, flush=True)
@@ -206,12 +195,10 @@ async def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"  {'won ' if m.won else 'tie ' if m.winner == 'tie' else 'lost'} {m.opponent:<7} seat {m.candidate_seat:<10} {m.motion[:60]}", file=sys.stderr, flush=True)
 
         return await evaluate_candidate(
-            engine, home=home, book=book, base_model=base.name if base else engine.info.base_model, persona=args.persona,
+            session.engine, home=home, book=book, base_model=session.base_name, persona=args.persona,
             candidate=candidate, motions=motions, store_path=args.store or home / "evaluations.sqlite",
-            checkpoints=checkpoints_path(home), config=config, on_match=on_match,
+            checkpoints=checkpoints_path(home), config=config, on_match=on_match, judge_engine=session.judge,
         )
-    finally:
-        await engine.close()
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from bonsai.engine.session import EngineOptions, JudgeEngineOptions, Starting, add_option_arguments, options_from_args
 from bonsai.paths import bonsai_home
 
 
@@ -31,3 +32,25 @@ def progress(message: str, *, enabled: bool = True) -> Iterator[None]:
         return
     with err_console().status(message):
         yield
+
+
+def add_engine_arguments(p: argparse.ArgumentParser, *, judge: bool = True) -> None:
+    """The engine flags (generated from :class:`EngineOptions`), the judge's engine (from
+    :class:`JudgeEngineOptions`) where a command judges debates, and ``--personas-dir``."""
+    add_option_arguments(p, EngineOptions)
+    if judge:
+        add_option_arguments(p.add_argument_group("judge engine (default: the debaters' engine)"), JudgeEngineOptions)
+    p.add_argument("--personas-dir", type=Path, default=None, help="folder of persona YAML files (default: the shipped personas)")
+
+
+def engine_options(args: argparse.Namespace, **fixed: object) -> EngineOptions:
+    return options_from_args(EngineOptions, args, **fixed)
+
+
+def judge_options(args: argparse.Namespace) -> JudgeEngineOptions:
+    return options_from_args(JudgeEngineOptions, args)
+
+
+def starting(*, enabled: bool = True) -> Starting:
+    """A spinner (or a line) on stderr while an engine starts."""
+    return lambda what: progress(what, enabled=enabled)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -12,10 +13,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from bonsai.cli.common import home_from, progress
-from bonsai.cli.debate_cmd import add_engine_options
+from bonsai.cli.common import add_engine_arguments, engine_options, home_from, judge_options, progress, starting
+from bonsai.engine.session import open_judge, plan_engine, plan_judge
 from bonsai.errors import ConfigError
-from bonsai.model.prepare import resolve_base
 from bonsai.paths import store_path
 from bonsai.personas import PersonaBook
 
@@ -71,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--rubric-samples", type=int, default=None, metavar="K", help="rubric: K new samples for turns stored with one answer (default 0)")
     g.add_argument("--no-repair", action="store_const", const=True, default=None, help="rubric: never rewrite the best answer into the persona's format")
     b.add_argument("--json", action="store_true", help="print the dataset card as JSON")
-    add_engine_options(b)
+    add_engine_arguments(b)
     b.set_defaults(func=run_build)
 
     g = actions.add_parser(
@@ -133,23 +133,6 @@ def _strategy_params(args: argparse.Namespace, names: list[str]) -> list[dict[st
     return [{"name": n, "params": by_name[n]} for n in names]
 
 
-def _engine_config(args: argparse.Namespace, base: Any) -> Any:
-    from bonsai.engine import EngineConfig
-
-    if args.endpoint and args.engine != "openai":
-        args.engine = "openai"
-    if args.engine == "openai" and not args.endpoint:
-        raise ConfigError("--engine openai needs --endpoint URL", "start a server with `bonsai serve` and pass its URL")
-    return EngineConfig(
-        kind=args.engine,
-        base_model=None if args.engine == "openai" else base.path,
-        base_hash=None if args.engine == "openai" else base.content_hash,
-        endpoints=args.endpoint,
-        max_model_len=args.max_model_len,
-        max_lora_rank=args.max_lora_rank or 16,
-    )
-
-
 async def _build(args: argparse.Namespace) -> Any:
     from training.dataset import BuildOptions, build_dataset
     from training.pairs import Engines, parse_strategy_list
@@ -178,11 +161,18 @@ async def _build(args: argparse.Namespace) -> Any:
         problems = "; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
         raise ConfigError(f"invalid dataset settings: {problems}", "see `bonsai data build --help`") from None
     book = PersonaBook.load(args.personas_dir)
-    base = resolve_base(args.base, home)
-    config = _engine_config(args, base)
-    async with Engines(config, fixed_rank=args.max_lora_rank is not None) as engines:
+    engine = engine_options(args)
+    # the base is needed even when an endpoint generates: the dataset is tokenised for training on it;
+    # the engine itself starts only if a strategy generates (see Engines)
+    setup = plan_engine(engine, home, need_base=True, min_loras=4)
+    assert setup.base is not None
+    async with contextlib.AsyncExitStack() as stack:
+        judge = plan_judge(judge_options(args), engine, home)
+        # the judge's engine (if it has one) starts now, so a bad --judge-endpoint fails before anything is built
+        judge_engine = await stack.enter_async_context(open_judge(judge, starting=starting(enabled=not args.json))) if judge else None
+        engines = await stack.enter_async_context(Engines(setup.config, fixed_rank=engine.max_lora_rank is not None, judge_engine=judge_engine))
         with progress(f"building {args.persona}'s dataset", enabled=not args.json):
-            return await build_dataset(options, base=base, book=book, home=home, engines=engines)
+            return await build_dataset(options, base=setup.base, book=book, home=home, engines=engines)
 
 
 def run_build(args: argparse.Namespace) -> int:

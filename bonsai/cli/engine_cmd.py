@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import asdict
 
-from bonsai import engine_resident as resident
+from bonsai.engine import resident
 from bonsai.cli.common import home_from
 from bonsai.cli.serve_cmd import add_serve_options, plan_from_args
 from bonsai.errors import ConfigError

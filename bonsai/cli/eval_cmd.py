@@ -9,13 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bonsai.cli.common import home_from, progress
+from bonsai.cli.common import add_engine_arguments, engine_options, home_from, judge_options, starting
 from bonsai.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from bonsai.cli.debate_cmd import add_engine_options
-
     p = sub.add_parser(
         "eval",
         help="measure an adapter version against its parent, the base or another version on held-out motions",
@@ -43,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store", type=Path, default=None, help="store for the judged debates (default: $BONSAI_HOME/evaluations.sqlite)")
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    add_engine_options(p)
+    add_engine_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -64,11 +62,9 @@ def _config(args: argparse.Namespace) -> Any:
 
 async def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from bonsai.adapter_registry import persona_dir
-    from bonsai.cli.debate_cmd import build_engine_config
     from bonsai.debate.formats import load_format
-    from bonsai.engine import create_engine
-    from bonsai.engine.adapters import inspect_adapter, validate_adapter
-    from bonsai.model.prepare import resolve_base
+    from bonsai.engine.adapters import inspect_adapter
+    from bonsai.engine.session import open_engine
     from bonsai.personas import PersonaBook
     from training.evaluation.heldout import check_held_out
     from training.evaluation.report import save_report
@@ -78,8 +74,7 @@ async def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
     home = home_from(args)
     config = _config(args)
     load_format(config.format)
-    if args.engine == "openai":
-        raise ConfigError("bonsai eval samples speeches and scores pairs with the base model itself", "run it with --engine vllm (default) or --engine hf")
+    options, judge = engine_options(args), judge_options(args)
     book = PersonaBook.load(args.personas_dir)
     book.get(args.persona)
     version = current_or(home, args.persona, args.version)
@@ -87,25 +82,20 @@ async def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
     motions = read_motions_file(args.motions) if args.motions else default_motions(home, args.persona, version, args.dataset)
     motions = list(dict.fromkeys(motions))[: config.max_motions]
     check_held_out(home, args.persona, motions)  # before any engine starts
-    base = resolve_base(args.base, home)
     refs = [inspect_adapter(persona_dir(home, args.persona) / version), *([inspect_adapter(ref_path)] if ref_path else [])]
-    for ref in refs:
-        validate_adapter(ref, base_dir=base.path, base_hash=base.content_hash, max_rank=args.max_lora_rank)
-    engine = create_engine(build_engine_config(args, base, refs))
-    with progress(f"starting the {args.engine} engine", enabled=not args.json):
-        await engine.start()
-    try:
-        def say(msg: str) -> None:
-            if not args.json:
-                print(f"{msg}...", file=sys.stderr, flush=True)
 
-        gate = GateConfig(judge=args.judge, max_motions=config.max_motions)
+    def say(msg: str) -> None:
+        if not args.json:
+            print(f"{msg}...", file=sys.stderr, flush=True)
+
+    # the preference pairs are scored on the base itself, so it is needed even when an endpoint samples
+    async with open_engine(options, home, refs, judge=judge, starting=starting(enabled=not args.json), need_base=True, min_loras=2) as session:
+        assert session.base is not None
         report = await evaluate_version(
-            engine, home=home, book=book, base=base, persona=args.persona, version=version, motions=motions, dataset=args.dataset,
-            config=config, gate=gate, store_path=args.store, on_progress=say,
+            session.engine, home=home, book=book, base=session.base, persona=args.persona, version=version, motions=motions,
+            dataset=args.dataset, config=config, gate=GateConfig(judge=args.judge, max_motions=config.max_motions),
+            store_path=args.store, on_progress=say, judge_engine=session.judge,
         )
-    finally:
-        await engine.close()
     data = report.to_json()
     data["files"] = save_report(home, data, plot=not args.no_plot)
     return data

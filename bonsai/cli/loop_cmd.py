@@ -11,13 +11,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from bonsai.cli.common import home_from, progress
+from bonsai.cli.common import add_engine_arguments, engine_options, home_from, judge_options, starting
 from bonsai.errors import BonsaiError, ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from bonsai.cli.debate_cmd import add_engine_options
-
     p = sub.add_parser(
         "loop",
         help="the closed loop: debates -> data -> train -> evaluate -> promote, for N generations",
@@ -50,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tokens", type=int, default=None, help="cap on every debater turn (default 48)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print events as JSON lines")
-    add_engine_options(p)
+    add_engine_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -82,8 +80,9 @@ def _config(args: argparse.Namespace) -> Any:
         raw["eval_motions"] = read_motions_file(args.eval_motions)
     if args.strategy:
         raw["strategies"] = [{"name": n, "params": {"min_gap": 0.02} if n == "best-of-n" else {}} for n in parse_strategy_list(args.strategy)]
-    if args.endpoint:
-        raw["endpoints"] = list(args.endpoint)
+    endpoints = engine_options(args).endpoints
+    if endpoints:
+        raw["endpoints"] = list(endpoints)
     # the gate debates what the loop debates unless the preset says otherwise
     for key in ("format", "rounds", "max_tokens"):
         if key in raw and (key not in gate or getattr(args, key) is not None):
@@ -160,16 +159,15 @@ def _print(ev: dict[str, Any]) -> None:
 
 
 async def _run_async(args: argparse.Namespace) -> int:
-    from bonsai.cli.debate_cmd import build_engine_config
-    from bonsai.model.prepare import resolve_base
+    from bonsai.engine.session import open_engine
     from bonsai.personas import PersonaBook
     from training.config import load_recipe, with_overrides
     from training.loop import Loop, LoopConfig, check_personas, load_state, new_state, save_state
 
     home = home_from(args)
     book = PersonaBook.load(args.personas_dir)
-    if args.endpoint and args.engine != "openai":
-        args.engine = "openai"
+    engine = engine_options(args)
+    judge = judge_options(args)
     if args.resume:
         state = load_state(home, args.resume)
         config = LoopConfig.model_validate(state["config"])
@@ -178,30 +176,27 @@ async def _run_async(args: argparse.Namespace) -> int:
         state = new_state(config)
     check_personas(config, book)
     recipe = with_overrides(load_recipe(config.recipe), config.train_overrides)  # fail on a bad recipe now, not after the debates
-    base = resolve_base(args.base, home)
-    if args.max_lora_rank is None:
-        args.max_lora_rank = max(16, recipe.lora.r)
-    engine_config = build_engine_config(args, base if args.engine != "openai" else None, [])
-    engine_config = engine_config.model_copy(update={"max_loras": max(4, engine_config.max_loras)})
-    if not args.resume:
-        save_state(home, state)
-    from bonsai.engine import create_engine
-
-    engine = create_engine(engine_config)
-    with progress(f"starting the {args.engine} engine", enabled=not args.json):
-        await engine.start()
+    if engine.max_lora_rank is None:
+        engine = engine.model_copy(update={"max_lora_rank": max(16, recipe.lora.r)})
+    session = open_engine(engine, home, judge=judge, starting=starting(enabled=not args.json), need_base=True, min_loras=4)
+    saved = bool(args.resume)
     try:
-        loop = Loop(state, engine=engine, home=home, book=book, base=base, progress=not args.json and sys.stderr.isatty())
-        async for ev in loop.run():
-            if args.json:
-                print(json.dumps(ev, ensure_ascii=False), flush=True)
-            else:
-                _print(ev)
+        async with session as opened:
+            if not saved:
+                save_state(home, state)  # once every engine (the judge's too) started: a bad flag leaves no loop behind
+                saved = True
+            assert opened.base is not None
+            loop = Loop(state, engine=opened.engine, home=home, book=book, base=opened.base, progress=not args.json and sys.stderr.isatty(),
+                        judge_engine=opened.judge)
+            async for ev in loop.run():
+                if args.json:
+                    print(json.dumps(ev, ensure_ascii=False), flush=True)
+                else:
+                    _print(ev)
     except (KeyboardInterrupt, asyncio.CancelledError):
-        print(f"\ninterrupted: continue with `bonsai loop --resume {state['id']}`", file=sys.stderr)
+        if saved:
+            print(f"\ninterrupted: continue with `bonsai loop --resume {state['id']}`", file=sys.stderr)
         raise KeyboardInterrupt from None
-    finally:
-        await engine.close()
     return 0
 
 

@@ -13,13 +13,12 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bonsai.cli.common import home_from, progress
-from bonsai.cli.debate_cmd import add_engine_options, build_engine_config
+from bonsai.cli.common import add_engine_arguments, engine_options, home_from, judge_options, starting
 from bonsai.debate.runner import DebateRunner
-from bonsai.engine import Engine, create_engine
-from bonsai.engine.adapters import AdapterInspector, validate_adapter
+from bonsai.engine import Engine
+from bonsai.engine.adapters import AdapterInspector
+from bonsai.engine.session import plan_engine, plan_judge, start_engine
 from bonsai.errors import ConfigError, StoreError, SweepIncomplete
-from bonsai.model.prepare import resolve_base
 from bonsai.paths import checkpoints_path, store_path
 from bonsai.personas import PersonaBook
 from bonsai.store.records import SweepRecord
@@ -52,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ray-workers", type=int, default=None, help="Ray workers (default: one per GPU, or 1 without GPUs)")
     p.add_argument("--store", type=Path, default=None, help="transcript store (default: $BONSAI_HOME/transcripts.sqlite)")
     p.add_argument("--json", action="store_true", help="print one JSON summary at the end (and for --dry-run / --list)")
-    add_engine_options(p)
+    add_engine_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -79,12 +78,14 @@ async def _run_async(args: argparse.Namespace) -> int:
         return _list(store_file, console, as_json=args.json)
     if args.file is None:
         raise ConfigError("no sweep file given", "pass one: bonsai sweep SWEEP.yaml (see examples/sweep-quick.yaml)")
-    if args.endpoint and args.engine != "openai":
-        args.engine = "openai"
+    engine = engine_options(args)
+    judge = judge_options(args)
     if args.max_num_seqs is not None and args.max_num_seqs < 1:
         raise ConfigError(f"--max-num-seqs must be at least 1, not {args.max_num_seqs}", "leave it out to take vLLM's default for the device")
-    if args.ray and args.endpoint:
+    if args.ray and engine.endpoints:
         raise ConfigError("--ray and --endpoint do not go together", "Ray workers run their own engines; drop one of them")
+    if args.ray and judge.separate:
+        raise ConfigError("--ray does not take a judge engine yet", "each Ray worker judges on its own engine; drop --judge-endpoint/--judge-base")
     book = PersonaBook.load(args.personas_dir)
     sweep = load_sweep(args.file, overrides=_overrides(args))
     _check_grid_size(sweep, args)
@@ -93,14 +94,10 @@ async def _run_async(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _dry_run(plan, book, store_file, args, console)
 
-    base = None if args.engine == "openai" else resolve_base(args.base, home)
     inspector = AdapterInspector()
     refs = [inspector.inspect(c.adapter) for c in plan.competitors.values() if c.adapter is not None]
-    if base is not None:
-        for ref in refs:
-            validate_adapter(ref, base_dir=base.path, base_hash=base.content_hash, max_rank=args.max_lora_rank)
-    engine_config = build_engine_config(args, base, refs).model_copy(update={"kv_cache_gib": args.kv_cache_gib, "max_loras": max(1, min(16, len(refs))),
-                                                                          "max_num_seqs": args.max_num_seqs})
+    setup = plan_engine(engine, home, refs, kv_cache_gib=args.kv_cache_gib, max_loras=max(1, min(16, len(refs))), max_num_seqs=args.max_num_seqs)
+    base, engine_config = setup.base, setup.config
     if args.ray:
         from bonsai.sweep.ray_executor import run_on_ray
 
@@ -124,15 +121,12 @@ async def _run_async(args: argparse.Namespace) -> int:
                 raise
             return _finish(store, plan, result, console, args)
 
-    engine: Engine = create_engine(engine_config)
-    with progress(f"starting the {args.engine} engine", enabled=not args.json):
-        await engine.start()
-    try:
+    async with start_engine(setup, plan_judge(judge, engine, home), starting=starting(enabled=not args.json)) as session:
         with TranscriptStore(store_file) as store:
-            async with DebateRunner(engine, store, checkpoints_path(home), book, home, base.name if base else engine.info.base_model,
-                                    inspector) as runner:
+            async with DebateRunner(session.engine, store, checkpoints_path(home), book, home, session.base_name, inspector,
+                                    judge_engine=session.judge) as runner:
                 cfg = plan.sweep.config
-                reporter = _Reporter(console, total=len(plan.jobs), quiet=args.json, engine=engine)
+                reporter = _Reporter(console, total=len(plan.jobs), quiet=args.json, engine=session.engine)
                 executor = SweepExecutor(runner, store, plan, concurrency=cfg.concurrency, retries=cfg.retries, backoff_s=cfg.backoff_s,
                                          budget=cfg.budget, on_progress=reporter.update)
                 await executor.check()  # every set-up valid before the sweep is recorded
@@ -144,8 +138,6 @@ async def _run_async(args: argparse.Namespace) -> int:
                     store.set_sweep_status(plan.name, "interrupted")
                     raise
                 return _finish(store, plan, result, console, args)
-    finally:
-        await engine.close()
 
 
 def _check_grid_size(sweep: ResolvedSweep, args: argparse.Namespace) -> None:

@@ -307,7 +307,7 @@ def _verdict_block(verdict: VerdictRecord) -> Panel:
         line.append(f" ({tie_reason(verdict.prob_a, verdict.tie_band)})", style="yellow")
     else:
         line.append(f"winner {verdict.winner}", style=f"bold {_TEAM_STYLE.get(verdict.winner, '')}".strip())
-    line.append(f"   P(A wins) {verdict.prob_a:.3f}   confidence {verdict.confidence:.3f}")
+    line.append(f"   P(A wins) {verdict.prob_a:.3f}   " + ("no confidence (no logprobs)" if verdict.confidence is None else f"confidence {verdict.confidence:.3f}"))
     if not verdict.parsed:
         line.append("   (judge's JSON did not parse: winner from label probabilities)", style="yellow")
     body.append(line)

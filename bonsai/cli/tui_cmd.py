@@ -13,8 +13,9 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from bonsai.cli.common import home_from
-from bonsai.cli.debate_cmd import add_engine_options
+from bonsai.cli.common import add_engine_arguments, engine_options, home_from
+from bonsai.debate.spec import USER_SETTINGS, DebateSpec
+from bonsai.engine.session import add_option_arguments, options_from_args
 from bonsai.errors import ConfigError
 
 
@@ -32,13 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     start.add_argument("--replay-delay", type=float, default=0.0, metavar="SECONDS", help="pause between words when replaying a stored debate (default 0: at once)")
     form = p.add_argument_group("new-debate form defaults (as for `bonsai debate`)")
     form.add_argument("--motion", default="", help="the motion the form starts with")
-    form.add_argument("--personas", help="comma-separated persona names to seat")
-    form.add_argument("--format", default="standard", help="debate format: a built-in name (standard, quick) or a YAML file")
-    form.add_argument("--rounds", type=int, default=2, help="rebuttal rounds (default 2)")
-    form.add_argument("--candidates", type=int, default=1, help="best-of-N candidates per debater turn")
-    form.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
-    form.add_argument("--max-tokens", type=int, default=None, help="cap on every debater turn's length in tokens")
-    add_engine_options(p)
+    add_option_arguments(form, DebateSpec, only=USER_SETTINGS)
+    add_engine_arguments(p, judge=False)
     p.set_defaults(func=run)
 
 
@@ -97,29 +93,20 @@ def run(args: argparse.Namespace) -> int:
         from pydantic import ValidationError
 
         from tui.app import BonsaiApp
-        from tui.options import EngineOptions, FormDefaults, TuiOptions
+        from tui.options import FormDefaults, TuiOptions
     except ImportError as exc:
         raise ConfigError(f"the terminal UI needs Textual, which is not installed ({exc.name})", "pip install 'bonsai[tui]'") from None
-    if args.engine == "openai" and not args.endpoint:
-        raise ConfigError("--engine openai needs --endpoint URL", "start a server with `bonsai serve` and pass its URL")
     home = home_from(args)
-    personas = [n.strip() for n in args.personas.split(",") if n.strip()] if args.personas else None
+    engine = engine_options(args)
+    engine.resolved_kind()  # --engine openai without --endpoint: say so now, not in the UI
+    form = options_from_args(FormDefaults, args, what="options", hint="see `bonsai tui --help`", motion=args.motion)
     try:
         options = TuiOptions(
             home=home,
             store=args.store.expanduser() if args.store else None,
             personas_dir=args.personas_dir,
-            engine=EngineOptions(
-                kind="openai" if args.endpoint else args.engine,
-                endpoints=args.endpoint,
-                base=args.base,
-                max_model_len=args.max_model_len,
-                max_lora_rank=args.max_lora_rank,
-            ),
-            form=FormDefaults(
-                motion=args.motion, personas=personas, format=args.format, rounds=args.rounds,
-                candidates=args.candidates, seed=args.seed, max_tokens=args.max_tokens,
-            ),
+            engine=engine,
+            form=form,
             replay=args.replay,
             resume=args.resume,
             sweep=args.sweep,

@@ -19,14 +19,13 @@ from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 
 from bonsai.debate import judge as judging
-from bonsai.debate.events import event
+from bonsai.debate import events as ev
 from bonsai.debate.formats import DebateFormat
 from bonsai.debate.prompts import debater_prompt, moderator_prompt, prompt_to_json, stop_strings
 from bonsai.debate.reasoning import StreamSplitter, parse
 from bonsai.debate.schedule import Cast, Slot
 from bonsai.debate.state import DebateState
 from bonsai.engine import AdapterRef, Completion, Engine, GenerationRequest, Prompt, Sampling, TextDelta, TextPrompt
-from bonsai.errors import PromptTooLong
 from bonsai.personas import Persona, ReasoningFormat
 from bonsai.store.records import CandidateRecord, TurnRecord
 from bonsai.store.transcripts import TranscriptStore
@@ -56,9 +55,21 @@ class DebateContext:
     #: False: no token events, whole completions only (a sweep has no one to show tokens to, and at
     #: hundreds of debates per event loop the per-token events cost more than the engine's decoding)
     stream_tokens: bool = True
+    #: the judge's own engine (another model or server); None: the judge runs on ``engine``
+    judge_engine: Engine | None = None
 
     def __post_init__(self) -> None:
         self.personas = {p.name: p for p in self.cast.everyone()}
+
+    @property
+    def judge(self) -> Engine:
+        """The engine the judge reads with (its own, or the debaters')."""
+        return self.judge_engine or self.engine
+
+    @property
+    def judge_adapters(self) -> dict[str, AdapterRef | None]:
+        """A judge persona's adapter fits the debaters' base only: on an engine of its own it judges bare."""
+        return self.adapters if self.judge_engine is None else {}
 
 
 def derive_seed(seed: int | None, step: int, candidate: int = 0) -> int | None:
@@ -113,7 +124,7 @@ async def steer_node(state: DebateState, runtime: Runtime[DebateContext]) -> dic
     if not note or not str(note).strip():
         return {}
     note = str(note).strip()
-    runtime.stream_writer({"event": "note", "debate_id": state["debate_id"], "turn": step, "text": note})
+    runtime.stream_writer(ev.Note(state["debate_id"], step, note))
     return {"turns": [note_summary(step, note)], "notes": [note]}
 
 
@@ -136,33 +147,24 @@ async def _stream_one(
     ctx: DebateContext,
     request: GenerationRequest,
     fmt: ReasoningFormat,
-    emit: Callable[[dict[str, Any]], None],
+    emit: Callable[[ev.DebateEvent], None],
     tags: dict[str, Any],
+    candidate: int = 0,
 ) -> Completion:
     if not ctx.stream_tokens:
         return await ctx.engine.generate(request)
     splitter = StreamSplitter(fmt)
     final: Completion | None = None
-    async for ev in ctx.engine.stream(request):
-        if isinstance(ev, TextDelta):
-            for kind, piece in splitter.feed(ev.text):
-                emit({**tags, "kind": kind, "text": piece})
+    async for out in ctx.engine.stream(request):
+        if isinstance(out, TextDelta):
+            for kind, piece in splitter.feed(out.text):
+                emit(ev.Token(**tags, kind=kind, text=piece, candidate=candidate))
         else:
-            final = ev
+            final = out
     for kind, piece in splitter.flush():
-        emit({**tags, "kind": kind, "text": piece})
+        emit(ev.Token(**tags, kind=kind, text=piece, candidate=candidate))
     assert final is not None
     return final
-
-
-def _check_room(ctx: DebateContext, prompt: Prompt, max_tokens: int, who: str) -> None:
-    used = ctx.engine.count_tokens(prompt)
-    limit = ctx.engine.info.max_model_len
-    if used + max_tokens > limit:
-        raise PromptTooLong(
-            f"{who}'s prompt takes {used} tokens and the answer up to {max_tokens}, more than the model's context of {limit}",
-            "shorten the motion, use fewer --rounds, or lower --max-tokens",
-        )
 
 
 async def moderator_node(state: DebateState, runtime: Runtime[DebateContext]) -> dict[str, Any]:
@@ -175,12 +177,11 @@ async def moderator_node(state: DebateState, runtime: Runtime[DebateContext]) ->
     adapter = ctx.adapters.get(persona.name)
     emit = runtime.stream_writer
     tags = {"debate_id": debate_id, "turn": step, "speaker": persona.name, "team": "none", "phase": slot.title, "role": "moderator"}
-    emit(event("turn_start", debate_id, **{k: v for k, v in tags.items() if k != "debate_id"}, candidates=1))
+    emit(ev.TurnStart(**tags, candidates=1))
     t0 = time.monotonic()
     if ctx.fmt.moderator == "llm":
         prompt: Prompt = moderator_prompt(persona, state["motion"], slot, speakers)
         max_tokens = persona.sampling.max_tokens
-        _check_room(ctx, prompt, max_tokens, persona.name)
         sampling = Sampling(
             temperature=persona.sampling.temperature,
             top_p=persona.sampling.top_p,
@@ -189,20 +190,19 @@ async def moderator_node(state: DebateState, runtime: Runtime[DebateContext]) ->
             repetition_penalty=persona.sampling.repetition_penalty,
         )
         result = await _stream_one(
-            ctx, GenerationRequest(f"{debate_id}-t{step}", prompt, sampling, adapter), ReasoningFormat.NONE,
-            lambda d: emit({"event": "token", **d, "candidate": 0}), tags,
+            ctx, GenerationRequest(f"{debate_id}-t{step}", prompt, sampling, adapter), ReasoningFormat.NONE, emit, tags,
         )
     else:
         # A fixed line: a 135M model's improvised introductions mostly pollute the debaters' context.
         text = f"{slot.title.capitalize()}. Speaking in order: {', '.join(speakers)}. {slot.instruction}"
         prompt, sampling = TextPrompt(""), Sampling(temperature=0.0, max_tokens=1)
-        emit({"event": "token", **tags, "kind": "answer", "text": text, "candidate": 0})
+        emit(ev.Token(**tags, kind="answer", text=text))
         result = Completion(f"{debate_id}-t{step}", text, 0, 0, "template", None, 0.0)
         adapter = None
     answer = result.text.strip()
     ctx.store.record_turn(_turn_record(ctx, debate_id, slot, persona, adapter, prompt, sampling, result, answer, None, time.monotonic() - t0))
-    emit(event("turn_end", debate_id, turn=step, speaker=persona.name, team="none", role="moderator", phase=slot.title, answer=answer, reasoning=None,
-               output_tokens=result.output_tokens, latency_s=result.total_s, adapter=adapter.name if adapter else None, candidates=[]))
+    emit(ev.TurnEnd(debate_id, turn=step, speaker=persona.name, team="none", role="moderator", phase=slot.title, answer=answer, reasoning=None,
+                    output_tokens=result.output_tokens, latency_s=result.total_s, adapter=adapter.name if adapter else None, candidates=[]))
     return {"step": step + 1, "turns": [turn_summary(slot, result.text, answer)]}
 
 
@@ -253,13 +253,12 @@ async def debater_node(state: DebateState, runtime: Runtime[DebateContext]) -> d
     persona = ctx.personas[slot.speaker]
     adapter = ctx.adapters.get(persona.name)
     prompt = debater_prompt(persona, state["motion"], state.get("turns", []), slot)
+    # its length is checked by the engine, once per request (see Engine.check_room)
     max_tokens = ctx.max_tokens or slot.max_tokens or persona.sampling.max_tokens
-    _check_room(ctx, prompt, max_tokens, persona.name)
     emit = runtime.stream_writer
     k = ctx.candidates
     tags = {"debate_id": debate_id, "turn": step, "speaker": persona.name, "team": slot.team, "phase": slot.title, "role": "debater"}
-    emit(event("turn_start", debate_id, **{k_: v for k_, v in tags.items() if k_ != "debate_id"}, candidates=k,
-               adapter=adapter.name if adapter else None))
+    emit(ev.TurnStart(**tags, candidates=k, adapter=adapter.name if adapter else None))
     samplings = [
         Sampling(
             temperature=persona.sampling.temperature,
@@ -278,8 +277,9 @@ async def debater_node(state: DebateState, runtime: Runtime[DebateContext]) -> d
                 ctx,
                 GenerationRequest(f"{debate_id}-t{step}-c{i}", prompt, samplings[i], adapter),
                 persona.reasoning,
-                lambda d, i=i: emit({"event": "token", **d, "candidate": i}),
+                emit,
                 tags,
+                i,
             )
             for i in range(k)
         )
@@ -294,9 +294,9 @@ async def debater_node(state: DebateState, runtime: Runtime[DebateContext]) -> d
             await asyncio.gather(
                 *(
                     judging.side_win_probability(
-                        ctx.engine,
+                        ctx.judge,
                         judge,
-                        ctx.adapters.get(judge.name),
+                        ctx.judge_adapters.get(judge.name),
                         state["motion"],
                         [*history, turn_summary(slot, r.text, p.answer)],
                         slot.team,
@@ -331,8 +331,7 @@ async def debater_node(state: DebateState, runtime: Runtime[DebateContext]) -> d
             ]
         )
     emit(
-        event(
-            "turn_end",
+        ev.TurnEnd(
             debate_id,
             turn=step,
             speaker=persona.name,
@@ -355,11 +354,11 @@ async def judge_node(state: DebateState, runtime: Runtime[DebateContext]) -> dic
     ctx = runtime.context
     debate_id = state["debate_id"]
     emit = runtime.stream_writer
-    emit(event("judging", debate_id, judges=[j.name for j in ctx.cast.judges]))
+    emit(ev.Judging(debate_id, [j.name for j in ctx.cast.judges]))
     per_judge, panel = await judging.judge_debate(
-        ctx.engine,
+        ctx.judge,
         ctx.cast.judges,
-        ctx.adapters,
+        ctx.judge_adapters,
         debate_id,
         state["motion"],
         state.get("turns", []),
@@ -373,8 +372,7 @@ async def judge_node(state: DebateState, runtime: Runtime[DebateContext]) -> dic
     if panel.judge == "panel":
         ctx.store.record_verdict(panel)
     ctx.store.set_status(debate_id, "finished", winner=panel.winner)
-    emit(event("verdict", debate_id, **{k: v for k, v in panel.to_dict().items() if k != "debate_id"},
-               judges=[v.to_dict() for v in per_judge]))
+    emit(ev.Verdict(debate_id, panel, list(per_judge)))
     return {"verdict": panel.to_dict()}
 
 

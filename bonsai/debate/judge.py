@@ -436,7 +436,8 @@ def combine(judge_name: str, debate_id: str, readings: Sequence[OrderReading], t
         judge=judge_name,
         winner=winner,
         prob_a=prob_a,
-        confidence=max(prob_a, 1 - prob_a),
+        # a server that returns no logprobs gives no probe: the verdict then says it has no confidence
+        confidence=max(prob_a, 1 - prob_a) if any(r.found_labels for r in readings) else None,
         scores=scores,
         rationale=rationale,
         parsed=any(r.error is None for r in readings if r.asked_json),
@@ -474,7 +475,7 @@ async def judge_debate(
         # judges that disagree make a tie, as layouts do within one judge
         winner=decide(prob_a, [v.winner for v in per_judge], tie_band, informative=informative),
         prob_a=prob_a,
-        confidence=max(prob_a, 1 - prob_a),
+        confidence=max(prob_a, 1 - prob_a) if any(v.confidence is not None for v in per_judge) else None,
         scores=_mean_scores(readings),
         rationale=per_judge[0].rationale,
         parsed=any(v.parsed for v in per_judge),

@@ -24,15 +24,15 @@ from typing import Any
 import aiosqlite
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.types import Command
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bonsai.adapter_registry import resolve_persona_adapter
-from bonsai.text import check_motion
+from bonsai.debate import events as ev
 from bonsai.debate.checkpoints import prune_finished, strict_serializer
 from bonsai.debate.formats import DebateFormat, load_format
 from bonsai.debate.graph import DebateContext, build_graph, turn_summary
 from bonsai.debate.prompts import debater_prompt
 from bonsai.debate.schedule import Cast, Slot, build_schedule
+from bonsai.debate.spec import DebateSpec
 from bonsai.engine import AdapterRef, Engine
 from bonsai.engine.adapters import AdapterInspector, inspect_adapter
 from bonsai.errors import BonsaiError, ConfigError, DebateNotFound, PromptTooLong
@@ -44,27 +44,6 @@ log = logging.getLogger(__name__)
 
 #: Asked before each slot with the step about to run; True holds the debate there (see DebateContext.gate).
 Gate = Callable[[int], bool]
-
-
-class DebateSpec(BaseModel):
-    """What a user asks for. Validated at the edge (CLI, sweep file, TUI form)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    motion: str = Field(description="The motion team A argues for and team B against.")
-    personas: list[str] | None = Field(None, description="Persona names to seat; empty seats get defaults.")
-    format: str = Field("standard", description="A built-in format name or a YAML path.")
-    rounds: int = Field(2, ge=1, le=50)
-    candidates: int = Field(1, ge=1, le=32, description="Best-of-N: candidates sampled per debater turn.")
-    seed: int | None = None
-    max_tokens: int | None = Field(None, ge=1, le=8192, description="Overrides every debater turn's max_tokens.")
-    sweep: str | None = None
-    adapters: dict[str, str | None] | None = Field(None, description="Persona -> adapter folder, pinned at start (resume uses these).")
-
-    @field_validator("motion")
-    @classmethod
-    def _motion_not_empty(cls, v: str) -> str:
-        return check_motion(v)  # empty, too long, or not encodable (a lone surrogate)
 
 
 @dataclass
@@ -100,9 +79,10 @@ class DebateRunner:
 
     def __init__(
         self, engine: Engine, store: TranscriptStore, checkpoints: Path, book: PersonaBook, home: Path, base_model: str,
-        inspector: AdapterInspector | None = None,
+        inspector: AdapterInspector | None = None, judge_engine: Engine | None = None,
     ) -> None:
-        """``inspector``: the one the command already used for its checks, so no adapter is hashed twice."""
+        """``inspector``: the one the command already used for its checks, so no adapter is hashed twice.
+        ``judge_engine``: the judge's own engine (another model, another server); None: the debaters' engine."""
         self.engine = engine
         self.store = store
         self.checkpoints = checkpoints
@@ -112,6 +92,7 @@ class DebateRunner:
         self._stack = contextlib.AsyncExitStack()
         self._graph: Any = None
         self._inspector = inspector or AdapterInspector()
+        self.judge_engine = judge_engine
 
     async def __aenter__(self) -> DebateRunner:
         self.checkpoints.parent.mkdir(parents=True, exist_ok=True)
@@ -150,38 +131,37 @@ class DebateRunner:
             max_tokens=prepared.spec.max_tokens,
             gate=gate,
             stream_tokens=stream_tokens,
+            judge_engine=self.judge_engine,
         )
 
-    def _check_motion_fits(self, ctx: DebateContext, motion: str) -> None:
+    async def _check_motion_fits(self, ctx: DebateContext, motion: str) -> None:
+        """The first debater's prompt through the engine's own length check, before anything is written."""
         first = next(s for s in ctx.schedule if s.kind == "debater")
         persona = ctx.personas[first.speaker]
-        prompt = debater_prompt(persona, motion, [], first)
-        used = self.engine.count_tokens(prompt)
         need = ctx.max_tokens or first.max_tokens or persona.sampling.max_tokens
-        limit = self.engine.info.max_model_len
-        if used + need > limit:
-            raise PromptTooLong(
-                f"the motion is too long: the first prompt takes {used} tokens, leaving no room for a {need}-token answer in the {limit}-token context",
-                "shorten the motion (a sentence or two is plenty)",
-            )
+        try:
+            await self.engine.check_room(debater_prompt(persona, motion, [], first), need)
+        except PromptTooLong as exc:
+            raise PromptTooLong(f"the motion is too long: {exc.message}", "shorten the motion (a sentence or two is plenty)") from None
 
     async def check(self, spec: DebateSpec) -> None:
         """Everything ``start`` validates (personas, format, adapters loaded in the engine, the motion's
         fit in the context), writing nothing: a sweep checks each distinct debate set-up before the first runs."""
         prepared = plan_debate(spec, self.book, self.home)
         ctx = await self._context(prepared)
-        self._check_motion_fits(ctx, spec.motion)
+        await self._check_motion_fits(ctx, spec.motion)
 
     async def start(
         self, spec: DebateSpec, *, debate_id: str | None = None, gate: Gate | None = None, extra: dict[str, Any] | None = None,
-        stream_tokens: bool = True,
+        stream_tokens: bool = True, prepared: PreparedDebate | None = None,
     ) -> tuple[str, DebateContext]:
         """Validate and record a new debate; returns its id and context (nothing is written if invalid).
 
-        ``extra`` is stored with the debate's settings (a sweep records which competitor sat where)."""
-        prepared = plan_debate(spec, self.book, self.home)
+        ``extra`` is stored with the debate's settings (a sweep records which competitor sat where).
+        ``prepared``: the plan the caller already made of ``spec`` (for its own checks), so it is not made twice."""
+        prepared = prepared if prepared is not None else plan_debate(spec, self.book, self.home)
         ctx = await self._context(prepared, gate, stream_tokens=stream_tokens)
-        self._check_motion_fits(ctx, spec.motion)
+        await self._check_motion_fits(ctx, spec.motion)
         debate_id = debate_id or uuid.uuid4().hex[:12]
         pinned = spec.model_copy(update={"adapters": {k: (str(v) if v else None) for k, v in prepared.adapter_paths.items()}})
         self.store.create_debate(
@@ -204,29 +184,19 @@ class DebateRunner:
 
     async def run(
         self, spec: DebateSpec, *, debate_id: str | None = None, gate: Gate | None = None, extra: dict[str, Any] | None = None,
-        stream_tokens: bool = True,
-    ) -> AsyncIterator[dict[str, Any]]:
+        stream_tokens: bool = True, prepared: PreparedDebate | None = None,
+    ) -> AsyncIterator[ev.DebateEvent]:
         """``stream_tokens=False``: no ``token`` events (turns still end with their full text)."""
-        debate_id, ctx = await self.start(spec, debate_id=debate_id, gate=gate, extra=extra, stream_tokens=stream_tokens)
-        initial = {
-            "debate_id": debate_id,
-            "motion": spec.motion,
-            "step": 0,
-            "plan": [s.kind for s in ctx.schedule],
-            "turns": [],
-            "notes": [],
-            "verdict": None,
-        }
-        yield {"event": "debate_start", "debate_id": debate_id, "motion": spec.motion, "seats": ctx.cast.seats(),
-               "format": ctx.fmt.name, "rounds": spec.rounds, "schedule": [s.__dict__ for s in ctx.schedule], "resumed": False}
+        debate_id, ctx = await self.start(spec, debate_id=debate_id, gate=gate, extra=extra, stream_tokens=stream_tokens, prepared=prepared)
+        start = _start_event(debate_id, spec, ctx)
         # aclosing: a consumer that stops reading closes the graph run now, so its status is recorded
-        async with contextlib.aclosing(self._drive(debate_id, initial, ctx)) as events:
-            async for ev in events:
-                yield ev
+        async with contextlib.aclosing(self._drive(start, _initial_state(debate_id, spec.motion, ctx), ctx)) as events:
+            async for event in events:
+                yield event
 
     async def resume(
         self, debate_id: str, *, gate: Gate | None = None, note: str | None = None, stream_tokens: bool = True
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncIterator[ev.DebateEvent]:
         """Go on from the last checkpoint. A debate held between turns (see ``gate``) goes on from where it
         waits, taking ``note`` as a moderator note; ``note`` is refused for a debate that is not waiting."""
         record = self.store.get_debate(debate_id)
@@ -249,25 +219,20 @@ class DebateRunner:
             initial = Command(resume={"note": note})
         elif not snapshot.values:
             # Crashed before the first checkpoint: start the graph from the beginning under the same id.
-            initial = {
-                "debate_id": debate_id, "motion": spec.motion, "step": 0, "plan": [s.kind for s in ctx.schedule],
-                "turns": [], "notes": [], "verdict": None,
-            }
+            initial = _initial_state(debate_id, spec.motion, ctx)
         else:
             initial = None
         self.store.set_status(debate_id, "running")
         done = len([t for t in snapshot.values.get("turns", []) if not t.get("note")]) if snapshot.values else 0
-        yield {"event": "debate_start", "debate_id": debate_id, "motion": spec.motion, "seats": ctx.cast.seats(),
-               "format": ctx.fmt.name, "rounds": spec.rounds, "schedule": [s.__dict__ for s in ctx.schedule], "resumed": True,
-               "turns_done": done}
+        start = _start_event(debate_id, spec, ctx, resumed=True, turns_done=done)
         # aclosing: a consumer that stops reading closes the graph run now, so its status is recorded
-        async with contextlib.aclosing(self._drive(debate_id, initial, ctx)) as events:
-            async for ev in events:
-                yield ev
+        async with contextlib.aclosing(self._drive(start, initial, ctx)) as events:
+            async for event in events:
+                yield event
 
     async def fork(
         self, debate_id: str, at_turn: int, *, new_id: str | None = None, gate: Gate | None = None
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncIterator[ev.DebateEvent]:
         """A new debate that shares ``debate_id``'s first ``at_turn`` turns and goes on from there.
 
         Its state comes from the source's checkpoint taken just before turn ``at_turn`` (notes given
@@ -306,13 +271,11 @@ class DebateRunner:
             dataclasses.replace(c, debate_id=new_id) for c in self.store.candidates(debate_id) if c.turn_index < at_turn
         )
         initial = {**values, "debate_id": new_id, "verdict": None}
-        yield {"event": "debate_start", "debate_id": new_id, "motion": spec.motion, "seats": ctx.cast.seats(),
-               "format": ctx.fmt.name, "rounds": spec.rounds, "schedule": [s.__dict__ for s in ctx.schedule], "resumed": False,
-               "turns_done": at_turn, "forked_from": {"debate_id": debate_id, "turn": at_turn}}
+        start = _start_event(new_id, spec, ctx, turns_done=at_turn, forked_from={"debate_id": debate_id, "turn": at_turn})
         # aclosing: a consumer that stops reading closes the graph run now, so its status is recorded
-        async with contextlib.aclosing(self._drive(new_id, initial, ctx)) as events:
-            async for ev in events:
-                yield ev
+        async with contextlib.aclosing(self._drive(start, initial, ctx)) as events:
+            async for event in events:
+                yield event
 
     async def _state_before(self, debate_id: str, at_turn: int, prepared: PreparedDebate) -> dict[str, Any]:
         """The graph state just before ``at_turn`` ran: the oldest checkpoint at that step (before any note
@@ -336,9 +299,13 @@ class DebateRunner:
             "notes": [],
         }
 
-    async def _drive(self, debate_id: str, initial: dict[str, Any] | Command | None, ctx: DebateContext) -> AsyncIterator[dict[str, Any]]:
+    async def _drive(self, start: ev.DebateStart, initial: dict[str, Any] | Command | None, ctx: DebateContext) -> AsyncIterator[ev.DebateEvent]:
+        """The start event, then the graph's own events, then how the run ended (paused or the end)."""
+        yield start
+        debate_id = start.debate_id
         config = {"configurable": {"thread_id": debate_id}}
         try:
+            # the custom stream carries the nodes' event objects as they were written (no serialisation)
             async for chunk in self.graph.astream(initial, config, context=ctx, stream_mode="custom", durability="sync"):
                 yield chunk
         except BaseException as exc:
@@ -352,13 +319,25 @@ class DebateRunner:
             step = snapshot.values.get("step", 0)
             nxt = ctx.schedule[step] if step < len(ctx.schedule) else None
             self.store.set_status(debate_id, "interrupted")
-            yield {"event": "paused", "debate_id": debate_id, "step": step, "next_speaker": nxt.speaker if nxt else "judge",
-                   "next_team": nxt.team if nxt else "none", "next_phase": nxt.title if nxt else "verdict"}
+            yield ev.Paused(debate_id, step, nxt.speaker if nxt else "judge", nxt.team if nxt else "none", nxt.title if nxt else "verdict")
             return
         record = self.store.get_debate(debate_id)
         if record.status == "finished" and not snapshot.values.get("notes"):  # keep only its last state (see checkpoints.py)
             await prune_finished(self.graph.checkpointer, debate_id)
-        yield {"event": "debate_end", "debate_id": debate_id, "status": record.status, "winner": record.winner}
+        yield ev.DebateEnd(debate_id, record.status, record.winner)
+
+
+def _initial_state(debate_id: str, motion: str, ctx: DebateContext) -> dict[str, Any]:
+    """The graph state a debate starts from (a fresh one, or one that crashed before its first checkpoint)."""
+    return {"debate_id": debate_id, "motion": motion, "step": 0, "plan": [s.kind for s in ctx.schedule], "turns": [], "notes": [], "verdict": None}
+
+
+def _start_event(
+    debate_id: str, spec: DebateSpec, ctx: DebateContext, *, resumed: bool = False, turns_done: int | None = None,
+    forked_from: dict[str, Any] | None = None,
+) -> ev.DebateStart:
+    return ev.DebateStart(debate_id, spec.motion, ctx.cast.seats(), ctx.fmt.name, spec.rounds, [s.__dict__ for s in ctx.schedule],
+                          resumed, turns_done, forked_from)
 
 
 async def latest_unfinished(store: TranscriptStore) -> str:

@@ -238,6 +238,11 @@ def _target_matches(target: str, modules: Iterable[str]) -> bool:
     return any(m == target or m.endswith("." + target) for m in modules)
 
 
+#: (adapter name = its content hash, base folder, base content hash) already checked to fit: a command's
+#: pre-flight check and the engine's check on load read the same files, so the second is skipped
+_FITS: set[tuple[str, str, str | None]] = set()
+
+
 def validate_adapter(ref: AdapterRef, *, base_dir: Path, base_hash: str | None, max_rank: int | None) -> None:
     """Refuse an adapter that the engine could not load or that would compute nonsense on this base."""
     if max_rank is not None and ref.rank > max_rank:
@@ -250,6 +255,17 @@ def validate_adapter(ref: AdapterRef, *, base_dir: Path, base_hash: str | None, 
             f"adapter {ref.path} was trained on another base (base hash {ref.base_model[:12]}…, this base is {base_hash[:12]}…)",
             "serve it with the base it was trained on, or retrain it on this base",
         )
+    # the rest reads the adapter's files (named by their content hash) and the base's: only a base known
+    # by its content hash can be remembered: a folder without one may change under us
+    key = (ref.name, str(Path(base_dir).resolve()), base_hash)
+    if base_hash is not None and key in _FITS:
+        return
+    _check_fits(ref, Path(base_dir), base_hash)
+    if base_hash is not None:
+        _FITS.add(key)
+
+
+def _check_fits(ref: AdapterRef, base_dir: Path, base_hash: str | None) -> None:
     config = _read_config(ref.path)
     if config.get("use_dora"):
         raise AdapterError(f"adapter {ref.path} is a DoRA adapter, which vLLM cannot serve", "retrain with use_dora=False")

@@ -43,8 +43,9 @@ from bonsai.engine.types import (
     TextDelta,
     TextPrompt,
     TokenLogprob,
+    ensure_room,
 )
-from bonsai.errors import BonsaiError, EngineError, PromptTooLong
+from bonsai.errors import BonsaiError, EngineError
 
 log = logging.getLogger(__name__)
 
@@ -324,12 +325,7 @@ class HFEngine(Engine):
         if sampling.max_tokens < 1:
             raise EngineError(f"max_tokens must be at least 1, got {sampling.max_tokens}", "ask for one token or more")
         prompt_ids = self._encode(request.prompt)
-        limit = self.info.max_model_len
-        if len(prompt_ids) + sampling.max_tokens > limit:
-            raise PromptTooLong(
-                f"the prompt takes {len(prompt_ids)} tokens and asks for {sampling.max_tokens} more, over the model's context of {limit}",
-                "shorten the prompt (fewer or shorter turns) or lower max_tokens",
-            )
+        ensure_room(len(prompt_ids), sampling.max_tokens, self.info.max_model_len)
         if request.adapter is not None:
             await self.add_adapter(request.adapter)
         row = _Row(

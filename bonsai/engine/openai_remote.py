@@ -42,6 +42,7 @@ from bonsai.engine.types import (
     TextDelta,
     TextPrompt,
     TokenLogprob,
+    ensure_room,
 )
 from bonsai.errors import AdapterError, EndpointUnreachable, EngineError, PromptTooLong
 from bonsai.model.prepare import MANIFEST
@@ -507,6 +508,18 @@ class OpenAIEngine(Engine):
                 continue
             return self._token_count(ep, response)
 
+    async def acount_tokens(self, prompt: Prompt) -> int:
+        """:meth:`count_tokens` on the event loop's own client: a down server is marked and the next asked."""
+        tried: list[str] = []
+        while True:
+            await self._revive()
+            ep = self._pick(exclude=tried)
+            tried.append(ep.url)
+            try:
+                return await self._count_tokens(ep, prompt)
+            except EndpointUnreachable as exc:
+                self._mark_down(ep, _reason(exc))
+
     async def _count_tokens(self, ep: _Endpoint, prompt: Prompt) -> int:
         try:
             response = await ep.client.post("/tokenize", json=self._tokenize_body(prompt))
@@ -633,13 +646,8 @@ class OpenAIEngine(Engine):
         if request.adapter is not None:
             await self._ensure_adapter(ep, request.adapter)
         if ep.max_model_len:
-            # vLLM would quietly shorten max_tokens to fit; refuse like the in-process engine does
-            prompt_tokens = await self._count_tokens(ep, request.prompt)
-            if prompt_tokens + request.sampling.max_tokens > ep.max_model_len:
-                raise PromptTooLong(
-                    f"the prompt takes {prompt_tokens} tokens; with max_tokens {request.sampling.max_tokens} that exceeds the context of {ep.max_model_len}",
-                    "shorten the motion or the debate history, lower --max-tokens, or serve with a larger --max-model-len",
-                )
+            # the one length check, against this server's own context (servers of a pool may differ)
+            ensure_room(await self._count_tokens(ep, request.prompt), request.sampling.max_tokens, ep.max_model_len)
         path, body = self._body(request)
         async with contextlib.aclosing(self._stream_from(ep, path, body, request)) as events:
             async for event in events:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from bonsai.errors import PromptTooLong
+
 Role = Literal["system", "user", "assistant"]
 
 
@@ -196,6 +198,16 @@ class EngineStats:
         return cls(**values, missing_endpoints=tuple(missing_endpoints))  # type: ignore[arg-type]
 
 
+def ensure_room(prompt_tokens: int, max_tokens: int, limit: int) -> None:
+    """Refuse a prompt that leaves no room for ``max_tokens`` in a context of ``limit`` (0: unknown, not
+    checked). Every backend refuses with this one sentence: vLLM would quietly shorten the answer."""
+    if limit and prompt_tokens + max_tokens > limit:
+        raise PromptTooLong(
+            f"the prompt takes {prompt_tokens} tokens; with max_tokens {max_tokens} that exceeds the context of {limit}",
+            "shorten the motion or the debate history, lower --max-tokens, or raise --max-model-len (a server's, for --endpoint)",
+        )
+
+
 class Engine(abc.ABC):
     """One async interface over every backend. Use as ``async with engine:``."""
 
@@ -233,6 +245,18 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def count_tokens(self, prompt: Prompt) -> int:
         """Tokens the rendered prompt takes, to refuse prompts that leave no room for the answer."""
+
+    async def acount_tokens(self, prompt: Prompt) -> int:
+        """:meth:`count_tokens` without blocking the event loop: a backend whose count is a network
+        call (the OpenAI engine's ``/tokenize``) overrides this; a local tokenizer needs no I/O."""
+        return self.count_tokens(prompt)
+
+    async def check_room(self, prompt: Prompt, max_tokens: int) -> int:
+        """The prompt-length check, the one every backend makes before generating (see :func:`ensure_room`),
+        for a caller that wants to refuse a prompt before asking for anything. Returns its tokens."""
+        used = await self.acount_tokens(prompt)
+        ensure_room(used, max_tokens, self.info.max_model_len)
+        return used
 
     async def stats(self) -> EngineStats:
         """Running totals of the work done (see :class:`EngineStats`); all ``None`` for a backend

@@ -36,8 +36,9 @@ from bonsai.engine.types import (
     TextDelta,
     TextPrompt,
     TokenLogprob,
+    ensure_room,
 )
-from bonsai.errors import AdapterError, BonsaiError, EngineError, PromptTooLong
+from bonsai.errors import AdapterError, BonsaiError, EngineError
 
 log = logging.getLogger(__name__)
 
@@ -323,11 +324,7 @@ class VLLMEngine(Engine):
         """Token ids, LoRA request and sampling parameters, after the checks every request gets."""
         _, ids = self._encode(request.prompt)
         sampling = request.sampling
-        if len(ids) + sampling.max_tokens > self.max_model_len:
-            raise PromptTooLong(
-                f"the prompt takes {len(ids)} tokens; with max_tokens {sampling.max_tokens} that exceeds the context of {self.max_model_len}",
-                "shorten the motion or the debate history, lower --max-tokens, or raise --max-model-len",
-            )
+        ensure_room(len(ids), sampling.max_tokens, self.max_model_len)
         lora = None
         if request.adapter is not None:
             if request.adapter.name not in self._loaded:

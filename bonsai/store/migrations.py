@@ -153,6 +153,33 @@ def m003_verdict_tie_band(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE verdicts ADD COLUMN tie_band REAL")
 
 
+@migration
+def m004_verdict_confidence_optional(db: sqlite3.Connection) -> None:
+    # A judge on a server that returns no logprobs has no confidence to record (NULL), so the column may
+    # be empty. SQLite cannot drop NOT NULL in place: the table is rebuilt with the same rows.
+    db.execute(
+        """
+        CREATE TABLE verdicts_new (
+            debate_id  TEXT NOT NULL REFERENCES debates(debate_id) ON DELETE CASCADE,
+            judge      TEXT NOT NULL,
+            winner     TEXT NOT NULL,
+            prob_a     REAL NOT NULL,
+            confidence REAL,
+            scores     TEXT NOT NULL,
+            rationale  TEXT NOT NULL,
+            parsed     INTEGER NOT NULL,
+            orders     TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            tie_band   REAL,
+            PRIMARY KEY (debate_id, judge)
+        )
+        """
+    )
+    db.execute("INSERT INTO verdicts_new SELECT debate_id, judge, winner, prob_a, confidence, scores, rationale, parsed, orders, created_at, tie_band FROM verdicts")
+    db.execute("DROP TABLE verdicts")
+    db.execute("ALTER TABLE verdicts_new RENAME TO verdicts")
+
+
 def current_version(db: sqlite3.Connection) -> int:
     if not _has_table(db, "schema_version"):
         return 0

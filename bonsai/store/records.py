@@ -83,7 +83,7 @@ class VerdictRecord:
     judge: str  # persona name, or "panel" for the combined verdict
     winner: str  # "A" | "B" | "tie" (the readings disagree, or prob_a lies within tie_band of 0.5)
     prob_a: float  # P(team A wins), averaged over every reading (layouts x labellings)
-    confidence: float  # max(prob_a, 1 - prob_a)
+    confidence: float | None  # max(prob_a, 1 - prob_a); None: the judge's server returned no logprobs
     scores: dict[str, dict[str, float]]  # team -> criterion -> score
     rationale: str
     parsed: bool  # whether the judge's JSON parsed (else winner comes from the logprobs alone)

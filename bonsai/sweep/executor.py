@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bonsai.debate import events as ev
 from bonsai.debate.runner import DebateRunner
 from bonsai.errors import BonsaiError, EngineError
 from bonsai.store.transcripts import TranscriptStore
@@ -264,17 +265,16 @@ class SweepExecutor:
             events = self.runner.run(job.spec, debate_id=job.debate_id, extra={"sweep_job": job.labels()}, stream_tokens=False)
         summary: dict[str, Any] = {"debate_id": job.debate_id, "resumed": exists}
         async with contextlib.aclosing(events) as stream:
-            async for ev in stream:
-                kind = ev["event"]
-                if kind == "turn_end":
-                    self.progress.tokens += int(ev.get("output_tokens") or 0)
+            async for event in stream:
+                if isinstance(event, ev.TurnEnd):
+                    self.progress.tokens += event.output_tokens
                     self._emit()
                     self._tokens_spent()
-                elif kind == "verdict":
-                    summary.update(prob_a=ev.get("prob_a"), confidence=ev.get("confidence"))
-                elif kind == "debate_end":
-                    summary.update(status=ev["status"], winner=ev["winner"])
-                if self._stop_reason is not None and kind in ("turn_start", "judging"):
+                elif isinstance(event, ev.Verdict):
+                    summary.update(prob_a=event.prob_a, confidence=event.confidence)
+                elif isinstance(event, ev.DebateEnd):
+                    summary.update(status=event.status, winner=event.winner)
+                if self._stop_reason is not None and isinstance(event, (ev.TurnStart, ev.Judging)):
                     # a node that has not started generating: closing the stream here cancels it before it
                     # writes anything, so the resume re-runs exactly that turn (saved as interrupted)
                     raise _Stop(self._stop_reason)

@@ -233,6 +233,7 @@ async def evaluate_version(
     store_path: Path | None = None,
     checkpoints: Path | None = None,
     on_progress: Callable[[str], None] | None = None,
+    judge_engine: Engine | None = None,
 ) -> EvalReport:
     """Measure ``persona@version`` against its reference on held-out motions (see the module doc)."""
     config = config or EvalConfig()
@@ -283,7 +284,7 @@ async def evaluate_version(
         result = await evaluate_candidate(
             engine, home=home, book=book, base_model=base.name, persona=persona, candidate=version, motions=motions,
             store_path=store_path or home / "evaluations.sqlite", checkpoints=checkpoints or home / "evaluations-checkpoints.sqlite",
-            config=gate_config, only_fixed=True, save=False,
+            config=gate_config, only_fixed=True, save=False, judge_engine=judge_engine,
         )
         win = proportion(result["wins"], result["n"])
         report.judge = {

@@ -85,12 +85,20 @@ class Engines:
     teacher endpoint) start it through :meth:`start` so it is closed with the rest.
     """
 
-    def __init__(self, config: EngineConfig | None = None, *, engine: Engine | None = None, fixed_rank: bool = False) -> None:
+    def __init__(
+        self, config: EngineConfig | None = None, *, engine: Engine | None = None, fixed_rank: bool = False, judge_engine: Engine | None = None,
+    ) -> None:
+        """``judge_engine``: the judge's own engine, started and closed by the caller (``--judge-endpoint``)."""
         self._config = config
         self._main = engine
         self._fixed_rank = fixed_rank
         self._owned: list[Engine] = []
         self._lock = asyncio.Lock()
+        self._judge = judge_engine
+
+    async def judge(self, *, why: str = "this strategy") -> Engine:
+        """The engine a strategy scores with the judge on: its own when one was given, else the main one."""
+        return self._judge if self._judge is not None else await self.main(why=why)
 
     @property
     def config(self) -> EngineConfig | None:

@@ -85,7 +85,7 @@ class JudgePanel(Static):
             left.append(f"Winner: team {team}", style=f"bold {'cyan' if team == 'A' else 'magenta'}")
             if names:
                 left.append(f" ({names})")
-        left.append(f"\nconfidence {bar(v.confidence)} {v.confidence:.2f}")
+        left.append("\nno confidence (the judge's server returns no logprobs)" if v.confidence is None else f"\nconfidence {bar(v.confidence)} {v.confidence:.2f}")
         left.append(f"\nP(A wins)  {bar(v.prob_a)} {v.prob_a:.2f}")
         if not v.parsed:
             left.append("\n(scores did not parse: winner from token probabilities)", style="dim")
