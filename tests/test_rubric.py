@@ -29,7 +29,8 @@ EN_MOTION = "Cities should ban private cars from their centres"
         ("車は都市を汚染します。", "ja", 1.0),  # kanji and kana
         ("カタカナとひらがなだけ", "ja", 1.0),
         ("汽车污染我们的城市。", "zh", 1.0),
-        ("汽车污染我们的城市。", "ja", 1.0),  # Han is kanji too: the script cannot tell them apart
+        ("汽车污染我们的城市。", "ja", 0.0),  # all Han, no kana: Chinese (or Han noise), not Japanese
+        ("汽车污染我们的城市です", "ja", 1.0 * (2 / 11) / 0.2),  # kana below a fifth of the letters: scaled down
         ("車はとても危険です", "zh", 3 / 9),  # 3 Han letters, 6 kana: kana is not Chinese
         ("2026! 100% ... 🚗🚗🚗 :-)", "en", 0.0),  # no letters at all
         ("", "zh", 0.0),
@@ -37,7 +38,8 @@ EN_MOTION = "Cities should ban private cars from their centres"
         ("Ｆｕｌｌｗｉｄｔｈ", "en", 1.0),
         ("Привет мир", "en", 0.0),  # Cyrillic is not Latin
         ("🚗 Cars 🚗 pollute 2026!!", "en", 1.0),  # emoji and digits ignored
-        ("車 cars", "ja", 1 / 5),  # mixed scripts: 1 kanji of 5 letters
+        ("車は cars", "ja", (2 / 6) * ((1 / 6) / 0.2)),  # mixed scripts: 2 Japanese letters of 6, kana a sixth: scaled
+        ("車 cars", "ja", 0.0),  # a kanji without kana is not Japanese
         ("コーヒー々", "ja", 1.0),  # long-vowel and iteration marks belong to Japanese
     ],
 )

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 
 from bonsai.rubric.config import Language
-from bonsai.rubric.scripts import characters, content_units, language_share, units, uses_characters, words
+from bonsai.rubric.scripts import characters, content_units, language_share, script, units, uses_characters, words
 
 XML_TAGS = ("<reasoning>", "</reasoning>", "<answer>", "</answer>")
 ALPACA_MARKERS = ("### Reasoning", "### Answer")
@@ -22,15 +22,28 @@ FORMAT_MAX = STRICT_REWARD + SOFT_REWARD + TAGS_REWARD
 TRAILING_PENALTY = 0.001
 
 
+#: Japanese prose is mostly kana (particles, endings, loanwords): below this share of its letters a
+#: "Japanese" speech is Chinese, or Han characters strung together, and its score falls in proportion
+JA_MIN_KANA = 0.2
+
+
 def language_score(answer: str, language: Language) -> float:
     """Share of the answer's letters written in ``language``'s script; 0 when it has no letters at all.
 
     Digits, punctuation, whitespace and emoji are not letters and are ignored. ja accepts kana and
-    kanji, zh only Han: a Japanese speech with kana scores lower as Chinese, while a Chinese speech
-    scores as well as Japanese (its Han letters are kanji too; the script cannot tell them apart).
+    kanji, zh only Han: a Japanese speech with kana scores lower as Chinese. A run of Han characters
+    is not Japanese either: ja also needs kana to make up ``JA_MIN_KANA`` of the letters, and scores
+    ``share x kana share / JA_MIN_KANA`` below that (measured: a tiny model trained on a Han-only
+    language check learned to write strings of Han characters, which this stops from paying).
     """
     ok, total = language_share(answer, language)
-    return ok / total if total else 0.0
+    if not total:
+        return 0.0
+    share = ok / total
+    if language == "ja":
+        kana = sum(1 for ch in answer if script(ch) == "kana")
+        share *= min(1.0, kana / (JA_MIN_KANA * total))
+    return share
 
 
 @dataclass(frozen=True)

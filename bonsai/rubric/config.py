@@ -50,7 +50,7 @@ class _Check(BaseModel):
 
 
 class LanguageCheck(_Check):
-    """Share of the speech's letters in the language's script (Latin for en, kana or kanji for ja, Han for zh)."""
+    """Share of the speech's letters in the language's script (Latin for en; kana or kanji for ja, with kana at least a fifth of the letters; Han for zh)."""
 
     type: Literal["language"]
     language: Language | None = Field(None, description="Default: the persona's language.")
