@@ -41,7 +41,7 @@ if [ "$what" = all ] || [ "$what" = grpo ]; then
     grep -q '^backend:' "/tmp/grpo-$backend.yaml" || echo "backend: $backend" >> "/tmp/grpo-$backend.yaml"
     start=$SECONDS
     python3 -m bonsai.cli.main train logician --recipe "/tmp/grpo-$backend.yaml" --max-steps "${GRPO_STEPS:-40}" \
-      --eval "${GRPO_EVAL:-96}" --json > "$out/grpo-$backend.json" 2> "$out/grpo-$backend.err"
+      --eval "${GRPO_EVAL:-96}" ${GRPO_ENGINE:+--eval-engine "$GRPO_ENGINE"} --json > "$out/grpo-$backend.json" 2> "$out/grpo-$backend.err"
     echo "grpo $backend exit $? after $((SECONDS - start)) s"
   done
 fi
