@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bonsai.engine.session import EngineOptions, JudgeEngineOptions, Starting, add_option_arguments, options_from_args
+from bonsai.engine.session import USING_RESIDENT, EngineOptions, JudgeEngineOptions, Starting, add_option_arguments, options_from_args
 from bonsai.paths import bonsai_home
 
 
@@ -52,5 +52,14 @@ def judge_options(args: argparse.Namespace) -> JudgeEngineOptions:
 
 
 def starting(*, enabled: bool = True) -> Starting:
-    """A spinner (or a line) on stderr while an engine starts."""
-    return lambda what: progress(what, enabled=enabled)
+    """A spinner (or a line) on stderr while an engine starts. Which running engine a command talks to
+    is said even when the spinner is off (``--json``): output on stdout stays machine-readable, and the
+    user still learns that no engine of its own was started."""
+
+    def start(what: str) -> contextlib.AbstractContextManager[None]:
+        if what.startswith(USING_RESIDENT):
+            print(what, file=sys.stderr, flush=True)
+            return contextlib.nullcontext()
+        return progress(what, enabled=enabled)
+
+    return start

@@ -175,6 +175,10 @@ def options_from_args(
 # --- the session -------------------------------------------------------------------------------------
 
 
+#: how a command says it talks to a resident engine (`bonsai engine start`) rather than starting one
+USING_RESIDENT = "using the engine at"
+
+
 @dataclass(frozen=True)
 class EngineSetup:
     """Everything checked and sized, nothing started: an engine's config and the base it runs."""
@@ -305,7 +309,7 @@ async def start_engine(setup: EngineSetup, judge: JudgeSetup | None = None, *, s
         engine = create_engine(setup.config)
         what = f"starting the {setup.config.kind} engine"
         if setup.resident is not None:
-            what = f"using the engine at {setup.resident.url} (pid {setup.resident.pid}; `bonsai engine status`)"
+            what = f"{USING_RESIDENT} {setup.resident.url} (pid {setup.resident.pid}; `bonsai engine status`)"
         await _start(engine, what, starting)
         stack.push_async_callback(engine.close)
         yield EngineSession(engine, setup.base, judge_engine)
