@@ -188,8 +188,10 @@ def test_debate_and_sweep_judged_by_a_second_server(judge_server: Server, base_m
     events = [json.loads(line) for line in done.stdout.splitlines()]
     verdict = next(e for e in events if e["event"] == "verdict")
     after_debate = _requests_served(judge_server.endpoint)
-    # one judge, two readings, each a probe and a verdict: all four on the judge's server, none of the debaters'
-    assert after_debate - before == 4
+    # one judge, four readings (two layouts x two labellings), each a probe, and one verdict per layout:
+    # all six on the judge's server, none of the debaters'
+    per_debate = 6
+    assert after_debate - before == per_debate
     assert verdict["confidence"] is not None and all(o["found_labels"] for o in verdict["orders"])  # vLLM returns logprobs
     with TranscriptStore(store, create=False) as s:
         debate = s.get_debate(events[0]["debate_id"])
@@ -200,7 +202,7 @@ def test_debate_and_sweep_judged_by_a_second_server(judge_server: Server, base_m
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["status"] == "finished" and summary["finished"] == 2
-    assert _requests_served(judge_server.endpoint) - after_debate == 2 * 4
+    assert _requests_served(judge_server.endpoint) - after_debate == 2 * per_debate
     with TranscriptStore(store, create=False) as s:
         rows = s.sweep_results("judged")
         assert len(rows) == 2 and all(v and v[-1].confidence is not None for _, v, _ in rows)
