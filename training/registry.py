@@ -101,7 +101,7 @@ def _commit(draft: Draft, root: Path) -> str:
         "files": files,
     }
     (draft.path / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    _fsync_dir(draft.path)
+    atomic.fsync_dir(draft.path)
     final = root / version
     if final.exists():
         # the same weights again (a deterministic re-run): the version already exists, keep the first
@@ -110,18 +110,9 @@ def _commit(draft: Draft, root: Path) -> str:
         log.info("adapter %s@%s already exists; the new copy is identical", draft.persona, version)
         return version
     os.rename(draft.path, final)
-    _fsync_dir(root)
+    atomic.fsync_dir(root)
     log.info("adapter %s@%s written to %s", draft.persona, version, final)
     return version
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 # --- reading ------------------------------------------------------------------------------------

@@ -56,11 +56,10 @@ def proportion(successes: float, n: int) -> Estimate:
     """A rate with its Wilson 95% interval (``successes`` may hold halves: ties)."""
     if n <= 0:
         return Estimate.empty()
-    p = successes / n
-    denom = 1 + Z95**2 / n
-    centre = (p + Z95**2 / (2 * n)) / denom
-    half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / denom
-    return Estimate(p, max(0.0, centre - half), min(1.0, centre + half), n)
+    from training.gate import wilson_interval
+
+    low, high = wilson_interval(successes, n)
+    return Estimate(successes / n, low, high, n)
 
 
 def clustered_delta(
