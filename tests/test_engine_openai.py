@@ -5,19 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+
+from servekit import Server
 
 from bonsai.cli.main import main
 from bonsai.engine.adapters import inspect_adapter
@@ -27,7 +24,6 @@ from bonsai.engine.types import AdapterRef, ChatMessage, ChatPrompt, Completion,
 from bonsai.errors import AdapterError, EndpointUnreachable, PromptTooLong
 from bonsai.model.prepare import BaseModel
 
-START_TIMEOUT_S = 240
 PROMPT = ChatPrompt.of([{"role": "user", "content": "Should cities ban cars from their centres? Answer in one sentence."}])
 GREEDY = Sampling(temperature=0.0, max_tokens=24)
 
@@ -174,62 +170,14 @@ async def test_dropped_connection_mid_stream_is_unreachable() -> None:
 # --- a real `bonsai serve` ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Served:
-    endpoint: str
-    adapters: dict[str, str]
-    home: Path
-    port: int
-
-
-def _stop(proc: subprocess.Popen[bytes], server_pid: int | None) -> None:
-    """SIGTERM `bonsai serve` (it forwards it to vLLM); kill whatever is left, so nothing outlives the tests."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(90)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    if server_pid is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server_pid, signal.SIGKILL)
-
-
 @pytest.fixture(scope="session")
-def served(base_model: BaseModel, lora_adapters: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    root = tmp_path_factory.mktemp("serve")
-    home, personas = root / "home", root / "personas"
-    _write_persona(personas, "pro", "A")  # its adapter comes from --adapter
-    _write_persona(personas, "con", "B")
-    port = _free_port()
-    args = _serve_args(home, base_model, personas, "--port", str(port), "--max-model-len", "2048", "--adapter", f"pro={lora_adapters[0]}", "--json")
-    stdout, stderr = root / "stdout", root / "stderr"
-    with open(stdout, "wb") as out, open(stderr, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "bonsai.cli.main", *args, "--start-timeout", str(START_TIMEOUT_S)], stdout=out, stderr=err, start_new_session=True)
-    server_pid = None
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S + 30
-        while not stdout.read_text().strip():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"bonsai serve did not come up:\n{stderr.read_text()}\n{serve_log_path(home, port).read_text() if serve_log_path(home, port).exists() else ''}")
-            time.sleep(1)
-        ready = json.loads(stdout.read_text().splitlines()[0])
-        server_pid = json.loads(serve_info_path(home, port).read_text())["server_pid"]
-        yield Served(ready["endpoint"], ready["adapters"], home, port)
-    finally:
-        _stop(proc, server_pid)
-
-
-@pytest.fixture(scope="session")
-async def remote(served: Served, base_model: BaseModel):
+async def remote(served: Server, base_model: BaseModel):
     async with OpenAIEngine([served.endpoint], base_model=str(base_model.path)) as engine:
         yield engine
 
 
 @pytest.mark.serve
-async def test_serve_publishes_the_adapter_map(served: Served, remote: OpenAIEngine, lora_adapters: list[Path], base_model: BaseModel) -> None:
+async def test_serve_publishes_the_adapter_map(served: Server, remote: OpenAIEngine, lora_adapters: list[Path], base_model: BaseModel) -> None:
     name = inspect_adapter(lora_adapters[0]).name
     assert served.endpoint == f"http://127.0.0.1:{served.port}"
     assert served.adapters == {"pro": name}  # con debates on the bare base
@@ -298,7 +246,7 @@ async def test_logprobs_for_chat_and_text(remote: OpenAIEngine) -> None:
 
 
 @pytest.mark.serve
-async def test_adapter_added_at_run_time_is_served_by_its_hash_name(remote: OpenAIEngine, served: Served, lora_adapters: list[Path]) -> None:
+async def test_adapter_added_at_run_time_is_served_by_its_hash_name(remote: OpenAIEngine, served: Server, lora_adapters: list[Path]) -> None:
     ref = inspect_adapter(lora_adapters[1])
     served_ids = lambda: {m["id"] for m in httpx.get(f"{served.endpoint}/v1/models").json()["data"]}  # noqa: E731
     assert ref.name not in served_ids()
@@ -320,7 +268,7 @@ async def test_adapter_added_at_run_time_is_served_by_its_hash_name(remote: Open
 
 
 @pytest.mark.serve
-async def test_server_errors_surface_with_the_servers_message(remote: OpenAIEngine, served: Served, tmp_path: Path) -> None:
+async def test_server_errors_surface_with_the_servers_message(remote: OpenAIEngine, served: Server, tmp_path: Path) -> None:
     ghost = AdapterRef(path=tmp_path / "ghost", content_hash="0" * 64, name="lora-" + "0" * 16, rank=8, target_modules=())
     async with OpenAIEngine([served.endpoint]) as engine:  # no local base: only the server can refuse it
         with pytest.raises(AdapterError, match="could not load adapter"):
@@ -332,7 +280,7 @@ async def test_server_errors_surface_with_the_servers_message(remote: OpenAIEngi
 
 
 @pytest.mark.serve
-async def test_requests_go_to_the_least_busy_endpoint(served: Served) -> None:
+async def test_requests_go_to_the_least_busy_endpoint(served: Server) -> None:
     # the same server under two spellings: two endpoints as far as the engine can tell
     urls = [served.endpoint, served.endpoint.replace("127.0.0.1", "localhost")]
     async with OpenAIEngine(urls) as engine:
@@ -367,7 +315,7 @@ async def test_stats_read_the_servers_metrics(remote: OpenAIEngine) -> None:
 
 @pytest.mark.serve
 @pytest.mark.slow
-async def test_same_debate_through_bonsai_serve(remote: OpenAIEngine, served: Served, lora_adapters: list[Path], base_model: BaseModel, tmp_path: Path) -> None:
+async def test_same_debate_through_bonsai_serve(remote: OpenAIEngine, served: Server, lora_adapters: list[Path], base_model: BaseModel, tmp_path: Path) -> None:
     """The debate from test_debate_real.py, unchanged, on the OpenAI-compatible engine."""
     from bonsai.debate.runner import DebateRunner, DebateSpec
     from bonsai.personas import PersonaBook
@@ -392,7 +340,7 @@ async def test_same_debate_through_bonsai_serve(remote: OpenAIEngine, served: Se
 
 
 @pytest.mark.serve
-def test_cli_debate_against_bonsai_serve(served: Served, tmp_path: Path) -> None:
+def test_cli_debate_against_bonsai_serve(served: Server, tmp_path: Path) -> None:
     store = tmp_path / "t.sqlite"
     done = subprocess.run(
         [sys.executable, "-m", "bonsai", "--home", str(tmp_path / "home"), "debate", "Homework should be abolished", "--endpoint", served.endpoint,

@@ -13,13 +13,13 @@ import socket
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 from fakes import FakeEngine
-from servekit import Server, start_serve
+from servekit import Server
 from test_sweep import write_sweep
 
 import bonsai.engine.session as session
@@ -154,17 +154,7 @@ def test_judge_flags_that_do_not_fit(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert not store.exists()
 
 
-# --- a second real `bonsai serve` as the judge ------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def judge_server(base_model: BaseModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    # a shared 2-core machine can take more than the usual five minutes to bring vLLM up
-    server = start_serve(tmp_path_factory.mktemp("judge-serve"), base_model.path, "--max-model-len", "2048", "--start-timeout", "600")
-    try:
-        yield server.wait_ready(630)
-    finally:
-        server.stop()
+# --- a second real `bonsai serve` as the judge (the session's shared one: conftest's `served`) ---------
 
 
 def _requests_served(endpoint: str) -> float:
@@ -178,16 +168,16 @@ def _bonsai(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.serve
-def test_debate_and_sweep_judged_by_a_second_server(judge_server: Server, base_model: BaseModel, tmp_path: Path) -> None:
+def test_debate_and_sweep_judged_by_a_second_server(served: Server, base_model: BaseModel, tmp_path: Path) -> None:
     home, store = tmp_path / "home", tmp_path / "t.sqlite"
-    engine = ["--engine", "hf", "--base", str(base_model.path), "--judge-endpoint", judge_server.endpoint]
-    before = _requests_served(judge_server.endpoint)
+    engine = ["--engine", "hf", "--base", str(base_model.path), "--judge-endpoint", served.endpoint]
+    before = _requests_served(served.endpoint)
     done = _bonsai(home, "debate", "Homework should be abolished", *engine, "--format", "quick", "--rounds", "1", "--max-tokens", "12",
                    "--seed", "3", "--store", str(store), "--jsonl")
     assert done.returncode == 0, done.stderr
     events = [json.loads(line) for line in done.stdout.splitlines()]
     verdict = next(e for e in events if e["event"] == "verdict")
-    after_debate = _requests_served(judge_server.endpoint)
+    after_debate = _requests_served(served.endpoint)
     # one judge, four readings (two layouts x two labellings), each a probe, and one verdict per layout:
     # all six on the judge's server, none of the debaters'
     per_debate = 6
@@ -202,17 +192,17 @@ def test_debate_and_sweep_judged_by_a_second_server(judge_server: Server, base_m
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["status"] == "finished" and summary["finished"] == 2
-    assert _requests_served(judge_server.endpoint) - after_debate == 2 * per_debate
+    assert _requests_served(served.endpoint) - after_debate == 2 * per_debate
     with TranscriptStore(store, create=False) as s:
         rows = s.sweep_results("judged")
         assert len(rows) == 2 and all(v and v[-1].confidence is not None for _, v, _ in rows)
 
 
 @pytest.mark.serve
-def test_a_judge_model_the_server_does_not_list(judge_server: Server, base_model: BaseModel, tmp_path: Path) -> None:
+def test_a_judge_model_the_server_does_not_list(served: Server, base_model: BaseModel, tmp_path: Path) -> None:
     store = tmp_path / "t.sqlite"
     done = _bonsai(tmp_path / "home", "debate", "Tea beats coffee", "--engine", "hf", "--base", str(base_model.path), "--store", str(store),
-                   "--judge-endpoint", judge_server.endpoint, "--judge-model", "no-such-model")
+                   "--judge-endpoint", served.endpoint, "--judge-model", "no-such-model")
     assert done.returncode == 3, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "no-such-model" in errors[0] and base_model.name in errors[0], done.stderr

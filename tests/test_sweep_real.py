@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from servekit import start_serve
+from servekit import Server, start_serve
 from test_sweep import assert_each_finished_once, write_sweep
 
 from bonsai.cli.main import main
@@ -122,20 +122,23 @@ def _requests_served(endpoint: str) -> float:
 
 
 @pytest.mark.serve
-def test_sweep_over_two_servers_survives_one_dying(base_model: BaseModel, lora_adapters: list[Path], tmp_path: Path, isolated_home: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_sweep_over_two_servers_survives_one_dying(served: Server, base_model: BaseModel, lora_adapters: list[Path], tmp_path: Path,
+                                                   isolated_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The session's shared server and one of this test's own: the one that dies (a start of its own is
+    what a test that kills a server has to pay; the other one need not be started again)."""
     install_versions(isolated_home, lora_adapters)
-    servers = [start_serve(tmp_path / f"s{i}", base_model.path, "--max-model-len", "2048") for i in range(2)]
+    own = start_serve(tmp_path / "s1", base_model.path, "--max-model-len", "2048")
     try:
-        for s in servers:
-            s.wait_ready()
-        endpoints = [a for s in servers for a in ("--endpoint", s.endpoint)]
+        own.wait_ready()
+        endpoints = [a for url in (served.endpoint, own.endpoint) for a in ("--endpoint", url)]
+        before = [_requests_served(url) for url in (served.endpoint, own.endpoint)]
         # 1. balanced: both servers take requests (by outstanding requests), adapters loaded at run time
         path = write_sweep(tmp_path, name="two", motions=["Tea beats coffee", "Cats beat dogs"],
                            pairings=[{"a": "advocate@va01", "b": "skeptic"}], max_tokens=10, concurrency=4)
         assert main(["sweep", str(path), *endpoints, "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["finished"] == 4
-        assert all(_requests_served(s.endpoint) > 0 for s in servers)
+        after = [_requests_served(url) for url in (served.endpoint, own.endpoint)]
+        assert all(a > b for a, b in zip(after, before, strict=True)), (before, after)
 
         # 2. one server dies mid-sweep: its debates move to the other, the sweep still finishes
         path = write_sweep(tmp_path, name="dying", motions=[f"Motion number {i}" for i in range(5)],
@@ -151,7 +154,7 @@ def test_sweep_over_two_servers_survives_one_dying(base_model: BaseModel, lora_a
                 assert proc.poll() is None, (tmp_path / "err").read_text()
                 assert time.monotonic() < deadline
                 time.sleep(0.5)
-            servers[1].kill()
+            own.kill()
             out, _ = proc.communicate(timeout=600)
         finally:
             if proc.poll() is None:
@@ -162,5 +165,4 @@ def test_sweep_over_two_servers_survives_one_dying(base_model: BaseModel, lora_a
         plan = plan_sweep(load_sweep(path), PersonaBook.load(), isolated_home)
         assert_each_finished_once(store_file, plan)
     finally:
-        for s in servers:
-            s.stop()
+        own.stop()
