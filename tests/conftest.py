@@ -89,6 +89,26 @@ async def vllm_engine(base_model: BaseModel, early_starts: dict[str, Any]):
         await engine.close()
 
 
+@pytest.fixture(scope="session")
+def quick_short_judge(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The built-in ``quick`` format with a 24-token JSON verdict, as a format file (its path).
+
+    In a test-sized debate most of the decoding is the judge's JSON verdict (up to 96 tokens per layout
+    in ``quick``, against 4 x 12 for the debaters). The winner, P(A) and the readings' probabilities come
+    from the one-token label probes, not from that JSON: tests that check those, and not the verdict's
+    text, use this format. Tests of the JSON verdict itself keep the built-in formats."""
+    import yaml
+
+    from bonsai.debate.formats import builtin_formats_dir
+
+    raw = yaml.safe_load((builtin_formats_dir() / "quick.yaml").read_text(encoding="utf-8"))
+    raw["name"] = "quick-short-judge"
+    raw["judge"]["max_tokens"] = 24
+    path = tmp_path_factory.mktemp("formats") / "quick-short-judge.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return str(path)
+
+
 def _write_persona(folder: Path, name: str, team: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     side = "for" if team == "A" else "against"
@@ -173,8 +193,12 @@ def early_starts(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Engine-backed tests share one engine: run the fast logic tests first so failures show early.
     items.sort(key=lambda it: 1 if (it.get_closest_marker("engine") or it.get_closest_marker("serve")) else 0)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # after -m/-k deselection (which runs after the hook above): only what the selected tests need
     _WANTED.clear()
-    for it in items:
+    for it in session.items:
         _WANTED.update({"vllm_engine", "served"} & set(getattr(it, "fixturenames", ())))
 
 

@@ -82,10 +82,10 @@ async def test_two_round_debate_on_vllm_lands_in_sqlite(vllm_engine, lora_adapte
 
 
 @pytest.mark.engine
-async def test_resume_after_failure_mid_turn_on_vllm(vllm_engine, lora_adapters, base_model, tmp_path: Path, isolated_home: Path) -> None:
+async def test_resume_after_failure_mid_turn_on_vllm(vllm_engine, lora_adapters, base_model, quick_short_judge: str, tmp_path: Path, isolated_home: Path) -> None:
     book = PersonaBook.load()
     store_file, ck = tmp_path / "t.sqlite", tmp_path / "ck.sqlite"
-    spec = _spec(lora_adapters, format="quick", rounds=1, max_tokens=16)
+    spec = _spec(lora_adapters, format=quick_short_judge, rounds=1, max_tokens=16)
     with TranscriptStore(store_file) as store:
         async with DebateRunner(FailingEngine(vllm_engine, fail_on_call=3), store, ck, book, isolated_home, base_model.name) as runner:
             seen = []
@@ -103,10 +103,10 @@ async def test_resume_after_failure_mid_turn_on_vllm(vllm_engine, lora_adapters,
 
 
 @pytest.mark.engine
-async def test_best_of_n_on_vllm_scores_every_candidate(vllm_engine, lora_adapters, base_model, tmp_path: Path, isolated_home: Path) -> None:
+async def test_best_of_n_on_vllm_scores_every_candidate(vllm_engine, lora_adapters, base_model, quick_short_judge: str, tmp_path: Path, isolated_home: Path) -> None:
     with TranscriptStore(tmp_path / "t.sqlite") as store:
         async with DebateRunner(vllm_engine, store, tmp_path / "ck.sqlite", PersonaBook.load(), isolated_home, base_model.name) as runner:
-            events = [ev async for ev in runner.run(_spec(lora_adapters, format="quick", rounds=1, candidates=3, max_tokens=12))]
+            events = [ev async for ev in runner.run(_spec(lora_adapters, format=quick_short_judge, rounds=1, candidates=3, max_tokens=12))]
         debate_id = events[0].debate_id
         cands = store.candidates(debate_id)
         assert len(cands) == 3 * 4

@@ -149,7 +149,7 @@ def test_eval_cli_refuses_bad_input_before_any_engine(isolated_home: Path, base_
 
 @pytest.mark.engine
 @pytest.mark.slow
-async def test_eval_of_a_really_trained_adapter(vllm_engine: Any, base_model: BaseModel, isolated_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_eval_of_a_really_trained_adapter(vllm_engine: Any, base_model: BaseModel, quick_short_judge: str, isolated_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     from training.evaluation.report import format_table, load_reports, save_report
     from training.gate import GateConfig
     from training.train import train_adapter
@@ -163,7 +163,7 @@ async def test_eval_of_a_really_trained_adapter(vllm_engine: Any, base_model: Ba
     book = PersonaBook.load()
     report = await evaluate_version(
         vllm_engine, home=isolated_home, book=book, base=base_model, persona="advocate", version=result.version,
-        config=EvalConfig(samples=2, max_tokens=24, judge=True), gate=GateConfig(max_tokens=12),
+        config=EvalConfig(samples=2, max_tokens=24, judge=True, format=quick_short_judge), gate=GateConfig(max_tokens=12, format=quick_short_judge),
         store_path=tmp_path / "eval.sqlite", checkpoints=tmp_path / "ck.sqlite",
     )
     data = report.to_json()

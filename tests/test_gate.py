@@ -209,7 +209,7 @@ def _lora(base: BaseModel, out: Path, seed: int) -> Path:
 
 @pytest.mark.engine
 @pytest.mark.slow
-async def test_mini_sweep_on_the_engine(vllm_engine: Any, base_model: BaseModel, isolated_home: Path, tmp_path: Path) -> None:
+async def test_mini_sweep_on_the_engine(vllm_engine: Any, base_model: BaseModel, quick_short_judge: str, isolated_home: Path, tmp_path: Path) -> None:
     dataset = write_dataset(tmp_path / "ds", base=base_model, test_motions=("This house would close all zoos",))
     version = register_version(isolated_home, "advocate", _lora(base_model, tmp_path / "lora", seed=7), dataset=str(dataset), base_hash=base_model.content_hash)
     store = tmp_path / "eval.sqlite"
@@ -217,7 +217,7 @@ async def test_mini_sweep_on_the_engine(vllm_engine: Any, base_model: BaseModel,
     result = await evaluate_candidate(
         vllm_engine, home=isolated_home, book=PersonaBook.load(), base_model=base_model.name, persona="advocate",
         candidate=version, motions=held_out_motions(isolated_home, "advocate", version), store_path=store,
-        checkpoints=tmp_path / "ck.sqlite", config=GateConfig(max_tokens=12), on_match=seen.append,
+        checkpoints=tmp_path / "ck.sqlite", config=GateConfig(max_tokens=12, format=quick_short_judge), on_match=seen.append,
     )
     # no current version yet: "current" is the bare base, the same as the fixed opponent, so it is played once
     assert result["opponents"] == {"current": "base"} and result["n"] == 2 == len(seen)
@@ -248,7 +248,8 @@ async def test_mini_sweep_on_the_engine(vllm_engine: Any, base_model: BaseModel,
 
 @pytest.mark.engine
 @pytest.mark.slow
-async def test_running_debates_keep_their_version_and_new_ones_take_the_promoted_one(vllm_engine: Any, base_model: BaseModel, isolated_home: Path, tmp_path: Path) -> None:
+async def test_running_debates_keep_their_version_and_new_ones_take_the_promoted_one(vllm_engine: Any, base_model: BaseModel, quick_short_judge: str, isolated_home: Path,
+                                                                                     tmp_path: Path) -> None:
     from bonsai.debate.runner import DebateRunner, DebateSpec
     from bonsai.store.transcripts import TranscriptStore
 
@@ -256,7 +257,7 @@ async def test_running_debates_keep_their_version_and_new_ones_take_the_promoted
     root = persona_dir(isolated_home, "advocate")
     name1, name2 = inspect_adapter(root / v1).name, inspect_adapter(root / v2).name
     registry.promote(isolated_home, "advocate", v1)
-    spec = DebateSpec(motion="This house would ban fireworks", personas=["advocate", "skeptic"], format="quick", rounds=1, seed=3, max_tokens=8)
+    spec = DebateSpec(motion="This house would ban fireworks", personas=["advocate", "skeptic"], format=quick_short_judge, rounds=1, seed=3, max_tokens=8)
     book, ck = PersonaBook.load(), tmp_path / "ck.sqlite"
     with TranscriptStore(tmp_path / "t.sqlite") as store:
         # debate 1 runs its first turn (advocate, on v1), then the engine fails in the next one

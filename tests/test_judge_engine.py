@@ -168,11 +168,11 @@ def _bonsai(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.serve
-def test_debate_and_sweep_judged_by_a_second_server(served: Server, base_model: BaseModel, tmp_path: Path) -> None:
+def test_debate_and_sweep_judged_by_a_second_server(served: Server, base_model: BaseModel, quick_short_judge: str, tmp_path: Path) -> None:
     home, store = tmp_path / "home", tmp_path / "t.sqlite"
     engine = ["--engine", "hf", "--base", str(base_model.path), "--judge-endpoint", served.endpoint]
     before = _requests_served(served.endpoint)
-    done = _bonsai(home, "debate", "Homework should be abolished", *engine, "--format", "quick", "--rounds", "1", "--max-tokens", "12",
+    done = _bonsai(home, "debate", "Homework should be abolished", *engine, "--format", quick_short_judge, "--rounds", "1", "--max-tokens", "12",
                    "--seed", "3", "--store", str(store), "--jsonl")
     assert done.returncode == 0, done.stderr
     events = [json.loads(line) for line in done.stdout.splitlines()]
@@ -187,7 +187,7 @@ def test_debate_and_sweep_judged_by_a_second_server(served: Server, base_model: 
         debate = s.get_debate(events[0]["debate_id"])
         assert debate.status == "finished" and debate.engine == "hf" and len(s.turns(debate.debate_id)) == 4
 
-    sweep = write_sweep(tmp_path, name="judged", motions=["Tea beats coffee"], max_tokens=8, concurrency=2)
+    sweep = write_sweep(tmp_path, name="judged", motions=["Tea beats coffee"], formats=[quick_short_judge], max_tokens=8, concurrency=2)
     done = _bonsai(home, "sweep", str(sweep), *engine, "--store", str(store), "--json")
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout.strip().splitlines()[-1])

@@ -20,9 +20,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.engine]
 MOTIONS = ("Cities should ban private cars from their centres", "Homework does more harm than good", "Voting should be compulsory")
 
 
-async def test_same_model_on_both_sides_gives_side_a_half(vllm_engine, base_model, tmp_path: Path, isolated_home: Path) -> None:
+async def test_same_model_on_both_sides_gives_side_a_half(vllm_engine, base_model, quick_short_judge: str, tmp_path: Path, isolated_home: Path) -> None:
     specs = [
-        DebateSpec(motion=m, personas=["advocate", "skeptic", "judge"], format="quick", rounds=1, seed=seed, max_tokens=24,
+        DebateSpec(motion=m, personas=["advocate", "skeptic", "judge"], format=quick_short_judge, rounds=1, seed=seed, max_tokens=24,
                    adapters={"advocate": None, "skeptic": None})
         for m in MOTIONS
         for seed in (0, 1)

@@ -57,7 +57,8 @@ class Injected(Exception):
 
 @pytest.mark.engine
 @pytest.mark.slow
-async def test_interrupted_loop_resumes_without_redoing_steps(vllm_engine: Any, base_model: BaseModel, isolated_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_interrupted_loop_resumes_without_redoing_steps(vllm_engine: Any, base_model: BaseModel, quick_short_judge: str, isolated_home: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
     from bonsai.cli.loop_cmd import _print
 
     config = LoopConfig(
@@ -66,11 +67,12 @@ async def test_interrupted_loop_resumes_without_redoing_steps(vllm_engine: Any, 
         debates=1,
         candidates=2,
         max_tokens=12,
+        format=quick_short_judge,
         strategies=[StrategyChoice(name="best-of-n", params={"min_gap": 0.0}), StrategyChoice(name="stance")],
         min_pairs=1,
         train_overrides={"max_steps": 1},
         eval_motions=["This house would close all zoos"],
-        gate=GateConfig(max_tokens=12, max_motions=1),
+        gate=GateConfig(max_tokens=12, max_motions=1, format=quick_short_judge),
         promote="always",
     )
     state = new_state(config)
@@ -156,17 +158,18 @@ def test_presets_load_validate_and_yield_to_flags(tmp_path: Path, monkeypatch: p
 
 @pytest.mark.engine
 @pytest.mark.slow
-async def test_a_loop_gated_on_measured_metrics(vllm_engine: Any, base_model: BaseModel, isolated_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_a_loop_gated_on_measured_metrics(vllm_engine: Any, base_model: BaseModel, quick_short_judge: str, isolated_home: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
     from bonsai.cli.loop_cmd import _print
     from training.evaluation.run import EvalConfig, decide
     from training.registry import load_evaluation
 
     config = LoopConfig(
-        personas=["advocate"], generations=1, debates=1, candidates=2, max_tokens=12,
+        personas=["advocate"], generations=1, debates=1, candidates=2, max_tokens=12, format=quick_short_judge,
         strategies=[StrategyChoice(name="best-of-n", params={"min_gap": 0.0}), StrategyChoice(name="stance")],
         min_pairs=1, train_overrides={"max_steps": 1}, eval_motions=["This house would close all zoos"],
-        gate=GateConfig(max_tokens=12, max_motions=1, criteria=["rubric", "win_rate_not_worse"]),
-        evaluation=EvalConfig(samples=2, max_tokens=16, preference=False),
+        gate=GateConfig(max_tokens=12, max_motions=1, criteria=["rubric", "win_rate_not_worse"], format=quick_short_judge),
+        evaluation=EvalConfig(samples=2, max_tokens=16, preference=False, format=quick_short_judge),
     )
     state = new_state(config)
     save_state(isolated_home, state)

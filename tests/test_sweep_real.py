@@ -42,10 +42,10 @@ def install_versions(home: Path, lora_adapters: list[Path]) -> dict[str, Path]:
 
 
 @pytest.mark.engine
-async def test_sweep_on_the_in_process_vllm_engine(vllm_engine, lora_adapters: list[Path], tmp_path: Path, isolated_home: Path) -> None:
+async def test_sweep_on_the_in_process_vllm_engine(vllm_engine, lora_adapters: list[Path], quick_short_judge: str, tmp_path: Path, isolated_home: Path) -> None:
     versions = install_versions(isolated_home, lora_adapters)
     path = write_sweep(tmp_path, name="real", motions=["Cities should ban cars", "都市部では自家用車を禁止すべきである"],
-                       pairings=[{"a": "advocate@va01", "b": "skeptic@vb02"}], max_tokens=12, concurrency=4)
+                       pairings=[{"a": "advocate@va01", "b": "skeptic@vb02"}], formats=[quick_short_judge], max_tokens=12, concurrency=4)
     book = PersonaBook.load()
     plan = plan_sweep(load_sweep(path), book, isolated_home)
     assert len(plan.jobs) == 4
@@ -122,7 +122,7 @@ def _requests_served(endpoint: str) -> float:
 
 
 @pytest.mark.serve
-def test_sweep_over_two_servers_survives_one_dying(served: Server, base_model: BaseModel, lora_adapters: list[Path], tmp_path: Path,
+def test_sweep_over_two_servers_survives_one_dying(served: Server, base_model: BaseModel, lora_adapters: list[Path], quick_short_judge: str, tmp_path: Path,
                                                    isolated_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The session's shared server and one of this test's own: the one that dies (a start of its own is
     what a test that kills a server has to pay; the other one need not be started again)."""
@@ -134,7 +134,7 @@ def test_sweep_over_two_servers_survives_one_dying(served: Server, base_model: B
         before = [_requests_served(url) for url in (served.endpoint, own.endpoint)]
         # 1. balanced: both servers take requests (by outstanding requests), adapters loaded at run time
         path = write_sweep(tmp_path, name="two", motions=["Tea beats coffee", "Cats beat dogs"],
-                           pairings=[{"a": "advocate@va01", "b": "skeptic"}], max_tokens=10, concurrency=4)
+                           pairings=[{"a": "advocate@va01", "b": "skeptic"}], formats=[quick_short_judge], max_tokens=10, concurrency=4)
         assert main(["sweep", str(path), *endpoints, "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["finished"] == 4
         after = [_requests_served(url) for url in (served.endpoint, own.endpoint)]
@@ -142,7 +142,7 @@ def test_sweep_over_two_servers_survives_one_dying(served: Server, base_model: B
 
         # 2. one server dies mid-sweep: its debates move to the other, the sweep still finishes
         path = write_sweep(tmp_path, name="dying", motions=[f"Motion number {i}" for i in range(5)],
-                           pairings=[{"a": "advocate@va01", "b": "skeptic"}], max_tokens=10, concurrency=4, backoff_s=0.5)
+                           pairings=[{"a": "advocate@va01", "b": "skeptic"}], formats=[quick_short_judge], max_tokens=10, concurrency=4, backoff_s=0.5)
         store_file = isolated_home / "transcripts.sqlite"
         env = {**os.environ, "BONSAI_HOME": str(isolated_home)}
         with open(tmp_path / "err", "wb") as err:
