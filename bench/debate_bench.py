@@ -1,6 +1,10 @@
 """Engine start time, then wall time and tokens/s of a two-round debate with judge, on this machine.
 
-    .venv/bin/python bench/debate_bench.py [--engine vllm|hf] [--loras] [--repeat N]
+    .venv/bin/python bench/debate_bench.py [--engine vllm|hf] [--loras] [--repeat N] [--reserved-cpus N]
+
+vLLM's CPU settings come from the environment as usual (VLLM_CPU_NUM_OF_RESERVED_CPU, VLLM_CPU_OMP_THREADS_BIND,
+an allocator or OpenMP runtime in LD_PRELOAD); the first line printed says which were in effect, with the
+load average, so a figure can be told apart from one taken on a busier machine.
 
 Uses the embedded SmolLM2-135M-Instruct and the shipped personas (bare base unless --loras, which gives
 advocate and skeptic each a random rank-16 LoRA so the figure includes multi-LoRA serving). Prints one
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -44,7 +49,17 @@ def make_random_lora(base: Path, out: Path, seed: int) -> Path:
     return out
 
 
+ENV_SHOWN = ("VLLM_CPU_NUM_OF_RESERVED_CPU", "VLLM_CPU_OMP_THREADS_BIND", "LD_PRELOAD", "OMP_NUM_THREADS")
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 async def main(args: argparse.Namespace) -> None:
+    if args.reserved_cpus is not None:
+        os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(args.reserved_cpus)
+    print(json.dumps({"cpus": os.cpu_count(), "load_average": load_average(), "env": {k: os.environ.get(k) for k in ENV_SHOWN}}), flush=True)
     base = resolve_base(None, bonsai_home())
     work = Path(tempfile.mkdtemp(prefix="bonsai-bench-"))
     adapters = None
@@ -68,16 +83,21 @@ async def main(args: argparse.Namespace) -> None:
             for i in range(args.repeat):
                 spec = DebateSpec(motion=MOTION, format="standard", rounds=2, seed=i + 1, adapters=adapters)
                 t1 = time.monotonic()
-                events = [ev async for ev in runner.run(spec)]
+                events, judging_at = [], None
+                async for ev in runner.run(spec):
+                    events.append(ev)
+                    if ev.name == "judging" and judging_at is None:
+                        judging_at = time.monotonic()
                 wall = time.monotonic() - t1
+                judge_s = time.monotonic() - judging_at if judging_at is not None else None
                 debate_id = events[0].debate_id
                 turns = store.turns(debate_id)
                 out_tokens = sum(t.output_tokens for t in turns)
                 verdict = store.verdicts(debate_id)[0]
                 row = {
-                    "debate": i, "wall_s": round(wall, 1), "turns": len(turns), "debater_and_moderator_tokens": out_tokens,
+                    "debate": i, "wall_s": round(wall, 1), "judge_s": round(judge_s, 1) if judge_s is not None else None, "turns": len(turns), "debater_and_moderator_tokens": out_tokens,
                     "tokens_per_s": round(out_tokens / wall, 1), "winner": verdict.winner, "prob_a": round(verdict.prob_a, 3),
-                    "judge_json_parsed": verdict.parsed,
+                    "judge_json_parsed": verdict.parsed, "load_average": load_average(),
                 }
                 walls.append(wall)
                 rates.append(out_tokens / wall)
@@ -93,5 +113,7 @@ if __name__ == "__main__":
     parser.add_argument("--engine", choices=["vllm", "hf"], default="vllm")
     parser.add_argument("--loras", action="store_true", help="give the two debaters random rank-16 adapters")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--reserved-cpus", type=int, default=None,
+                        help="cores vLLM's CPU worker leaves to the front end (VLLM_CPU_NUM_OF_RESERVED_CPU); default: bonsai's choice")
     asyncio.run(main(parser.parse_args()))
     sys.exit(0)

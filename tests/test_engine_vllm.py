@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bonsai.engine.adapters import inspect_adapter
+from bonsai.engine.platform import cpu_worker_env
 from bonsai.engine.types import ChatMessage, ChatPrompt, Completion, GenerationRequest, Sampling, TextDelta, TextPrompt
 from bonsai.engine.vllm_local import VLLMEngine
 from bonsai.errors import AdapterError, EngineError, PromptTooLong
@@ -26,6 +27,12 @@ def test_for_adapters_sizes_the_engine(lora_adapters: list[Path], base_model: Ba
     assert engine.max_loras == 2 and engine.max_lora_rank == 8
     assert engine.info.kind == "vllm" and engine.info.max_lora_rank == 8 and engine.info.supports_json_schema
     assert VLLMEngine.for_adapters(base_model.path, refs, max_loras=6, max_lora_rank=32).max_lora_rank == 32
+
+
+def test_the_cpu_worker_takes_every_core_of_a_small_machine() -> None:
+    # 2 cores: one reserved for the front end would leave the model one (docs/benchmarks.md)
+    assert cpu_worker_env(1) == cpu_worker_env(2) == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    assert cpu_worker_env(3) == cpu_worker_env(64) == {}  # vLLM's own default: one core for the front end
 
 
 async def test_start_failure_is_an_engine_error(tmp_path: Path) -> None:

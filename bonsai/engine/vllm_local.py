@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bonsai.engine.adapters import AdapterRegistry, inspect_adapter, lora_rank_for, supported_lora_rank, validate_adapter
-from bonsai.engine.platform import resolve_dtype
+from bonsai.engine.platform import cpu_worker_env, resolve_dtype
 from bonsai.engine.types import (
     VLLM_COUNTERS,
     AdapterRef,
@@ -150,6 +150,9 @@ class VLLMEngine(Engine):
             from vllm.v1.engine.async_llm import AsyncLLM
 
             self._tokenizer = AutoTokenizer.from_pretrained(str(self.base_model))
+            if current_platform.is_cpu():
+                for key, value in cpu_worker_env().items():
+                    os.environ.setdefault(key, value)  # read by vLLM as it starts its worker, below
             args = AsyncEngineArgs(
                 model=str(self.base_model),
                 tokenizer=str(self.base_model),
