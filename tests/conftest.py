@@ -12,7 +12,6 @@ Every test gets its own empty BONSAI_HOME; the prepared base model is read from 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import threading
 from collections.abc import Iterator
@@ -162,6 +161,14 @@ class _StartInBackground:
             raise self.error
         return self.engine
 
+    def close(self) -> None:
+        """Shut the engine down if nothing did (closing twice is harmless), on a loop of its own again:
+        ``asyncio.run`` in the main thread would unset the loop pytest-asyncio keeps there."""
+        self.thread.join()
+        closer = threading.Thread(target=lambda: asyncio.run(self.engine.close()), name="early-vllm-close")
+        closer.start()
+        closer.join()
+
 
 #: the shared engines that the selected tests need (filled at collection)
 _WANTED: set[str] = set()
@@ -186,8 +193,7 @@ def early_starts(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         if "served" in started:
             started["served"].stop()
         if "vllm_engine" in started:
-            with contextlib.suppress(BaseException):
-                asyncio.run(started["vllm_engine"].result().close())
+            started["vllm_engine"].close()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
