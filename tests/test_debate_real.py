@@ -148,7 +148,7 @@ def _sigint_delivered_to_children():
         signal.signal(signal.SIGINT, previous)
 
 
-def test_ctrl_c_mid_turn_then_resume_finishes(base_model, tmp_path: Path) -> None:
+def test_ctrl_c_mid_turn_then_resume_finishes(base_model, quick_short_judge: str, tmp_path: Path) -> None:
     """A real `bonsai debate` (transformers+PEFT engine: starts in seconds) interrupted with SIGINT mid-turn."""
     home, store = tmp_path / "home", tmp_path / "t.sqlite"
     # one torch thread: two spinning OpenMP threads on 2 shared cores stall each other (see conftest)
@@ -159,7 +159,7 @@ def test_ctrl_c_mid_turn_then_resume_finishes(base_model, tmp_path: Path) -> Non
     common = ["--engine", "hf", "--store", str(store), "--no-color"]
     with _sigint_delivered_to_children():
         proc = subprocess.Popen(
-            _bonsai("debate", "Homework should be abolished", "--format", "quick", "--rounds", "2", "--max-tokens", "48", "--seed", "3", "--jsonl", *common),
+            _bonsai("debate", "Homework should be abolished", "--format", quick_short_judge, "--rounds", "2", "--max-tokens", "48", "--seed", "3", "--jsonl", *common),
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
     assert proc.stdout is not None

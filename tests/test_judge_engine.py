@@ -225,11 +225,11 @@ def test_unreachable_judge_endpoint_for_data_and_loop(tmp_path: Path, base_model
 
 
 @pytest.mark.engine
-def test_judge_on_a_local_base_of_its_own(base_model: BaseModel, tmp_path: Path) -> None:
+def test_judge_on_a_local_base_of_its_own(base_model: BaseModel, quick_short_judge: str, tmp_path: Path) -> None:
     """`--judge-base`: a second in-process engine (transformers here, as the debaters'), the judge's alone."""
     store = tmp_path / "t.sqlite"
     done = _bonsai(tmp_path / "home", "debate", "Tea beats coffee", "--engine", "hf", "--base", str(base_model.path), "--judge-base", str(base_model.path),
-                   "--format", "quick", "--rounds", "1", "--max-tokens", "8", "--seed", "1", "--store", str(store), "--no-color")
+                   "--format", quick_short_judge, "--rounds", "1", "--max-tokens", "8", "--seed", "1", "--store", str(store), "--no-color")
     assert done.returncode == 0, done.stderr
     assert "starting the judge's hf engine" in done.stderr and "starting the hf engine" in done.stderr
     with TranscriptStore(store, create=False) as s:

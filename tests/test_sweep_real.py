@@ -77,9 +77,10 @@ def _store_counts(store_file: Path, name: str) -> dict[str, int]:
         return {}
 
 
-def test_sigkill_mid_sweep_then_resume_finishes_every_debate_once(base_model: BaseModel, tmp_path: Path, isolated_home: Path,
+def test_sigkill_mid_sweep_then_resume_finishes_every_debate_once(base_model: BaseModel, quick_short_judge: str, tmp_path: Path, isolated_home: Path,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    path = write_sweep(tmp_path, name="killed", motions=["Tea beats coffee", "Cats beat dogs", "Rain beats sun"], max_tokens=10, concurrency=2)
+    path = write_sweep(tmp_path, name="killed", motions=["Tea beats coffee", "Cats beat dogs", "Rain beats sun"], formats=[quick_short_judge],
+                       max_tokens=10, concurrency=2)
     store_file = isolated_home / "transcripts.sqlite"
     args = ["sweep", str(path), "--engine", "hf", "--base", str(base_model.path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "BONSAI_HOME": str(isolated_home)}
