@@ -175,10 +175,12 @@ _WANTED: set[str] = set()
 
 
 @pytest.fixture(scope="session", autouse=True)
-def early_starts(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def early_starts(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, one_torch_thread: None) -> Iterator[dict[str, Any]]:
     """Start the session's shared engine and server at the first test, in the background, when any
     selected test needs them: the engine tests run last (see ``pytest_collection_modifyitems``), and the
-    ~35-60 s each start takes then overlaps with the logic tests, which leave the second core idle."""
+    ~35-60 s each start takes then overlaps with the logic tests, which leave the second core idle.
+    After ``one_torch_thread``: vLLM forks its engine process from this one, as it always did, and this
+    process's torch has then used one thread only."""
     started: dict[str, Any] = {}
     if _WANTED and os.environ.get("BONSAI_TEST_EARLY_START", "1") != "0":
         base_model = request.getfixturevalue("base_model")
