@@ -55,6 +55,7 @@ from urllib.parse import urlsplit
 
 from bonsai import atomic
 from bonsai.debate.runner import DebateRunner, DebateSpec, plan_debate
+from bonsai.debate.usage import bundle_tokens
 from bonsai.engine import EngineConfig, create_engine
 from bonsai.engine.adapters import inspect_adapter
 from bonsai.errors import AdapterError, BonsaiError, ConfigError, EngineError, ModelError
@@ -619,8 +620,11 @@ class RaySweep:
     def _import(self, job: SweepJob, bundle: dict[str, Any]) -> None:
         # the debate's stored settings name the driver's adapter and format paths, not the worker's copies
         bundle["debate"]["config"]["spec"] = job.spec.model_dump(mode="json")
+        # the one count (debate/usage.py); a debate resumed on a worker ships its earlier turns again, and
+        # those are already in the sweep's count from before this run
+        before = self.store.debate_tokens(job.debate_id) if self.store.debate_statuses([job.debate_id]) else 0
         self.store.import_bundle(bundle)
-        self.progress.tokens += sum(int(t.get("output_tokens") or 0) for t in bundle.get("turns", []))
+        self.progress.tokens += max(0, bundle_tokens(bundle) - before)
         status = bundle["debate"]["status"]
         if status == "finished":
             self.progress.done += 1
