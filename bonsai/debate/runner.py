@@ -316,12 +316,17 @@ class DebateRunner:
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, (KeyboardInterrupt, GeneratorExit)) or type(exc).__name__ == "CancelledError" else "failed"
             with contextlib.suppress(Exception):
-                self.store.set_status(debate_id, status)
+                # a debate whose verdict is stored stays finished, whatever failed after it (its last checkpoint)
+                if self.store.get_debate(debate_id).status != "finished":
+                    self.store.set_status(debate_id, status)
             if isinstance(exc, sqlite3.Error):
                 # the checkpointer's own connection (aiosqlite): the same one bonsai error as the store's
                 raise unavailable(self.checkpoints, exc, what="checkpoint file") or exc from exc
             raise
-        snapshot = await self.graph.aget_state(config)
+        try:
+            snapshot = await self.graph.aget_state(config)
+        except sqlite3.Error as exc:
+            raise unavailable(self.checkpoints, exc, what="checkpoint file") or exc from exc
         if snapshot.interrupts:
             # Held by the gate between turns: saved, and resumable like any interrupted debate.
             step = snapshot.values.get("step", 0)
@@ -331,7 +336,10 @@ class DebateRunner:
             return
         record = self.store.get_debate(debate_id)
         if record.status == "finished" and not snapshot.values.get("notes"):  # keep only its last state (see checkpoints.py)
-            await prune_finished(self.graph.checkpointer, debate_id)
+            try:
+                await prune_finished(self.graph.checkpointer, debate_id)
+            except sqlite3.Error as exc:  # the debate is done and stored; `bonsai transcripts vacuum` prunes it later
+                log.warning("debate %s finished, but its checkpoints were not pruned: %s", debate_id, exc)
         yield ev.DebateEnd(debate_id, record.status, record.winner)
 
 

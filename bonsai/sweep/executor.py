@@ -264,7 +264,15 @@ class SweepExecutor:
             return
 
     async def _attempt(self, job: SweepJob) -> dict[str, Any]:
-        exists = bool(self.store.debate_statuses([job.debate_id]))
+        status = self.store.debate_statuses([job.debate_id]).get(job.debate_id)
+        if status == "finished":
+            # an earlier attempt stored its verdict, then failed after it (its last checkpoint could not be
+            # written: a full disk): the debate is done, and resuming it would be refused
+            verdicts = self.store.verdicts(job.debate_id)
+            panel = verdicts[-1] if verdicts else None
+            return {"debate_id": job.debate_id, "resumed": True, "status": "finished", "winner": self.store.get_debate(job.debate_id).winner,
+                    "prob_a": panel.prob_a if panel else None, "confidence": panel.confidence if panel else None}
+        exists = status is not None
         # no token events: progress needs only whole turns, and per-token events cost more than decoding at scale
         if exists:
             events = self.runner.resume(job.debate_id, stream_tokens=False)
