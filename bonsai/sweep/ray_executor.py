@@ -58,7 +58,7 @@ from bonsai.debate.runner import DebateRunner, DebateSpec, plan_debate
 from bonsai.debate.usage import bundle_tokens
 from bonsai.engine import EngineConfig, create_engine
 from bonsai.engine.adapters import inspect_adapter
-from bonsai.errors import AdapterError, BonsaiError, ConfigError, EngineError, ModelError
+from bonsai.errors import AdapterError, BonsaiError, ConfigError, EngineError, ModelError, StoreUnavailable
 from bonsai.model.prepare import EMBEDDED_NAME, MANIFEST, resolve_base
 from bonsai.paths import bonsai_home
 from bonsai.personas import Persona, PersonaBook
@@ -555,15 +555,20 @@ class RaySweep:
         """Import a bundle, or decide what an error means; returns a retry delay, or None when settled."""
         job, attempt = flight.job, flight.attempt
         exc = fut.exception()
-        if exc is None:
-            self._import(job, fut.result())
-            return None
         cause = getattr(exc, "cause", None) or exc  # a RayTaskError carries the worker's exception
-        if isinstance(exc, self.actor_errors):
+        if exc is None:
+            try:
+                self._import(job, fut.result())
+                return None
+            except StoreUnavailable as failed:  # the driver's store (locked, full): the worker still has the
+                message = f"store error: {failed.message}"  # debate, and ships it again on the retry
+        elif isinstance(exc, self.actor_errors):
             self._worker_died(flight, exc)
             message = f"Ray worker {flight.worker.index} died ({type(exc).__name__}) while it ran the debate"
         elif isinstance(cause, EngineError):
             message = f"engine error: {cause.message}"
+        elif isinstance(cause, StoreUnavailable):  # the worker's own store or checkpoints: retried like the engine
+            message = f"store error: {cause.message}"
         elif isinstance(cause, BonsaiError):
             self._fail(job, cause.message, attempt)
             return None
