@@ -9,8 +9,9 @@ a debate that was in flight when the process died is resumed from its last check
 being generated is generated again; turns are written by key, never appended), and a debate that never
 started is started. Engine errors, and store errors from outside (the file locked by another writer past
 the busy timeout, a full disk, an I/O error), are retried with exponential backoff and jitter by resuming
-from the checkpoint, a bounded number of times, and then recorded as the debate's failure; errors in the debate's own set-up (a motion that does not fit, a broken adapter) are not,
-because a retry cannot fix them.
+from the checkpoint, ``retries`` times, and then recorded as the debate's failure with its reason; errors
+in the debate's own set-up (a motion that does not fit, a broken adapter) are not, because a retry
+cannot fix them.
 """
 
 from __future__ import annotations
