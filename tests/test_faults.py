@@ -25,7 +25,7 @@ from test_store import debate
 from test_sweep import CountingEngine, assert_each_finished_once, run_sweep, write_sweep
 from trainkit import cli, register_version, small_adapter
 
-from bonsai import locks
+from bonsai import locks, orphans
 from bonsai.cli.main import main
 from bonsai.debate import events as ev
 from bonsai.debate.runner import DebateRunner
@@ -290,12 +290,23 @@ def test_a_stale_serve_file_is_removed_at_the_next_start(isolated_home: Path, ca
     assert not stale.exists() and live.exists()
 
 
+def test_a_killed_trainers_scratch_folder_is_removed(tmp_path: Path) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    killed, running = tmp_path / f"bonsai-train-{dead.pid}-x1", tmp_path / f"bonsai-train-{os.getpid()}-x2"
+    for folder in (killed, running):
+        (folder / "checkpoint-1").mkdir(parents=True)
+        os.utime(folder, (time.time() - 120,) * 2)
+    assert orphans.remove_dead_train_scratch(tmp_path) == [killed]
+    assert running.exists()
+
+
 # --- one run of a sweep (or a resumed debate) at a time ---------------------------------------------
 
 HOLDER_SCRIPT = """
 import sys, time
 from pathlib import Path
-from bonsai import locks
+from bonsai import locks, orphans
 home, kind, name = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 sys.argv = ["bonsai", *sys.argv[4:]]  # what the lock records as its holder's command
 lock = (locks.sweep_lock if kind == "sweep" else locks.debate_lock)(home, name).acquire()
