@@ -170,6 +170,22 @@ async def test_a_full_disk_fails_debates_with_the_reason_and_loses_nothing_finis
         assert {k: [t.to_dict() for t in store.turns(k)] for k in finished} == finished
 
 
+async def test_ray_retries_store_errors_on_a_worker_and_on_the_drivers_import(tmp_path: Path, isolated_home: Path,
+                                                                               short_busy_timeout: None) -> None:
+    from test_sweep_ray import FakeCluster, _dispatch, _fake_plan
+
+    plan = _fake_plan(tmp_path, isolated_home, retries=3)
+    cluster = FakeCluster({0: ["store"], 1: ["store", "store", "store", "store"]})
+    with TranscriptStore(tmp_path / "t.sqlite") as store:
+        with sqlite_lock_held(tmp_path / "t.sqlite", seconds=0.3):  # the driver's store, while the first bundles arrive
+            sweep, _, result = await _dispatch(plan, store, cluster)
+        ids = cluster.ids
+        assert [f.debate_id for f in result.failures] == [ids[1]]
+        assert result.failures[0].message == "store error: The transcript store w.sqlite is locked by another process (after 4 attempts)"
+        assert result.finished == 5 and sweep.progress.retries > 4  # 4 scripted, and at least one import into the locked store
+        assert {d.debate_id for d in store.list_debates()} == set(ids) - {ids[1]}
+
+
 # --- SIGKILL in the middle of a sweep, a debate, a promotion -------------------------------------
 
 SWEEP_SCRIPT = """
