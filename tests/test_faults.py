@@ -509,7 +509,8 @@ def test_a_real_debate_killed_midway_resumes_on_the_real_engine(isolated_home: P
     with TranscriptStore(isolated_home / "transcripts.sqlite", read_only=True) as store:
         turns = store.turns(debate_id)
         assert [t.turn_index for t in turns] == list(range(len(turns)))
-        assert [t.to_dict() for t in turns[: len(before)]][:2] == before[:2]
+        # turn 0 was checkpointed before turn 1 began; turn 1's checkpoint may not have been (then it is spoken again)
+        assert turns[0].to_dict() == before[0]
         assert store.debate_tokens(debate_id) == summary["tokens"]
     assert not list((isolated_home / "locks").glob("*.lock"))
 
