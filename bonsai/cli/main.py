@@ -56,12 +56,12 @@ def _configure_logging(verbose: int) -> None:
 
 
 def _clean_orphans(args: argparse.Namespace) -> None:
-    """Half-written files and folders a killed bonsai left in its home (see atomic.clean_orphans)."""
-    from bonsai import atomic
+    """Half-written files and folders, and stale server state, a killed bonsai left in its home (see orphans.py)."""
+    from bonsai import orphans
     from bonsai.paths import bonsai_home
 
     try:
-        atomic.clean_orphans(bonsai_home(args.home))
+        orphans.clean(bonsai_home(args.home))
     except Exception:  # tidying must never stop a command
         logging.getLogger(__name__).debug("orphan cleanup failed", exc_info=True)
 
