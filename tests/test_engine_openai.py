@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from bonsai.cli.main import main
-from bonsai.engine.adapters import inspect_adapter
+from bonsai.registry.identity import inspect_adapter
 from bonsai.engine.openai_remote import OpenAIEngine, normalize_endpoint
 from bonsai.serve.server import serve_info_path, serve_log_path
 from bonsai.engine.types import AdapterRef, ChatMessage, ChatPrompt, Completion, GenerationRequest, Sampling, TextDelta, TextPrompt

@@ -14,8 +14,10 @@ import pytest
 import yaml
 from trainkit import cli, tiny_recipe, write_dataset
 
-from bonsai.adapter_registry import persona_dir
-from bonsai.engine.adapters import MANIFEST_FILE, inspect_adapter, validate_adapter
+from bonsai.registry import persona_dir
+from bonsai.engine.adapters import validate_adapter
+from bonsai.registry.identity import inspect_adapter
+from bonsai.registry.manifest import MANIFEST_FILE
 from bonsai.errors import ConfigError
 from bonsai.model.prepare import BaseModel
 from training.config import builtin_recipes, load_recipe, parse_recipe, recipe_path, with_overrides

@@ -154,7 +154,7 @@ def register_version(home: Path, persona: str, source: Path, **manifest: Any) ->
     """Copy the adapter files in ``source`` into a new registry version (as training does)."""
     import shutil
 
-    from training.registry import new_version
+    from bonsai.registry import new_version
 
     with new_version(home, persona) as draft:
         for f in source.iterdir():

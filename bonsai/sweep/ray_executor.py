@@ -56,7 +56,7 @@ from urllib.parse import urlsplit
 from bonsai import atomic
 from bonsai.debate.runner import DebateRunner, DebateSpec, plan_debate
 from bonsai.engine import EngineConfig, create_engine
-from bonsai.engine.adapters import inspect_adapter
+from bonsai.registry.identity import inspect_adapter
 from bonsai.errors import AdapterError, BonsaiError, ConfigError, EngineError, ModelError
 from bonsai.model.prepare import EMBEDDED_NAME, MANIFEST, resolve_base
 from bonsai.paths import bonsai_home
