@@ -39,7 +39,7 @@ def test_the_five_recipes_ship() -> None:
 
 @pytest.mark.parametrize("name", builtin_recipes())
 def test_each_recipe_validates_and_its_header_command_parses(name: str, tmp_path: Path) -> None:
-    from bonsai.cli import train_cmd
+    from training.cli import train_cmd
 
     recipe = load_recipe(name)
     assert recipe.name == name
