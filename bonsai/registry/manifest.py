@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from bonsai.errors import AdapterError, describe_validation
+from bonsai.registry.peft import read_json
 
 MANIFEST_FILE = "bonsai_adapter.json"
 MANIFEST_FORMAT = 1
@@ -58,12 +59,7 @@ def read_manifest(folder: Path) -> Manifest | None:
     path = folder / MANIFEST_FILE
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AdapterError(f"adapter {folder} has an unreadable {MANIFEST_FILE} ({exc})", _HINT) from exc
-    if not isinstance(data, dict):
-        raise AdapterError(f"adapter {folder} has a {MANIFEST_FILE} that is not a JSON object", _HINT)
+    data = read_json(path, "adapter manifest", _HINT)
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:

@@ -21,13 +21,14 @@ WEIGHT_FIELDS = ("r", "lora_alpha", "target_modules", "rank_pattern", "alpha_pat
 HINT_FOLDER = "pass a folder written by PEFT's save_pretrained (adapter_config.json + adapter_model.safetensors)"
 
 
-def read_json(path: Path, what: str) -> dict[str, Any]:
+def read_json(path: Path, what: str, hint: str = HINT_FOLDER) -> dict[str, Any]:
+    """One JSON object of an adapter folder; anything else is refused with ``hint``."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AdapterError(f"{what} {path} cannot be read ({exc})", HINT_FOLDER) from exc
+        raise AdapterError(f"{what} {path} cannot be read ({exc})", hint) from exc
     if not isinstance(data, dict):
-        raise AdapterError(f"{what} {path} is not a JSON object", HINT_FOLDER)
+        raise AdapterError(f"{what} {path} is not a JSON object", hint)
     return data
 
 
