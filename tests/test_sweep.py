@@ -290,7 +290,7 @@ async def test_wall_budget_interrupts_and_resume_finishes(tmp_path: Path, book: 
 
 def _counted_adapter(isolated_home: Path, lora_adapters: list[Path], monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[Path]]:
     """advocate@v1abc installed, and a list that records every hashing of an adapter folder."""
-    import bonsai.engine.adapters as adapters_mod
+    import bonsai.registry.identity as adapters_mod
 
     version_dir = isolated_home / "adapters" / "advocate" / "v1abc"
     shutil.copytree(lora_adapters[0], version_dir)
@@ -313,7 +313,7 @@ async def test_a_sweep_hashes_each_adapter_once(tmp_path: Path, book: PersonaBoo
 async def test_checks_and_debates_share_one_inspector(tmp_path: Path, book: PersonaBook, isolated_home: Path, lora_adapters: list[Path],
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """`bonsai sweep` checks every competitor's adapter before the runner starts: the runner reuses that hash."""
-    from bonsai.engine.adapters import AdapterInspector
+    from bonsai.registry.identity import AdapterInspector
 
     version_dir, calls = _counted_adapter(isolated_home, lora_adapters, monkeypatch)
     plan = plan_sweep(load_sweep(write_sweep(tmp_path, motions=["M1", "M2"], pairings=[{"a": "advocate@v1abc", "b": "skeptic"}])), book, isolated_home)

@@ -33,7 +33,7 @@ import yaml
 from test_adapters import synthetic_lora
 
 from bonsai.engine import EngineConfig
-from bonsai.engine.adapters import inspect_adapter
+from bonsai.registry.identity import inspect_adapter
 from bonsai.errors import AdapterError, ConfigError, EngineError, ModelError, StoreUnavailable
 from bonsai.personas import PersonaBook, default_personas_dir
 from bonsai.store.records import DebateRecord, TurnRecord

@@ -22,15 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bonsai.adapter_registry import current_version, persona_dir
-from bonsai.engine.adapters import WEIGHTS_FILE, inspect_adapter
+from bonsai.registry import current_version, persona_dir
+from bonsai.registry.identity import inspect_adapter
+from bonsai.registry.peft import WEIGHTS_FILE
 from bonsai.errors import ConfigError
 from bonsai.model.prepare import BaseModel as PreparedBase
 from bonsai.orphans import TRAIN_SCRATCH_PREFIX
 from training.backend import preload_backend, unsloth_available
 from training.config import Recipe, Stage, trl_config_class
 from training.metrics import MetricsLog, plot_metrics, read_metrics, summarize
-from training.registry import new_version
+from bonsai.registry import new_version
 
 log = logging.getLogger(__name__)
 

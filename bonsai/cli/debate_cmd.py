@@ -17,7 +17,7 @@ from bonsai.cli.common import add_engine_arguments, engine_options, home_from, j
 from bonsai.debate import events as ev
 from bonsai.debate.runner import DebateRunner, PreparedDebate, adapter_refs, latest_unfinished, plan_debate
 from bonsai.debate.spec import USER_SETTINGS, DebateSpec
-from bonsai.engine.adapters import AdapterInspector
+from bonsai.registry.identity import AdapterInspector
 from bonsai.engine.session import add_option_arguments, open_engine, options_from_args
 from bonsai.errors import BonsaiError, ConfigError
 from bonsai.locks import Lock, debate_lock, sweep_lock

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from bonsai.cli.common import add_engine_arguments, engine_options, home_from, judge_options, starting
 from bonsai.debate.runner import DebateRunner
 from bonsai.engine import Engine
-from bonsai.engine.adapters import AdapterInspector
+from bonsai.registry.identity import AdapterInspector
 from bonsai.engine.session import plan_engine, plan_judge, start_engine
 from bonsai.errors import ConfigError, StoreError, SweepIncomplete
 from bonsai.locks import sweep_lock

@@ -26,7 +26,7 @@ import aiosqlite
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.types import Command
 
-from bonsai.adapter_registry import resolve_persona_adapter
+from bonsai.registry import resolve_persona_adapter
 from bonsai.debate import events as ev
 from bonsai.debate.checkpoints import prune_finished, strict_serializer
 from bonsai.debate.formats import DebateFormat, load_format
@@ -35,7 +35,7 @@ from bonsai.debate.prompts import debater_prompt
 from bonsai.debate.schedule import Cast, Slot, build_schedule
 from bonsai.debate.spec import DebateSpec
 from bonsai.engine import AdapterRef, Engine
-from bonsai.engine.adapters import AdapterInspector, inspect_adapter
+from bonsai.registry.identity import AdapterInspector, inspect_adapter
 from bonsai.errors import BonsaiError, ConfigError, DebateNotFound, PromptTooLong
 from bonsai.personas import PersonaBook
 from bonsai.store.db import unavailable

@@ -23,7 +23,7 @@ A worker needs only bonsai (and its engine's extra) installed. The driver pins e
 before anything runs, and ships the files of the folders through the object store; a worker that does not
 have a folder at the same path, with the same content, writes it under its own cache and rewrites the
 job's paths. That changes nothing the engines see: an adapter's name is its content hash (see
-``bonsai.engine.adapters.inspect_adapter``), and the debate's stored settings are put back to the
+``bonsai.registry.identity.inspect_adapter``), and the debate's stored settings are put back to the
 driver's paths on import. Custom format files and the driver's persona book travel with each worker's
 set-up. The embedded base model is prepared by a worker that lacks it; any other base must exist at the
 same path on every node.
@@ -57,7 +57,7 @@ from bonsai import atomic
 from bonsai.debate.runner import DebateRunner, DebateSpec, plan_debate
 from bonsai.debate.usage import bundle_tokens
 from bonsai.engine import EngineConfig, create_engine
-from bonsai.engine.adapters import inspect_adapter
+from bonsai.registry.identity import inspect_adapter
 from bonsai.errors import AdapterError, BonsaiError, ConfigError, EngineError, ModelError, StoreUnavailable
 from bonsai.model.prepare import EMBEDDED_NAME, MANIFEST, resolve_base
 from bonsai.paths import bonsai_home
