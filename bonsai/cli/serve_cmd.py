@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from bonsai.cli.common import home_from
-from bonsai.engine.server import DEFAULT_HOST, DEFAULT_PORT, ServePlan, plan_serve, run_server, serve_info_path
+from bonsai.serve.server import DEFAULT_HOST, DEFAULT_PORT, ServePlan, plan_serve, run_server, serve_info_path
 from bonsai.errors import ConfigError
 
 

@@ -31,8 +31,9 @@ from typing import Any
 import httpx
 
 from bonsai import atomic
-from bonsai.adapter_registry import resolve_persona_adapter
-from bonsai.engine.adapters import inspect_adapter, lora_rank_for, supported_lora_rank, validate_adapter
+from bonsai.registry import resolve_persona_adapter
+from bonsai.engine.adapters import lora_rank_for, supported_lora_rank, validate_adapter
+from bonsai.registry.identity import inspect_adapter
 from bonsai.engine.platform import resolve_dtype, vllm_on_cpu
 from bonsai.engine.serverlog import start_failure
 from bonsai.engine.types import AdapterRef
