@@ -218,12 +218,6 @@ class EngineSession:
         return self.base.name if self.base is not None else self.engine.info.base_model
 
 
-def base_with_template(options: EngineOptions, home: Path) -> PreparedBase:
-    """The base the options name, carrying ``--chat-template`` when given; refused (before anything
-    starts or is written) when neither it nor the flag has a chat template to render prompts with."""
-    return resolve_templated_base(options.base, home, options.chat_template)
-
-
 def plan_engine(
     options: EngineOptions, home: Path, refs: Iterable[AdapterRef | None] = (), *, need_base: bool = False, min_loras: int = 1,
     **updates: Any,
@@ -235,7 +229,9 @@ def plan_engine(
     ``updates``: EngineConfig fields a command sets itself (a sweep's KV cache, say)."""
     kind = options.resolved_kind()
     in_process = kind != "openai"
-    base = base_with_template(options, home) if in_process or need_base else None
+    # with --chat-template when given; a base that has no template either way is refused here, before
+    # anything starts or is stored (it used to fail at the first prompt, after the engine had started)
+    base = resolve_templated_base(options.base, home, options.chat_template) if in_process or need_base else None
     live = [r for r in refs if r is not None]
     if in_process and base is not None:
         for ref in live:

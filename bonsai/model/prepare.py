@@ -119,7 +119,7 @@ def fix_tokenizer_config(model_dir: Path, pad_token: str | None = PAD_TOKEN) -> 
     if isinstance(context, int) and context > 0:
         wanted["model_max_length"] = context
     if pad_token and wanted.get("pad_token_id") == config.get("eos_token_id"):
-        raise ModelError(f"{PAD_TOKEN} is the EOS token of {model_dir}", "the pad token must differ from EOS (the chat template ends turns with it)")
+        raise ModelError(f"{pad_token} is the EOS token of {model_dir}", "the pad token must differ from EOS (the chat template ends turns with it)")
     if all(config.get(k) == v for k, v in wanted.items()):
         return False
     atomic.write_text(path, json.dumps({**config, **wanted}, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
@@ -223,8 +223,8 @@ def _prepare_from_gguf(
         del model.config.quantization_config
     if eos is not None and eos in tokenizer.get_vocab():
         tokenizer.eos_token = eos
-    if pad is None and tokenizer.pad_token is None and PAD_TOKEN in tokenizer.get_vocab():
-        pad = PAD_TOKEN
+    if pad is None and tokenizer.pad_token in (None, tokenizer.eos_token) and PAD_TOKEN in tokenizer.get_vocab():
+        pad = PAD_TOKEN  # no pad of its own, or EOS as pad (a collator would mask every turn's end): as for SmolLM2
     if chat_template is not None:
         tokenizer.chat_template = chat_template
     extra = {"chat_template_source": chat_template_source} if chat_template_source else {}
