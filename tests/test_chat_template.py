@@ -210,3 +210,28 @@ def test_prepare_flags_are_checked_before_work(tmp_path: Path, capsys: pytest.Ca
     assert main(["--home", str(home), "model", "prepare", "--gguf", str(tmp_path / "x.gguf"), "--name", "x"]) == 2
     assert "no such file" in capsys.readouterr().err
     assert not (home / "models").exists()
+
+
+def test_a_prepared_name_is_a_base_and_preparing_it_again_is_a_no_op(base_model: BaseModel, tmp_path: Path) -> None:
+    """``--base NAME`` finds ``$BONSAI_HOME/models/NAME``; the same GGUF again returns it without work,
+    another GGUF under the same name is refused (nothing replaced without --force)."""
+    from bonsai.model.prepare import resolve_base
+
+    home = tmp_path / "home"
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    (home / "models").mkdir(parents=True)
+    folder = bare_copy(base_model, home / "models" / "mine")
+    manifest = {"name": "mine", "source": str(gguf.resolve()), "content_hash": "h" * 64}
+    (folder / "bonsai_model.json").write_text(json.dumps(manifest))
+    found = resolve_base("mine", home)
+    assert found.path == folder.resolve() and found.name == "mine" and found.content_hash == "h" * 64
+    assert prepare_gguf(gguf, home, "mine").path == folder  # no dequantizing: it would fail on these 4 bytes
+    other = tmp_path / "other.gguf"
+    other.write_bytes(b"GGUF")
+    with pytest.raises(ModelError, match="was prepared from"):
+        prepare_gguf(other, home, "mine")
+    with pytest.raises(ModelError, match="prepared without a chat template"):
+        prepare_gguf(gguf, home, "mine", chat_template="{{ messages }}")
+    with pytest.raises(ModelError, match="neither a local folder"):
+        resolve_base("../models/mine", tmp_path / "elsewhere")
