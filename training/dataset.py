@@ -259,9 +259,9 @@ class LengthCheck:
 
     @classmethod
     def for_base(cls, base: PreparedBase, max_length: int, min_room: int) -> LengthCheck:
-        from transformers import AutoTokenizer
+        from bonsai.model.chat_template import load_tokenizer
 
-        return cls(AutoTokenizer.from_pretrained(str(base.path), trust_remote_code=False), max_length, min_room)
+        return cls(load_tokenizer(base.path, base.chat_template), max_length, min_room)
 
     def measure(self, row: dict[str, Any]) -> tuple[int, int, int]:
         """(prompt, chosen, rejected) token counts as the trainer will see them."""

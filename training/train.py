@@ -96,16 +96,18 @@ def check_card(card: dict[str, Any], persona: str, base: PreparedBase, dataset: 
 # --- model and tokenizer ------------------------------------------------------------------------
 
 
-def training_tokenizer(base_dir: Path) -> Any:
+def training_tokenizer(base_dir: Path, chat_template: str | None = None) -> Any:
     """The base's tokenizer, with the special tokens training needs set the way inference sees them.
+
+    ``chat_template``: the ``--chat-template`` the base debates with, so TRL renders the same prompts.
 
     Chat templates that close turns with ``<|im_end|>`` stop generation there, so that is the EOS the
     trainers append; padding gets its own token; a BOS the tokenizer never adds at inference is not
     added by TRL either (it would put a token in front of every Alpaca prompt that vLLM never sees).
     """
-    from transformers import AutoTokenizer
+    from bonsai.model.chat_template import load_tokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(base_dir))
+    tok = load_tokenizer(base_dir, chat_template)
     vocab = tok.get_vocab()
     template = tok.chat_template or ""
     if "<|im_end|>" in vocab and "<|im_end|>" in template:
@@ -140,7 +142,7 @@ def load_model(base: PreparedBase, recipe: Recipe, *, device: str, backend: str,
             use_gradient_checkpointing="unsloth",
             random_state=recipe.seed,
         )
-        return model, training_tokenizer(base.path)
+        return model, training_tokenizer(base.path, base.chat_template)
 
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
@@ -151,7 +153,7 @@ def load_model(base: PreparedBase, recipe: Recipe, *, device: str, backend: str,
     model.config.use_cache = False
     if device == "cuda":
         model.to("cuda")
-    return get_peft_model(model, lora.peft_config()), training_tokenizer(base.path)
+    return get_peft_model(model, lora.peft_config()), training_tokenizer(base.path, base.chat_template)
 
 
 def start_from_parent(model: Any, parent_dir: Path, recipe: Recipe) -> bool:

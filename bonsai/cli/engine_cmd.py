@@ -18,6 +18,7 @@ from bonsai.cli.common import home_from
 from bonsai.cli.serve_cmd import add_serve_options, plan_from_args
 from bonsai.engine import resident
 from bonsai.errors import ConfigError
+from bonsai.model.chat_template import read_chat_template, template_hash
 from bonsai.model.prepare import resolve_base
 from bonsai.serve import resident as serving
 
@@ -63,7 +64,10 @@ def run_start(args: argparse.Namespace) -> int:
     if args.port is None:
         # no port asked for: an engine for this base anywhere will do
         base = resolve_base(args.base, home)
-        found = resident.find_resident(home, base.content_hash, base.path, min_lora_rank=args.max_lora_rank or 0)
+        template = read_chat_template(args.chat_template) if args.chat_template is not None else None
+        found = resident.find_resident(
+            home, base.content_hash, base.path, min_lora_rank=args.max_lora_rank or 0, chat_template_hash=template_hash(template),
+        )
         if found is not None:
             return _report(found, started=False, as_json=args.json)
     plan = plan_from_args(args, home)

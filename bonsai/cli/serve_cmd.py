@@ -29,6 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def add_serve_options(p: argparse.ArgumentParser) -> None:
     """The server's options, shared by ``bonsai serve`` and ``bonsai engine start``."""
     p.add_argument("--base", help="a local model folder or a cached hub id instead of the embedded model")
+    p.add_argument(
+        "--chat-template", type=Path, default=None, metavar="FILE",
+        help="Jinja chat template for a base without one of its own (passed to vLLM's --chat-template)",
+    )
     p.add_argument("--personas-dir", type=Path, default=None, help="folder of persona YAML files (default: the shipped personas)")
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST}: this machine only)")
     p.add_argument("--port", type=int, default=None, help=f"port to bind (default {DEFAULT_PORT})")
@@ -62,6 +66,7 @@ def plan_from_args(args: argparse.Namespace, home: Path) -> ServePlan:
         extra_adapters=_parse_adapters(args.adapter),
         kv_cache_gib=args.kv_cache_gib,
         dtype=args.dtype,
+        chat_template=args.chat_template,
     )
 
 

@@ -47,6 +47,7 @@ class EngineConfig(BaseModel):
     seed: int = 0
     log_stats: bool = Field(True, description="Keep vLLM's counters for Engine.stats() (in-process vLLM engine).")
     endpoint_retry_s: float = Field(15.0, ge=0, description="Seconds a down endpoint rests before it is probed again (kind=openai).")
+    chat_template: str | None = Field(None, description="Chat template text used instead of the base's own (in-process engines; checked by the caller).")
 
 
 def create_engine(config: EngineConfig) -> Engine:
@@ -65,12 +66,15 @@ def create_engine(config: EngineConfig) -> Engine:
             seed=config.seed,
             log_stats=config.log_stats,
             max_num_seqs=config.max_num_seqs,
+            chat_template=config.chat_template,
         )
     if config.kind == "hf":
         from bonsai.engine.hf_peft import HFEngine
 
         assert config.base_model is not None
-        return HFEngine(config.base_model, base_hash=config.base_hash, dtype=config.dtype, max_model_len=config.max_model_len)
+        return HFEngine(
+            config.base_model, base_hash=config.base_hash, dtype=config.dtype, max_model_len=config.max_model_len, chat_template=config.chat_template,
+        )
     from bonsai.engine.openai_remote import OpenAIEngine
 
     return OpenAIEngine(config.endpoints, base_model=str(config.base_model) if config.base_model else None, endpoint_retry_s=config.endpoint_retry_s)

@@ -161,11 +161,14 @@ class HFEngine(Engine):
         dtype: str = "float32",
         max_model_len: int = 4096,
         max_batch: int = 8,
+        chat_template: str | None = None,
     ) -> None:
         if max_batch < 1:
             raise EngineError(f"max_batch must be at least 1, got {max_batch}", "pass max_batch=1 or more")
         self.base_model = Path(base_model)
         self.base_hash = base_hash
+        #: rendered with instead of the base's own template (``--chat-template``)
+        self.chat_template = chat_template
         self.dtype = dtype
         self.max_batch = max_batch
         self.info = EngineInfo(kind="hf", base_model=str(self.base_model), max_model_len=max_model_len, supports_json_schema=False, max_lora_rank=None)
@@ -199,12 +202,14 @@ class HFEngine(Engine):
         self._batcher = asyncio.create_task(self._batch_forever(), name="bonsai-hf-batcher")
 
     def _load(self) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
+
+        from bonsai.model.chat_template import load_tokenizer
 
         device, dtype = _pick_device_and_dtype(self.dtype)
         started = time.monotonic()
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(self.base_model), trust_remote_code=False)
+            tokenizer = load_tokenizer(self.base_model, self.chat_template)
             model = AutoModelForCausalLM.from_pretrained(str(self.base_model), dtype=dtype, trust_remote_code=False)
         except (OSError, ValueError) as exc:
             raise EngineError(f"transformers cannot load the base model at {self.base_model} ({exc})", "re-prepare it with `bonsai model prepare`") from exc

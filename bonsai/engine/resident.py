@@ -31,6 +31,7 @@ import httpx
 from bonsai import atomic
 from bonsai.engine import EngineConfig
 from bonsai.engine.serverlog import root_cause_of, start_failure, tail
+from bonsai.model.chat_template import template_hash
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,8 @@ class ResidentEngine:
     ready_at: float | None = None
     #: persona -> adapter name registered at start (others are loaded at run time)
     adapters: dict[str, str] = field(default_factory=dict)
+    #: identity of the --chat-template it renders with (None: the base's own)
+    chat_template_hash: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -254,7 +257,8 @@ def check(home: Path, engine: ResidentEngine, *, clean: bool = True) -> Checked:
 
 
 def find_resident(
-    home: Path, base_hash: str | None, base_path: Path | str | None = None, *, min_lora_rank: int = 0, min_model_len: int = 0
+    home: Path, base_hash: str | None, base_path: Path | str | None = None, *, min_lora_rank: int = 0, min_model_len: int = 0,
+    chat_template_hash: str | None = None,
 ) -> ResidentEngine | None:
     """A running, answering resident engine for this base that serves adapters up to ``min_lora_rank``
     and contexts up to ``min_model_len`` tokens, or None.
@@ -264,6 +268,9 @@ def find_resident(
     """
     for engine in list_states(home):
         if not engine.serves(base_hash, base_path):
+            continue
+        if engine.chat_template_hash != chat_template_hash:
+            log.info("not using the engine at %s: it renders with another chat template", engine.url)
             continue
         if engine.max_lora_rank < min_lora_rank or engine.max_model_len < min_model_len:
             log.info(
@@ -289,7 +296,10 @@ def use_resident(home: Path, config: EngineConfig) -> tuple[EngineConfig, Reside
     """
     if config.kind != "vllm" or config.base_model is None:
         return config, None
-    found = find_resident(home, config.base_hash, config.base_model, min_lora_rank=config.max_lora_rank, min_model_len=config.max_model_len)
+    found = find_resident(
+        home, config.base_hash, config.base_model, min_lora_rank=config.max_lora_rank, min_model_len=config.max_model_len,
+        chat_template_hash=template_hash(config.chat_template),
+    )
     if found is None:
         return config, None
     return config.model_copy(update={"kind": "openai", "endpoints": [found.url]}), found

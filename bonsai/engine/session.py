@@ -32,8 +32,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from bonsai.engine import AdapterRef, Engine, EngineConfig, EngineKind, create_engine
 from bonsai.engine.adapters import lora_rank_for, validate_adapter
 from bonsai.errors import ConfigError, EndpointUnreachable, EngineError, describe_validation
+from bonsai.model.chat_template import require_chat_template
 from bonsai.model.prepare import BaseModel as PreparedBase
-from bonsai.model.prepare import resolve_base
+from bonsai.model.prepare import resolve_base, resolve_templated_base
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -53,7 +54,11 @@ class EngineOptions(BaseModel):
         default_factory=list, description="OpenAI-compatible server (with --engine openai); repeatable",
         json_schema_extra={"flag": "--endpoint", "metavar": "URL"},
     )
-    base: str | None = Field(None, description="base model folder or cached hub id (default: the embedded SmolLM2-135M-Instruct)")
+    base: str | None = Field(None, description="base model folder, prepared model name or cached hub id (default: the embedded SmolLM2-135M-Instruct)")
+    chat_template: Path | None = Field(
+        None, description="Jinja chat template for the base (a base model without one of its own); every prompt is rendered with it",
+        json_schema_extra={"metavar": "FILE"},
+    )
     max_model_len: int = Field(4096, ge=256, description="context window the engine serves")
     max_lora_rank: int | None = Field(None, ge=1, description="largest adapter rank the engine accepts (default: from the adapters in play, at least 16)")
 
@@ -224,7 +229,9 @@ def plan_engine(
     ``updates``: EngineConfig fields a command sets itself (a sweep's KV cache, say)."""
     kind = options.resolved_kind()
     in_process = kind != "openai"
-    base = resolve_base(options.base, home) if in_process or need_base else None
+    # with --chat-template when given; a base that has no template either way is refused here, before
+    # anything starts or is stored (it used to fail at the first prompt, after the engine had started)
+    base = resolve_templated_base(options.base, home, options.chat_template) if in_process or need_base else None
     live = [r for r in refs if r is not None]
     if in_process and base is not None:
         for ref in live:
@@ -237,6 +244,7 @@ def plan_engine(
         max_model_len=options.max_model_len,
         max_loras=max(min_loras, len({r.name for r in live})),
         max_lora_rank=options.max_lora_rank or max(16, lora_rank_for(live) if live else 16),
+        chat_template=base.chat_template if in_process and base else None,
     )
     config = config.model_copy(update=updates) if updates else config
     resident = None
@@ -257,6 +265,8 @@ def plan_judge(judge: JudgeEngineOptions, options: EngineOptions, home: Path) ->
         return JudgeSetup(config, None, judge.judge_model)
     if judge.judge_base:
         base = resolve_base(judge.judge_base, home)
+        # --chat-template is the debaters' base's; the judge's base must render with its own
+        require_chat_template(base.path, None, what="judge's base model", hint=f"copy a Jinja chat template to {base.path}/chat_template.jinja")
         kind: EngineKind = options.kind if options.kind != "openai" and not options.endpoints else "vllm"
         config = EngineConfig(kind=kind, base_model=base.path, base_hash=base.content_hash, max_model_len=options.max_model_len, max_loras=1)
         return JudgeSetup(config, base, None)

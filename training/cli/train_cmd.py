@@ -32,7 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("persona", help="the persona whose adapter to train")
     p.add_argument("--dataset", type=Path, default=None, help="dataset folder (default: the persona's newest under $BONSAI_HOME/datasets/PERSONA/)")
     p.add_argument("--recipe", default="orpo", help="built-in recipe (orpo, dpo, sft, orpo-then-sft) or a YAML file (default orpo)")
-    p.add_argument("--base", help="base model folder or cached hub id (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--base", help="base model folder, prepared model name or cached hub id (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument(
+        "--chat-template", type=Path, default=None, metavar="FILE",
+        help="Jinja chat template for a base without one (the one it debates with: the trainer renders the same prompts)",
+    )
     p.add_argument("--from", dest="init", choices=["parent", "base"], default=None, help="start from the current version's weights (parent) or a fresh LoRA (base); default: the recipe's")
     p.add_argument("--max-steps", type=int, default=None, help="stop each stage after N optimizer steps")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a TRL trainer setting in every stage, e.g. --set learning_rate=1e-4; repeatable")
@@ -71,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
     preload_backend()  # Unsloth must be imported before trl (CUDA only; a no-op here otherwise)
 
-    from bonsai.model.prepare import resolve_base
+    from bonsai.model.prepare import resolve_templated_base
     from training.config import load_recipe, parse_set_options, with_overrides
     from training.train import train_adapter
 
@@ -90,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     if given:
         raise ConfigError(f"{given[0]} only goes with a grpo recipe (generated logic problems)", f"drop {given[0]}, or train with --recipe grpo")
     dataset = args.dataset or newest_dataset(home, args.persona)
-    base = resolve_base(args.base, home)
+    base = resolve_templated_base(args.base, home, args.chat_template)
     if not args.json:
         print(f"training {args.persona} with {recipe.name} ({' -> '.join(recipe.methods)}) on {dataset}", file=sys.stderr, flush=True)
     result = train_adapter(args.persona, dataset, home=home, base=base, recipe=recipe, progress=not args.no_progress and not args.json)
@@ -124,7 +128,7 @@ def run_grpo(args: argparse.Namespace, home: Path, recipe: Recipe) -> int:
     from pydantic import ValidationError
 
     from bonsai.errors import describe_validation
-    from bonsai.model.prepare import resolve_base
+    from bonsai.model.prepare import resolve_templated_base
     from bonsai.personas import PersonaBook
     from training.logic.grpo import LogicSet, train_logician
     from training.logic.prompts import require_tag_format
@@ -143,7 +147,7 @@ def run_grpo(args: argparse.Namespace, home: Path, recipe: Recipe) -> int:
     if args.eval_n is not None and args.eval_n < 1:
         raise ConfigError("--eval must be at least 1")
     held_out = logic.problems("test", n=args.eval_n) if args.eval_n else []
-    base = resolve_base(args.base, home)
+    base = resolve_templated_base(args.base, home, args.chat_template)
     if not args.json:
         print(f"training {persona.name} with {recipe.name} (grpo) on {logic.n} logic problems ({','.join(logic.kinds)}; {','.join(logic.languages)}; seed {logic.seed})", file=sys.stderr, flush=True)
     result = train_logician(persona, home=home, base=base, recipe=recipe, logic=logic, progress=not args.no_progress and not args.json)
@@ -191,7 +195,9 @@ def _evaluate(args: argparse.Namespace, home: Path, base: BaseModel, persona: Pe
     kind = args.eval_engine or ("vllm" if torch.cuda.is_available() else "hf")
 
     async def run() -> dict[str, Any]:
-        config = EngineConfig(kind=kind, base_model=base.path, base_hash=base.content_hash, max_lora_rank=max(16, rank), max_model_len=2048)
+        config = EngineConfig(
+            kind=kind, base_model=base.path, base_hash=base.content_hash, max_lora_rank=max(16, rank), max_model_len=2048, chat_template=base.chat_template,
+        )
         engine = create_engine(config)
         await engine.start()
         try:

@@ -118,7 +118,7 @@ def score_preferences(
     from training.train import training_device, training_tokenizer
 
     device = training_device()
-    tok = training_tokenizer(base.path)
+    tok = training_tokenizer(base.path, base.chat_template)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model: Any = AutoModelForCausalLM.from_pretrained(str(base.path), dtype=dtype).to(device)
     loaded: list[str] = []

@@ -18,6 +18,7 @@ from bonsai.engine import AdapterRef, Engine, EngineConfig, GenerationRequest
 from bonsai.registry.identity import inspect_adapter
 from bonsai.engine.openai_remote import OpenAIEngine, normalize_endpoint
 from bonsai.errors import ConfigError, EndpointUnreachable
+from bonsai.model.chat_template import require_chat_template
 from bonsai.model.prepare import resolve_base
 from training.pairs.base import Pair, PairContext, Strategy, StrategyParams, generate_all, pair_seed, turn_sampling
 
@@ -63,6 +64,7 @@ class Teacher(Strategy):
             return await ctx.engines.main([ref], why="the teacher strategy"), ref, f"adapter {ref.name}"
         if p.base is not None:
             base = resolve_base(str(p.base), ctx.home)
+            require_chat_template(base.path, None, what="teacher's base model", hint=f"copy a Jinja chat template to {base.path}/chat_template.jinja")
             main = ctx.engines.config
             kind = main.kind if main is not None and main.kind in ("vllm", "hf") else "hf"
             config = EngineConfig(
