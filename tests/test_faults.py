@@ -264,7 +264,7 @@ async def test_a_debate_killed_midway_resumes_from_its_last_turn(tmp_path: Path,
 PROMOTE_SCRIPT = """
 import sys
 from pathlib import Path
-from training import registry
+from bonsai import registry
 home, a, b = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 print("go", flush=True)
 i = 0
