@@ -1,10 +1,11 @@
 """Fault injection: the store locked by another process, a full disk, SIGKILL in the middle of a sweep, a
-debate and a promotion, two runs of one sweep (or debate) at once, stale server state, and one token
+debate, a promotion and a training run, two runs of one sweep (or debate) at once, stale server state, and one token
 count whichever way a debate ran. Each test is a row of the fault table in docs/reliability.md.
 
 The faults are real (another process's ``BEGIN EXCLUSIVE``, a 16 MiB tmpfs, ``kill -9``, ``flock``); the
 engine is the scripted one where the fault is about bonsai's own bookkeeping, which is all of these
-but the last test (a real ``bonsai debate`` killed and resumed on the real engine)."""
+but the last two tests (a real ``bonsai debate`` killed and resumed on the real engine, a real ``bonsai
+train`` killed and run again)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import pytest
 from fakes import FakeEngine
 from test_store import debate
 from test_sweep import CountingEngine, assert_each_finished_once, run_sweep, write_sweep
-from trainkit import cli, register_version, small_adapter
+from trainkit import cli, register_version, small_adapter, tiny_recipe, write_dataset
 
 from bonsai import locks, orphans
 from bonsai.cli.main import main
@@ -34,6 +35,7 @@ from bonsai.debate.usage import bundle_tokens
 from bonsai.engine import GenerationRequest, StreamEvent
 from bonsai.engine.types import Completion
 from bonsai.errors import LockHeld, StoreError, StoreUnavailable
+from bonsai.model.prepare import BaseModel
 from bonsai.personas import PersonaBook
 from bonsai.store import db as store_db
 from bonsai.store.transcripts import TranscriptStore
@@ -514,3 +516,54 @@ def test_a_real_debate_killed_midway_resumes_on_the_real_engine(isolated_home: P
         assert store.debate_tokens(debate_id) == summary["tokens"]
     assert not list((isolated_home / "locks").glob("*.lock"))
 
+
+
+@pytest.mark.engine
+@pytest.mark.slow
+def test_a_training_run_killed_midway_registers_nothing_and_the_next_run_registers_one_version(
+        isolated_home: Path, base_model: BaseModel, tmp_path: Path) -> None:
+    """`bonsai train` on the real model, SIGKILLed (its whole process group) once a step is logged, then run again."""
+    import yaml
+
+    from bonsai import registry
+
+    old = register_version(isolated_home, "advocate", small_adapter(tmp_path / "a0", seed=0))
+    registry.promote(isolated_home, "advocate", old, reason="before the kill")
+    folder = isolated_home / "adapters" / "advocate"
+    history = (folder / "history.json").read_text()
+    dataset = write_dataset(tmp_path / "ds", base=base_model, per_motion=1)  # 2 pairs: one batch a step
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(steps=1).model_dump(mode="json")))
+    scratch_root = tmp_path / "tmp"  # the trainer's scratch folder goes here (TMPDIR), where the test can see it
+    scratch_root.mkdir()
+    env = {**ENV, "BONSAI_HOME": str(isolated_home), "TMPDIR": str(scratch_root)}
+    command = [sys.executable, "-m", "bonsai", "train", "advocate", "--dataset", str(dataset), "--recipe", str(recipe),
+               "--base", str(base_model.path), "--no-progress"]
+    proc = subprocess.Popen([*command, "--max-steps", "10000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not any(p.stat().st_size for p in folder.glob(".advocate.*.partial/metrics.jsonl")):  # a step has been logged
+            assert proc.poll() is None and time.monotonic() < deadline, "bonsai train ended or never reached its training loop"
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    assert [p.name for p in scratch_root.glob(f"bonsai-train-{proc.pid}-*")]  # what kill -9 leaves: the scratch folder...
+    assert [p.name for p in folder.glob(".advocate.*.partial")]  # ...and the staged version
+    assert registry.list_versions(isolated_home, "advocate") == [old]  # but no new version
+    assert (folder / "current").read_text().strip() == old and (folder / "history.json").read_text() == history
+    json.loads(history)
+    for p in [*folder.glob(".advocate.*.partial"), *scratch_root.glob("bonsai-train-*")]:
+        os.utime(p, (time.time() - 120,) * 2)  # a dead writer's leftovers are removed once a minute old
+    listed = subprocess.run([sys.executable, "-m", "bonsai", "adapters", "list", "advocate", "--json"], capture_output=True,
+                            text=True, env=env, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert [json.loads(line)["version"] for line in listed.stdout.splitlines()] == [old]
+    assert not list(folder.glob(".*.partial")) and not list(scratch_root.glob("bonsai-train-*"))  # the next start tidied up
+    again = subprocess.run([*command, "--json"], capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr
+    new = json.loads(again.stdout.strip().splitlines()[-1])["version"]
+    assert sorted(registry.list_versions(isolated_home, "advocate")) == sorted([old, new]) and new != old
+    assert (folder / "current").read_text().strip() == old and (folder / "history.json").read_text() == history  # not promoted
+    assert not list(folder.glob(".*.partial")) and not list(scratch_root.glob("bonsai-train-*"))
