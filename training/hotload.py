@@ -38,10 +38,11 @@ class Promotion:
     threshold_override: float | None = None
 
 
-async def load_on_endpoints(endpoints: Sequence[str], folder: Path, *, base_model: Path | None = None) -> str:
-    """Register the adapter in ``folder`` on every server; returns the name it is served under."""
+async def load_on_endpoints(endpoints: Sequence[str], folder: Path, *, base_model: Path | None = None, api_key: str | None = None) -> str:
+    """Register the adapter in ``folder`` on every server; returns the name it is served under.
+    ``api_key``: the servers' key (None: $BONSAI_API_KEY)."""
     ref = inspect_adapter(folder)
-    engine = create_engine(EngineConfig(kind="openai", endpoints=list(endpoints), base_model=base_model))
+    engine = create_engine(EngineConfig(kind="openai", endpoints=list(endpoints), base_model=base_model, api_key=api_key))
     async with engine:
         await engine.add_adapter(ref)
     log.info("adapter %s loaded on %s", ref.name, ", ".join(endpoints))
@@ -64,6 +65,7 @@ async def promote_version(
     threshold: float | None = None,
     endpoints: Sequence[str] = (),
     base_model: Path | None = None,
+    api_key: str | None = None,
 ) -> Promotion:
     """Gate, hot-load, then move ``current``. Raises (changing nothing) if any step refuses."""
     version = registry.resolve_version(home, persona, version)
@@ -72,7 +74,7 @@ async def promote_version(
     evaluation = check_gate(home, persona, version, threshold=threshold, force=force)
     name = inspect_adapter(folder).name
     if endpoints:
-        name = await load_on_endpoints(endpoints, folder, base_model=base_model)
+        name = await load_on_endpoints(endpoints, folder, base_model=base_model, api_key=api_key)
     summary = _evaluation_summary(evaluation)
     override = None
     if force:
@@ -90,12 +92,12 @@ async def promote_version(
 
 
 async def rollback_version(
-    home: Path, persona: str, *, to: str | None = None, endpoints: Sequence[str] = (), base_model: Path | None = None
+    home: Path, persona: str, *, to: str | None = None, endpoints: Sequence[str] = (), base_model: Path | None = None, api_key: str | None = None
 ) -> tuple[str | None, str]:
     """Step ``current`` back (see :func:`training.registry.rollback`), loading the target on servers first."""
     if endpoints:
         target = registry.resolve_version(home, persona, to) if to else _rollback_target(home, persona)
-        await load_on_endpoints(endpoints, persona_dir(home, persona) / target, base_model=base_model)
+        await load_on_endpoints(endpoints, persona_dir(home, persona) / target, base_model=base_model, api_key=api_key)
         to = target
     return registry.rollback(home, persona, to=to)
 

@@ -17,6 +17,7 @@ from dataclasses import asdict
 from bonsai.engine import resident
 from bonsai.cli.common import home_from
 from bonsai.cli.serve_cmd import add_serve_options, plan_from_args
+from bonsai.engine.auth import env_api_key
 from bonsai.errors import ConfigError
 from bonsai.model.prepare import resolve_base
 
@@ -62,7 +63,7 @@ def run_start(args: argparse.Namespace) -> int:
     if args.port is None:
         # no port asked for: an engine for this base anywhere will do
         base = resolve_base(args.base, home)
-        found = resident.find_resident(home, base.content_hash, base.path, min_lora_rank=args.max_lora_rank or 0)
+        found = resident.find_resident(home, base.content_hash, base.path, min_lora_rank=args.max_lora_rank or 0, api_key=args.api_key or env_api_key())
         if found is not None:
             return _report(found, started=False, as_json=args.json)
     plan = plan_from_args(args, home)

@@ -154,6 +154,9 @@ class ResidentEngine:
     ready_at: float | None = None
     #: persona -> adapter name registered at start (others are loaded at run time)
     adapters: dict[str, str] = field(default_factory=dict)
+    #: clients must send an API key. The key itself is not recorded (this file is as readable as the
+    #: rest of $BONSAI_HOME): clients take it from --api-key or $BONSAI_API_KEY, like the server did
+    api_key_required: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -173,17 +176,25 @@ class ResidentEngine:
             return base_hash == self.base_hash
         return base_path is not None and Path(base_path).resolve() == Path(self.base_path).resolve()
 
-    def answers(self, timeout: float = PROBE_TIMEOUT_S) -> bool:
-        """True when /v1/models answers and lists this engine's base."""
+    def answers(self, timeout: float = PROBE_TIMEOUT_S, *, api_key: str | None = None) -> bool:
+        """True when /v1/models answers and lists this engine's base. An engine that needs a key
+        and refuses ``api_key`` (or its absence) answers too: it runs, and the client using it
+        then says which key is missing."""
         try:
-            response = httpx.get(f"{self.url}/v1/models", timeout=timeout)
+            response = httpx.get(f"{self.url}/v1/models", timeout=timeout, headers=_auth_headers(api_key))
         except httpx.HTTPError:
             return False
+        if response.status_code == 401 and self.api_key_required:
+            return True
         if response.status_code != 200:
             return False
         with contextlib.suppress(ValueError, KeyError, TypeError):
             return any(m.get("id") == self.base_name and not m.get("parent") for m in response.json()["data"])
         return False
+
+
+def _auth_headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 def read_state(home: Path, port: int) -> ResidentEngine | None:
@@ -230,7 +241,7 @@ class Checked:
     note: str = ""
 
 
-def check(home: Path, engine: ResidentEngine, *, clean: bool = True) -> Checked:
+def check(home: Path, engine: ResidentEngine, *, clean: bool = True, api_key: str | None = None) -> Checked:
     """How ``engine`` is doing; a gone one's state file is removed (``clean``) and the note says so,
     with the cause and the end of its log when it crashed."""
     if not engine.alive():
@@ -246,7 +257,7 @@ def check(home: Path, engine: ResidentEngine, *, clean: bool = True) -> Checked:
             f"{'; its stale state file was removed' if clean else ''}. Last lines of {log_path}:\n{tail(log_path, 10)}"
         )
         return Checked(engine, Health.GONE, note)
-    if engine.answers():
+    if engine.answers(api_key=api_key):
         return Checked(engine, Health.RUNNING)
     if engine.ready_at is None:
         return Checked(engine, Health.STARTING, f"the engine on port {engine.port} (pid {engine.pid}) is still starting (log: {engine.log_path})")
@@ -259,7 +270,8 @@ def check(home: Path, engine: ResidentEngine, *, clean: bool = True) -> Checked:
 
 
 def find_resident(
-    home: Path, base_hash: str | None, base_path: Path | str | None = None, *, min_lora_rank: int = 0, min_model_len: int = 0
+    home: Path, base_hash: str | None, base_path: Path | str | None = None, *, min_lora_rank: int = 0, min_model_len: int = 0,
+    api_key: str | None = None,
 ) -> ResidentEngine | None:
     """A running, answering resident engine for this base that serves adapters up to ``min_lora_rank``
     and contexts up to ``min_model_len`` tokens, or None.
@@ -276,7 +288,7 @@ def find_resident(
                 engine.url, engine.max_lora_rank, engine.max_model_len, min_lora_rank, min_model_len,
             )
             continue
-        checked = check(home, engine)
+        checked = check(home, engine, api_key=api_key)
         if checked.health is Health.RUNNING:
             return engine
         if checked.health is Health.GONE:
@@ -294,7 +306,10 @@ def use_resident(home: Path, config: EngineConfig) -> tuple[EngineConfig, Reside
     """
     if config.kind != "vllm" or config.base_model is None:
         return config, None
-    found = find_resident(home, config.base_hash, config.base_model, min_lora_rank=config.max_lora_rank, min_model_len=config.max_model_len)
+    api_key = config.api_key.get_secret_value() if config.api_key else None
+    found = find_resident(
+        home, config.base_hash, config.base_model, min_lora_rank=config.max_lora_rank, min_model_len=config.max_model_len, api_key=api_key
+    )
     if found is None:
         return config, None
     return config.model_copy(update={"kind": "openai", "endpoints": [found.url]}), found
@@ -329,6 +344,7 @@ def _engine_from_plan(plan: ServePlan, pid: int, log_path: Path) -> ResidentEngi
         dtype=plan.dtype,
         pid_start_ticks=process_start_ticks(pid),
         adapters=plan.adapter_names,
+        api_key_required=bool(plan.api_key),
     )
 
 
@@ -338,7 +354,7 @@ def preflight(home: Path, plan: ServePlan) -> tuple[ResidentEngine | None, list[
     notes: list[str] = []
     existing = read_state(home, plan.port)
     if existing is not None:
-        checked = check(home, existing)
+        checked = check(home, existing, api_key=plan.api_key)
         if checked.health is Health.GONE:
             notes.append(checked.note)
         elif not existing.serves(plan.base.content_hash, plan.base.path):
@@ -352,7 +368,7 @@ def preflight(home: Path, plan: ServePlan) -> tuple[ResidentEngine | None, list[
         else:
             return existing, notes  # running or starting: the caller waits for it
     if port_in_use(plan.host, plan.port):
-        served = _served_models(plan.endpoint)
+        served = _served_models(plan.endpoint, plan.api_key)
         what = f"a server of {', '.join(served)} not started as a resident engine from {home}" if served else "another program"
         raise EngineError(
             f"port {plan.port} on {plan.host} is in use by {what}",
@@ -361,10 +377,10 @@ def preflight(home: Path, plan: ServePlan) -> tuple[ResidentEngine | None, list[
     return None, notes
 
 
-def _served_models(url: str) -> list[str]:
+def _served_models(url: str, api_key: str | None = None) -> list[str]:
     """The base models an OpenAI-compatible server at ``url`` lists, or [] if it is not one."""
     try:
-        response = httpx.get(f"{url}/v1/models", timeout=PROBE_TIMEOUT_S)
+        response = httpx.get(f"{url}/v1/models", timeout=PROBE_TIMEOUT_S, headers=_auth_headers(api_key))
         return [m["id"] for m in response.json()["data"] if not m.get("parent")] if response.status_code == 200 else []
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
         return []
@@ -378,6 +394,7 @@ def wait_ready(
     on_progress: Callable[[float], None] = lambda _elapsed: None,
     poll_s: float = 1.0,
     progress_every_s: float = 10.0,
+    api_key: str | None = None,
 ) -> ResidentEngine:
     """Block until ``engine`` answers /v1/models; record ``ready_at``. On death or timeout the state
     is removed (the server stopped first on timeout) and the error carries vLLM's root cause."""
@@ -385,7 +402,7 @@ def wait_ready(
     last_progress = t0
     log_path = Path(engine.log_path)
     while True:
-        if engine.answers():
+        if engine.answers(api_key=api_key):
             ready = ResidentEngine(**{**asdict(engine), "ready_at": time.time()})
             atomic.write_text(state_path(home, engine.port), ready.to_json())
             return ready
@@ -420,7 +437,7 @@ def start(
 
     existing, notes = preflight(home, plan)
     if existing is not None:
-        return StartResult(wait_ready(home, existing, timeout=timeout, on_progress=on_progress), started=False, notes=tuple(notes))
+        return StartResult(wait_ready(home, existing, timeout=timeout, on_progress=on_progress, api_key=plan.api_key), started=False, notes=tuple(notes))
     server = ServerProcess(plan, serve_log_path(home, plan.port))
     server.start(detached=True)
     assert server.proc is not None
@@ -428,7 +445,7 @@ def start(
     try:
         atomic.write_text(state_path(home, plan.port), engine.to_json())
         on_spawn(engine)
-        ready = wait_ready(home, engine, timeout=timeout, on_progress=on_progress)
+        ready = wait_ready(home, engine, timeout=timeout, on_progress=on_progress, api_key=plan.api_key)
     except BaseException:
         if engine.alive():
             stop(home, engine)
