@@ -79,7 +79,7 @@ def test_dry_run_binds_localhost_and_names_adapters_by_content(
     assert cmd[cmd.index("--max-lora-rank") + 1] == "16"  # the adapters are r=8; at least 16
     assert cmd[cmd.index("--served-model-name") + 1] == base_model.name and "--enable-lora" in cmd
     assert plan["adapters"] == {"pro": ref.name, "con": inspect_adapter(lora_adapters[1]).name}
-    assert plan["env"] == {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+    assert plan["env"] == {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "BONSAI_ADAPTER_ROOT": str((tmp_path / "home").resolve())}
     assert not serve_info_path(tmp_path / "home", 8123).exists()  # a dry run publishes nothing
 
 
@@ -204,7 +204,8 @@ def served(base_model: BaseModel, lora_adapters: list[Path], tmp_path_factory: p
     _write_persona(personas, "pro", "A")  # its adapter comes from --adapter
     _write_persona(personas, "con", "B")
     port = _free_port()
-    args = _serve_args(home, base_model, personas, "--port", str(port), "--max-model-len", "2048", "--adapter", f"pro={lora_adapters[0]}", "--json")
+    args = _serve_args(home, base_model, personas, "--port", str(port), "--max-model-len", "2048", "--adapter", f"pro={lora_adapters[0]}", "--json",
+                      "--allow-any-adapter-path")  # the tests load adapters from their temp folders
     stdout, stderr = root / "stdout", root / "stderr"
     with open(stdout, "wb") as out, open(stderr, "wb") as err:
         proc = subprocess.Popen([sys.executable, "-m", "bonsai.cli.main", *args, "--start-timeout", str(START_TIMEOUT_S)], stdout=out, stderr=err, start_new_session=True)

@@ -166,7 +166,8 @@ def test_resident_engine_lifecycle(base_model: BaseModel, lora_adapters: list[Pa
     home = tmp_path / "home"
     port = free_port()
     base = str(base_model.path)
-    started = _bonsai(home, "engine", "start", "--base", base, "--port", str(port), "--json", "--start-timeout", START_TIMEOUT_S)
+    # the debate below loads an adapter from the tests' temp folder, outside this home
+    started = _bonsai(home, "engine", "start", "--base", base, "--port", str(port), "--json", "--start-timeout", START_TIMEOUT_S, "--allow-any-adapter-path")
     pid = None
     try:
         assert started.returncode == 0, started.stderr

@@ -125,7 +125,8 @@ def _requests_served(endpoint: str) -> float:
 def test_sweep_over_two_servers_survives_one_dying(base_model: BaseModel, lora_adapters: list[Path], tmp_path: Path, isolated_home: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     install_versions(isolated_home, lora_adapters)
-    servers = [start_serve(tmp_path / f"s{i}", base_model.path, "--max-model-len", "2048") for i in range(2)]
+    # the adapters live in the sweep's home, not the servers'
+    servers = [start_serve(tmp_path / f"s{i}", base_model.path, "--max-model-len", "2048", "--allow-any-adapter-path") for i in range(2)]
     try:
         for s in servers:
             s.wait_ready()

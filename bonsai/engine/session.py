@@ -42,6 +42,11 @@ M = TypeVar("M", bound=BaseModel)
 Starting = Callable[[str], AbstractContextManager[Any]]
 
 
+def _env_secret() -> SecretStr | None:
+    key = env_api_key()
+    return SecretStr(key) if key else None
+
+
 class EngineOptions(BaseModel):
     """Which engine serves the debaters: the same choices for every command and the TUI."""
 
@@ -59,7 +64,7 @@ class EngineOptions(BaseModel):
     max_lora_rank: int | None = Field(None, ge=1, description="largest adapter rank the engine accepts (default: from the adapters in play, at least 16)")
     # a secret: never dumped (the TUI's and the loop's saved options leave it out), never shown in --help
     api_key: SecretStr | None = Field(
-        default_factory=lambda: env_api_key(), exclude=True,
+        default_factory=lambda: _env_secret(), exclude=True,
         description=f"API key of the --endpoint servers and of a resident engine started with one (default: ${API_KEY_ENV})",
         json_schema_extra={"metavar": "KEY"},
     )
