@@ -3,7 +3,6 @@ reachable --host without one, and the guard that keeps runtime adapter loads und
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -74,7 +73,6 @@ def test_the_key_is_never_dumped_or_shown(monkeypatch: pytest.MonkeyPatch) -> No
     assert KEY not in options.model_dump_json() and KEY not in repr(options) and "api_key" not in options.model_dump()
     config = EngineConfig(kind="openai", endpoints=["http://127.0.0.1:1"], api_key=KEY)
     assert KEY not in config.model_dump_json() and KEY not in repr(config)
-    monkeypatch.setattr(sys, "argv", ["bonsai"])
     proc = subprocess.run([sys.executable, "-m", "bonsai", "debate", "--help"], capture_output=True, text=True, env={**os.environ, API_KEY_ENV: KEY})
     assert proc.returncode == 0 and "--api-key KEY" in proc.stdout and "--judge-api-key KEY" in proc.stdout and KEY not in proc.stdout
 
@@ -181,7 +179,6 @@ def test_wrong_or_missing_key_is_one_clear_message(keyed: Server, tmp_path: Path
     assert wrong.returncode == 3 and "Traceback" not in wrong.stderr and "refused the API key (HTTP 401)" in wrong.stderr
     judge = _bonsai(tmp_path / "home", *debate, "--judge-endpoint", keyed.endpoint, "--judge-api-key", "nope", key=KEY)
     assert judge.returncode == 3 and "the judge's engine: the engine at" in judge.stderr and "--judge-api-key" in judge.stderr
-    assert not (tmp_path / "t.sqlite").exists() or "finished" not in (tmp_path / "t.sqlite").read_bytes().decode("latin-1")
 
 
 @pytest.mark.serve
@@ -221,4 +218,3 @@ async def test_runtime_adapter_loads_stay_under_the_home(keyed: Server, lora_ada
     with pytest.raises(EngineAuthError):
         async with OpenAIEngine([keyed.endpoint]):
             pass
-    await asyncio.sleep(0)
