@@ -48,6 +48,8 @@ def test_reachable_host_without_a_key_is_refused(base_model: BaseModel, tmp_path
     code = main(["--home", str(tmp_path), "serve", "--base", str(base_model.path), "--host", host, "--dry-run"])
     err = capsys.readouterr().err
     assert code == 2 and "no API key is set" in err and "Traceback" not in err
+    detached = main(["--home", str(tmp_path), "engine", "start", "--base", str(base_model.path), "--host", host, "--port", "8123", "--dry-run"])
+    assert detached == 2 and "no API key is set" in capsys.readouterr().err
 
 
 def test_a_key_lets_it_bind_and_stays_out_of_the_command(base_model: BaseModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -175,6 +177,7 @@ def test_wrong_or_missing_key_is_one_clear_message(keyed: Server, tmp_path: Path
     assert missing.returncode == 3 and "Traceback" not in missing.stderr
     assert f"the engine at {keyed.endpoint} needs an API key (HTTP 401) and none was sent" in missing.stderr
     assert "--api-key KEY or BONSAI_API_KEY=KEY" in missing.stderr
+    assert not (tmp_path / "t.sqlite").exists()  # refused before the store was opened
     wrong = _bonsai(tmp_path / "home", *debate, "--api-key", "not-the-key", key=KEY)  # the flag wins over the environment
     assert wrong.returncode == 3 and "Traceback" not in wrong.stderr and "refused the API key (HTTP 401)" in wrong.stderr
     judge = _bonsai(tmp_path / "home", *debate, "--judge-endpoint", keyed.endpoint, "--judge-api-key", "nope", key=KEY)
