@@ -86,7 +86,10 @@ class AdapterGuard:
             from starlette.datastructures import Headers
 
             if not self._auth.verify_token(Headers(scope=scope)):
-                await _respond(send, 401, "Unauthorized", "Unauthorized")
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})  # closed before accepting: HTTP 403
+                else:
+                    await _respond(send, 401, "Unauthorized", "Unauthorized")
                 return
         if scope["type"] == "http" and scope.get("method") == "POST" and (path.endswith("/load_lora_adapter") or path == "/adapters"):
             await self._guard_load(path, scope, receive, send)
