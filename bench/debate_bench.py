@@ -73,10 +73,12 @@ async def main(args: argparse.Namespace) -> None:
                 debate_id = events[0].debate_id
                 turns = store.turns(debate_id)
                 out_tokens = sum(t.output_tokens for t in turns)
+                generated = store.debate_tokens(debate_id)  # the one count: judge readings and probes included
                 verdict = store.verdicts(debate_id)[0]
                 row = {
                     "debate": i, "wall_s": round(wall, 1), "turns": len(turns), "debater_and_moderator_tokens": out_tokens,
-                    "tokens_per_s": round(out_tokens / wall, 1), "winner": verdict.winner, "prob_a": round(verdict.prob_a, 3),
+                    "tokens_per_s": round(out_tokens / wall, 1), "generated_tokens": generated,
+                    "generated_tokens_per_s": round(generated / wall, 1), "winner": verdict.winner, "prob_a": round(verdict.prob_a, 3),
                     "judge_json_parsed": verdict.parsed,
                 }
                 walls.append(wall)

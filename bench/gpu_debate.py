@@ -153,7 +153,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
     from bonsai.debate.runner import DebateRunner, DebateSpec
     from bonsai.engine import ChatPrompt, GenerationRequest, Sampling
-    from bonsai.engine.adapters import inspect_adapter
+    from bonsai.registry.identity import inspect_adapter
     from bonsai.model.prepare import prepare_embedded
     from bonsai.paths import checkpoints_path, store_path
     from bonsai.personas import PersonaBook, default_personas_dir

@@ -7,34 +7,40 @@
 #   2. `bonsai train logician --recipe grpo` with TRL+PEFT and with Unsloth: steps/s, rewards, and the logic
 #      teacher's held-out correctness before and after;
 #   3. `bonsai serve` with its defaults (the dtype it picks on a GPU) until it answers.
-# Usage (repository root there):  bash bench/gpu_learn.sh OUTDIR [all|loop|grpo|serve]
+# Usage (repository root there):  bash bench/gpu_learn.sh OUTDIR [all|STEP[,STEP...]]   (STEP: loop, grpo, serve;
+#   steps run in the order given; the kits are installed once per machine)
 set -u
-out=${1:?usage: gpu_learn.sh OUTDIR [all|loop|grpo|serve]}
+out=${1:?usage: gpu_learn.sh OUTDIR [all|STEP[,STEP...]]}
 what=${2:-all}
+[ "$what" = all ] && what=loop,grpo,serve
 mkdir -p "$out"
-exec >"$out/session.log" 2>&1
+exec >>"$out/session.log" 2>&1
 repo=$PWD
 set -x
 for kit in /tmp/kit /tmp/kit-train; do
   [ -d "$kit" ] || continue
+  [ -e "$kit/.installed" ] && continue
   if ls "$kit"/part.* >/dev/null 2>&1; then
     (cd "$kit" && cat part.* > kit.tar && tar xf kit.tar && rm -f part.* kit.tar) || exit 1
   fi
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$kit"/wheels/*.whl || exit 1
+  touch "$kit/.installed"
 done
 cd "$repo"
 export PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false BONSAI_HOME=/tmp/bonsai-home
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 UNSLOTH_DISABLE_STATISTICS=1
 nvidia-smi --query-gpu=name,memory.total --format=csv
 python3 -m bonsai.cli.main model prepare
-if [ "$what" = all ] || [ "$what" = loop ]; then
+
+run_loop() {
   echo "== loop: gpu preset, ronri, 3 generations =="
   python3 bench/learn_bench.py --preset gpu --persona ronri --model-home /tmp/bonsai-home --json-out "$out/learn-gpu.json" \
     -- --generations "${GENERATIONS:-3}" > "$out/learn-gpu.log" 2> "$out/learn-gpu.err"
   echo "loop exit $?"
   cp "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["plot"] or "")' "$out/learn-gpu.json")" "$out/loop-metrics.png" 2>/dev/null
-fi
-if [ "$what" = all ] || [ "$what" = grpo ]; then
+}
+
+run_grpo() {
   echo "== GRPO logic teacher: TRL+PEFT and Unsloth =="
   for backend in peft unsloth; do
     sed "s/^backend:.*/backend: $backend/" training/recipes/grpo.yaml > "/tmp/grpo-$backend.yaml"
@@ -44,8 +50,9 @@ if [ "$what" = all ] || [ "$what" = grpo ]; then
       --eval "${GRPO_EVAL:-96}" ${GRPO_ENGINE:+--eval-engine "$GRPO_ENGINE"} --json > "$out/grpo-$backend.json" 2> "$out/grpo-$backend.err"
     echo "grpo $backend exit $? after $((SECONDS - start)) s"
   done
-fi
-if [ "$what" = all ] || [ "$what" = serve ]; then
+}
+
+run_serve() {
   echo "== bonsai serve with its defaults =="
   start=$SECONDS
   python3 -m bonsai.cli.main serve --port 8011 > "$out/serve.log" 2>&1 &
@@ -57,5 +64,12 @@ if [ "$what" = all ] || [ "$what" = serve ]; then
   done
   echo "serve ready after $((SECONDS - start)) s (exit status of the probe: $?)"
   kill $pid; wait $pid
-fi
+}
+
+for step in ${what//,/ }; do
+  case $step in
+    loop|grpo|serve) "run_$step" ;;
+    *) echo "unknown step $step (loop, grpo, serve)"; exit 2 ;;
+  esac
+done
 echo DONE

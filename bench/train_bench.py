@@ -120,7 +120,7 @@ def bench_steps(base: BaseModel, steps: int, work: Path) -> dict[str, Any]:
 
 
 async def bench_loop(base: BaseModel, generations: int, work: Path, promote: str = "gate") -> dict[str, Any]:
-    from bonsai.cli import loop_cmd
+    from training.cli import loop_cmd
     from bonsai.cli.common import engine_options
     from bonsai.engine import create_engine
     from bonsai.engine.session import plan_engine

@@ -59,6 +59,30 @@ class DebateNotFound(StoreError):
     pass
 
 
+class StoreUnavailable(StoreError):
+    """SQLite could not do what was asked, for a reason outside bonsai: the file is locked by another
+    writer past the busy timeout (``kind`` "locked"), the disk is full ("full"), or an I/O error ("io").
+
+    ``retryable``: the same write may succeed later (a lock is released, space is freed), so a sweep
+    retries the debate with backoff instead of giving up on it at once."""
+
+    exit_code = 5
+
+    def __init__(self, message: str, hint: str | None = None, *, kind: str = "io") -> None:
+        super().__init__(message, hint)
+        self.kind = kind
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in ("locked", "full")
+
+
+class LockHeld(BonsaiError):
+    """Another live bonsai process holds the lock on a sweep or a debate (see ``bonsai/locks.py``)."""
+
+    exit_code = 6
+
+
 class SweepIncomplete(BonsaiError):
     """A sweep stopped before every debate finished (budget reached, or debates failed); resumable."""
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bonsai.engine.server import serve_info_path, serve_log_path
+from bonsai.serve.server import serve_info_path, serve_log_path
 
 START_TIMEOUT_S = 300
 

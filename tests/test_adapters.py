@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from bonsai.engine.adapters import AdapterInspector, AdapterRegistry, inspect_adapter, lora_rank_for, validate_adapter
+from bonsai.engine.adapters import AdapterRegistry, lora_rank_for, validate_adapter
+from bonsai.registry.identity import AdapterInspector, inspect_adapter
 from bonsai.errors import AdapterError
 from bonsai.model.prepare import BaseModel
 
@@ -233,7 +234,7 @@ def test_inspector_hashes_a_folder_once_until_its_files_change(lora_adapters: li
     import asyncio
     import os
 
-    import bonsai.engine.adapters as adapters_mod
+    import bonsai.registry.identity as adapters_mod
 
     calls: list[Path] = []
     real = adapters_mod.inspect_adapter
@@ -279,7 +280,7 @@ def test_inspector_hashes_once_for_debates_that_start_together(lora_adapters: li
     import asyncio
     import time
 
-    import bonsai.engine.adapters as adapters_mod
+    import bonsai.registry.identity as adapters_mod
 
     calls: list[Path] = []
     real = adapters_mod.inspect_adapter

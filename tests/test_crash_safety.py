@@ -17,8 +17,8 @@ from test_gate import _evaluation
 from trainkit import cli, register_version, small_adapter
 
 from bonsai import atomic
-from bonsai.adapter_registry import persona_dir
-from training import registry
+from bonsai.registry import persona_dir
+from bonsai import registry
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -30,7 +30,6 @@ async def store_file(tmp_path_factory: pytest.TempPathFactory, base_model) -> Pa
 @pytest.fixture
 def bonsai(monkeypatch: pytest.MonkeyPatch, base_model, isolated_home: Path, capsys: pytest.CaptureFixture[str]):
     """Run `bonsai ...` in-process; returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(cli_main, "SUBCOMMANDS", tuple(dict.fromkeys((*cli_main.SUBCOMMANDS, "bonsai.cli.data_cmd"))))
     # the prepared base lives in the ambient home, not the test's empty one
     (isolated_home / "models").mkdir()
     (isolated_home / "models" / base_model.path.name).symlink_to(base_model.path)

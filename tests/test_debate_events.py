@@ -23,7 +23,8 @@ WIRE_KEYS = {
     "turn_end": ["event", "debate_id", "turn", "speaker", "team", "role", "phase", "answer", "reasoning", "output_tokens", "latency_s",
                  "adapter", "chosen", "candidates"],
     "judging": ["event", "debate_id", "judges"],
-    "verdict": ["event", "debate_id", "judge", "winner", "prob_a", "confidence", "scores", "rationale", "parsed", "orders", "created_at", "tie_band", "judges"],
+    "verdict": ["event", "debate_id", "judge", "winner", "prob_a", "confidence", "scores", "rationale", "parsed", "orders", "created_at", "tie_band", "output_tokens",
+                "judges"],
     "debate_end": ["event", "debate_id", "status", "winner"],
 }
 

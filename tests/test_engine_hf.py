@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bonsai.engine.adapters import inspect_adapter
+from bonsai.registry.identity import inspect_adapter
 from bonsai.engine.hf_peft import HFEngine, IncrementalDetokenizer
 from bonsai.engine.types import (
     AdapterRef,

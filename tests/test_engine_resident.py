@@ -25,7 +25,7 @@ from servekit import free_port
 
 from bonsai.engine import resident
 from bonsai.cli.main import main
-from bonsai.engine.adapters import inspect_adapter
+from bonsai.registry.identity import inspect_adapter
 from bonsai.engine.platform import resolve_dtype
 from bonsai.engine.serverlog import root_cause, strip_prefix
 from bonsai.errors import EngineError

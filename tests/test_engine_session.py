@@ -10,7 +10,8 @@ import pytest
 import bonsai.engine.adapters as adapters
 from bonsai.cli.main import build_parser
 from bonsai.debate.spec import USER_SETTINGS, DebateSpec
-from bonsai.engine.adapters import inspect_adapter, validate_adapter
+from bonsai.engine.adapters import validate_adapter
+from bonsai.registry.identity import inspect_adapter
 from bonsai.engine.session import EngineOptions, JudgeEngineOptions, add_option_arguments, options_from_args, plan_engine, plan_judge
 from bonsai.errors import AdapterError, ConfigError
 from bonsai.model.prepare import BaseModel

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bonsai.engine.adapters import inspect_adapter
+from bonsai.registry.identity import inspect_adapter
 from bonsai.engine.types import ChatMessage, ChatPrompt, Completion, GenerationRequest, Sampling, TextDelta, TextPrompt
 from bonsai.engine.vllm_local import VLLMEngine
 from bonsai.errors import AdapterError, EngineError, PromptTooLong

@@ -17,12 +17,12 @@ import pytest
 from fakes import FailingEngine
 from trainkit import cli, register_version, small_adapter, write_dataset
 
-from bonsai.adapter_registry import current_version, persona_dir
-from bonsai.engine.adapters import inspect_adapter
+from bonsai.registry import current_version, persona_dir
+from bonsai.registry.identity import inspect_adapter
 from bonsai.errors import AdapterError, ConfigError, EndpointUnreachable
 from bonsai.model.prepare import BaseModel
 from bonsai.personas import PersonaBook
-from training import registry
+from bonsai import registry
 from training.gate import GateConfig, check_gate, evaluate_candidate, held_out_motions, wilson_interval
 from training.hotload import promote_version, rollback_version
 
@@ -185,6 +185,40 @@ async def test_promotion_loads_the_version_on_the_server_first(isolated_home: Pa
     with pytest.raises(EndpointUnreachable):
         await promote_version(isolated_home, "advocate", v2, force=True, endpoints=["http://127.0.0.1:9"])
     assert current_version(isolated_home, "advocate") == v1
+
+
+async def test_promotion_and_rollback_read_the_weights_once(isolated_home: Path, tmp_path: Path, server: tuple[str, type[_Server]],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Promotion checked the files, hashed the adapter for its name, again to load it on the servers and
+    checked the files again to move the pointer: four reads of the weights (~84 MB for an 8B adapter).
+    The version is now opened once; its checked manifest gives the name."""
+    from bonsai.registry import hashing
+
+    url, handler = server
+    v1, v2 = (register_version(isolated_home, "advocate", small_adapter(tmp_path / f"a{i}", seed=i)) for i in range(2))
+    reads: list[Path] = []
+    feed = hashing.feed
+    monkeypatch.setattr(hashing, "feed", lambda h, path: (reads.append(Path(path)), feed(h, path))[1])
+
+    def weights_reads() -> int:
+        n = sum(p.name == "adapter_model.safetensors" for p in reads)
+        reads.clear()
+        return n
+
+    for version in (v1, v2):
+        promoted = await promote_version(isolated_home, "advocate", version, force=True, endpoints=[url])
+        assert weights_reads() == 1
+        # the name a server got is the content hash of the files, as hashing them anew gives it
+        assert promoted.adapter_name == handler.loads[-1]["lora_name"] == inspect_adapter(persona_dir(isolated_home, "advocate") / version).name
+        weights_reads()
+    assert await rollback_version(isolated_home, "advocate", endpoints=[url]) == (v2, v1)
+    assert weights_reads() == 1 and current_version(isolated_home, "advocate") == v1
+    # a manifest whose name is not its hash's is not believed: the weights are hashed instead
+    manifest_path = persona_dir(isolated_home, "advocate") / v2 / "bonsai_adapter.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "adapter_name": "lora-0000000000000000"}))
+    promoted = await promote_version(isolated_home, "advocate", v2, force=True)
+    assert promoted.adapter_name == manifest["adapter_name"] and weights_reads() == 2
 
 
 # --- on the real engine ---------------------------------------------------------------------------

@@ -14,9 +14,11 @@ import pytest
 import yaml
 from trainkit import cli, register_version, small_adapter
 
-from bonsai.adapter_registry import adapter_folder, persona_dir
+from bonsai.registry import adapter_folder, persona_dir
 from bonsai.debate.schedule import Cast
-from bonsai.engine.adapters import MANIFEST_FILE, inspect_adapter, validate_adapter
+from bonsai.engine.adapters import validate_adapter
+from bonsai.registry.identity import inspect_adapter
+from bonsai.registry.manifest import MANIFEST_FILE
 from bonsai.errors import AdapterError, ConfigError
 from bonsai.model.prepare import BaseModel
 from bonsai.personas import PersonaBook, ReasoningFormat, Role, Team

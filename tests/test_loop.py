@@ -12,7 +12,7 @@ import pytest
 import yaml
 from trainkit import cli
 
-from bonsai.adapter_registry import current_version
+from bonsai.registry import current_version
 from bonsai.errors import ConfigError
 from bonsai.model.prepare import BaseModel
 from bonsai.personas import PersonaBook, default_personas_dir
@@ -58,7 +58,7 @@ class Injected(Exception):
 @pytest.mark.engine
 @pytest.mark.slow
 async def test_interrupted_loop_resumes_without_redoing_steps(vllm_engine: Any, base_model: BaseModel, isolated_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from bonsai.cli.loop_cmd import _print
+    from training.cli.loop_cmd import _print
 
     config = LoopConfig(
         personas=["advocate"],
@@ -123,7 +123,7 @@ async def test_interrupted_loop_resumes_without_redoing_steps(vllm_engine: Any, 
 
 
 def test_presets_load_validate_and_yield_to_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from bonsai.cli import loop_cmd
+    from training.cli import loop_cmd
     from bonsai.cli.main import build_parser
     from training.loop import load_preset, presets_dir
 
@@ -157,9 +157,9 @@ def test_presets_load_validate_and_yield_to_flags(tmp_path: Path, monkeypatch: p
 @pytest.mark.engine
 @pytest.mark.slow
 async def test_a_loop_gated_on_measured_metrics(vllm_engine: Any, base_model: BaseModel, isolated_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from bonsai.cli.loop_cmd import _print
+    from training.cli.loop_cmd import _print
     from training.evaluation.run import EvalConfig, decide
-    from training.registry import load_evaluation
+    from bonsai.registry import load_evaluation
 
     config = LoopConfig(
         personas=["advocate"], generations=1, debates=1, candidates=2, max_tokens=12,

@@ -16,7 +16,7 @@ from pair_store import debate_store, single_torch_thread
 from bonsai.debate.prompts import LANGUAGE_HINT, debater_prompt
 from bonsai.debate.schedule import Slot
 from bonsai.engine import GenerationRequest
-from bonsai.engine.adapters import inspect_adapter
+from bonsai.registry.identity import inspect_adapter
 from bonsai.errors import ConfigError
 from bonsai.personas import Persona, PersonaBook, ReasoningFormat
 from bonsai.store.transcripts import TranscriptStore

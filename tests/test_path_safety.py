@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from trainkit import cli, register_version, small_adapter
 
-from bonsai.adapter_registry import current_version, persona_dir, resolve_persona_adapter
+from bonsai.registry import current_version, persona_dir, resolve_persona_adapter
 from bonsai.errors import AdapterError, ConfigError
 from bonsai.personas import Persona, check_persona_name
-from training import registry
+from bonsai import registry
 
 
 @pytest.fixture

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 from trainkit import cli, register_version, small_adapter
 
-from bonsai.adapter_registry import current_version, persona_dir, resolve_persona_adapter, version_path
-from bonsai.engine.adapters import MANIFEST_FILE, inspect_adapter
+from bonsai.registry import current_version, persona_dir, resolve_persona_adapter, version_path
+from bonsai.registry.identity import inspect_adapter
+from bonsai.registry.manifest import MANIFEST_FILE
 from bonsai.errors import AdapterError
 from bonsai.personas import PersonaBook
-from training import registry
+from bonsai import registry
 
 
 @pytest.fixture(autouse=True)

@@ -154,7 +154,7 @@ async def test_samples_on_vllm_make_pairs_for_every_turn(store_file: Path, base_
     """The learning loop's mode: turns stored with one answer, K samples each from the persona's current adapter."""
     from test_pairs import register_current
 
-    from bonsai.engine.adapters import inspect_adapter
+    from bonsai.registry.identity import inspect_adapter
 
     register_current(isolated_home, "skeptic", lora_adapters[0])
     ctx = context(store_file, "skeptic", base_model, isolated_home, vllm_engine, single=True)

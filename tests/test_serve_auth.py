@@ -18,10 +18,10 @@ import pytest
 from bonsai.cli.main import main
 from bonsai.engine import EngineConfig
 from bonsai.engine.adapter_guard import ROOT_ENV, AdapterGuard, adapter_source_problem
-from bonsai.engine.adapters import inspect_adapter
+from bonsai.registry.identity import inspect_adapter
 from bonsai.engine.auth import API_KEY_ENV, EngineAuthError, is_loopback
 from bonsai.engine.openai_remote import OpenAIEngine
-from bonsai.engine.server import plan_serve, serve_info_path, serve_log_path
+from bonsai.serve.server import plan_serve, serve_info_path, serve_log_path
 from bonsai.engine.session import EngineOptions
 from bonsai.errors import AdapterError, ConfigError
 from bonsai.model.prepare import BaseModel

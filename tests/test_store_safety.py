@@ -3,6 +3,7 @@ foreign file gets one clear message and is left byte for byte as it was. Real SQ
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -69,7 +70,10 @@ def test_reading_an_older_store_migrates_a_copy_in_memory_not_the_file(isolated_
     monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:1])  # an older bonsai wrote it
     with TranscriptStore(store) as s:
         s.create_debate(debate("d-old"))
-        s.record_turn(turn("d-old", 0))
+        t = turn("d-old", 0).to_dict()
+        t.pop("generated_tokens")  # a column the older schema did not have
+        s._db.execute(f"INSERT INTO turns ({', '.join(t)}) VALUES ({', '.join('?' * len(t))})",
+                      [json.dumps(v) if k in ("sampling", "prompt") and v is not None else v for k, v in t.items()])
     monkeypatch.undo()
     with sqlite3.connect(store) as db:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")

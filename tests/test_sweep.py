@@ -263,15 +263,16 @@ async def test_a_debate_that_keeps_failing_is_marked_failed_and_the_rest_finish(
 
 
 async def test_token_budget_stops_then_resume_finishes_exactly_once(tmp_path: Path, book: PersonaBook, isolated_home: Path) -> None:
+    # 20: reached while turns are spoken (a debate's judge readings alone generate more, and count too)
     path = write_sweep(tmp_path, motions=["M1", "M2", "M3"], concurrency=2)
-    plan, result = await run_sweep(tmp_path, book, isolated_home, CountingEngine(delay=0.01), path, budget=Budget(tokens=60))
-    assert result.stopped and "token budget of 60" in result.stopped and not result.complete
+    plan, result = await run_sweep(tmp_path, book, isolated_home, CountingEngine(delay=0.01), path, budget=Budget(tokens=20))
+    assert result.stopped and "token budget of 20" in result.stopped and not result.complete
     with TranscriptStore(tmp_path / "t.sqlite") as store:
         statuses = {d.status for d in store.list_debates(sweep=plan.name)}
         assert "interrupted" in statuses  # the debates in flight are kept for --resume
-        assert store.sweep_tokens(plan.name) >= 60
+        assert store.sweep_tokens(plan.name) >= 20
     # the budget counts the whole sweep: a resume under the same cap stops at once
-    _, blocked = await run_sweep(tmp_path, book, isolated_home, CountingEngine(), path, budget=Budget(tokens=60))
+    _, blocked = await run_sweep(tmp_path, book, isolated_home, CountingEngine(), path, budget=Budget(tokens=20))
     assert blocked.stopped and blocked.tokens == 0
     _, done = await run_sweep(tmp_path, book, isolated_home, CountingEngine(), path, budget=Budget())
     assert done.complete
@@ -289,7 +290,7 @@ async def test_wall_budget_interrupts_and_resume_finishes(tmp_path: Path, book: 
 
 def _counted_adapter(isolated_home: Path, lora_adapters: list[Path], monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[Path]]:
     """advocate@v1abc installed, and a list that records every hashing of an adapter folder."""
-    import bonsai.engine.adapters as adapters_mod
+    import bonsai.registry.identity as adapters_mod
 
     version_dir = isolated_home / "adapters" / "advocate" / "v1abc"
     shutil.copytree(lora_adapters[0], version_dir)
@@ -312,7 +313,7 @@ async def test_a_sweep_hashes_each_adapter_once(tmp_path: Path, book: PersonaBoo
 async def test_checks_and_debates_share_one_inspector(tmp_path: Path, book: PersonaBook, isolated_home: Path, lora_adapters: list[Path],
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """`bonsai sweep` checks every competitor's adapter before the runner starts: the runner reuses that hash."""
-    from bonsai.engine.adapters import AdapterInspector
+    from bonsai.registry.identity import AdapterInspector
 
     version_dir, calls = _counted_adapter(isolated_home, lora_adapters, monkeypatch)
     plan = plan_sweep(load_sweep(write_sweep(tmp_path, motions=["M1", "M2"], pairings=[{"a": "advocate@v1abc", "b": "skeptic"}])), book, isolated_home)

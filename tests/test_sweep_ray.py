@@ -33,8 +33,8 @@ import yaml
 from test_adapters import synthetic_lora
 
 from bonsai.engine import EngineConfig
-from bonsai.engine.adapters import inspect_adapter
-from bonsai.errors import AdapterError, ConfigError, EngineError, ModelError
+from bonsai.registry.identity import inspect_adapter
+from bonsai.errors import AdapterError, ConfigError, EngineError, ModelError, StoreUnavailable
 from bonsai.personas import PersonaBook, default_personas_dir
 from bonsai.store.records import DebateRecord, TurnRecord
 from bonsai.store.transcripts import TranscriptStore
@@ -415,6 +415,8 @@ class FakeCluster:
             await asyncio.sleep(0.02)
             if outcome == "engine":
                 raise EngineError("the engine hiccuped")
+            if outcome == "store":
+                raise StoreUnavailable("The transcript store w.sqlite is locked by another process", kind="locked")
             if outcome == "died":
                 raise FakeDied("worker process died")
             if outcome == "config":

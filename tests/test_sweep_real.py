@@ -20,7 +20,7 @@ from test_sweep import assert_each_finished_once, write_sweep
 
 from bonsai.cli.main import main
 from bonsai.debate.runner import DebateRunner
-from bonsai.engine.adapters import inspect_adapter
+from bonsai.registry.identity import inspect_adapter
 from bonsai.model.prepare import BaseModel
 from bonsai.personas import PersonaBook
 from bonsai.store.transcripts import TranscriptStore

@@ -14,8 +14,10 @@ import pytest
 import yaml
 from trainkit import cli, tiny_recipe, write_dataset
 
-from bonsai.adapter_registry import persona_dir
-from bonsai.engine.adapters import MANIFEST_FILE, inspect_adapter, validate_adapter
+from bonsai.registry import persona_dir
+from bonsai.engine.adapters import validate_adapter
+from bonsai.registry.identity import inspect_adapter
+from bonsai.registry.manifest import MANIFEST_FILE
 from bonsai.errors import ConfigError
 from bonsai.model.prepare import BaseModel
 from training.config import builtin_recipes, load_recipe, parse_recipe, recipe_path, with_overrides
@@ -37,7 +39,7 @@ def test_the_five_recipes_ship() -> None:
 
 @pytest.mark.parametrize("name", builtin_recipes())
 def test_each_recipe_validates_and_its_header_command_parses(name: str, tmp_path: Path) -> None:
-    from bonsai.cli import train_cmd
+    from training.cli import train_cmd
 
     recipe = load_recipe(name)
     assert recipe.name == name

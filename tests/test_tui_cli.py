@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bonsai.cli import tui_cmd
+from tui import command as tui_cmd
 from bonsai.cli.common import engine_options
 from bonsai.debate.spec import DebateSpec
 from bonsai.engine.session import EngineOptions, options_from_args
@@ -48,8 +48,7 @@ def test_openai_without_endpoint_is_refused_before_the_ui_starts(isolated_home: 
 
 
 def test_help_runs() -> None:
-    launcher = "import sys; from bonsai.cli import main as m; m.SUBCOMMANDS = tuple(dict.fromkeys((*m.SUBCOMMANDS, 'bonsai.cli.tui_cmd'))); sys.exit(m.main())"
-    done = subprocess.run([sys.executable, "-c", launcher, "tui", "--help"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "bonsai", "tui", "--help"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "--engine {vllm,openai,hf}" in done.stdout and "--replay ID" in done.stdout
 

@@ -98,13 +98,7 @@ def _wait_for(socket: str, pattern: str, deadline: float) -> str:
 
 
 def _bonsai_tui() -> list[str]:
-    from bonsai.cli.main import SUBCOMMANDS
-
-    if "bonsai.cli.tui_cmd" in SUBCOMMANDS:
-        return [sys.executable, "-m", "bonsai", "tui"]
-    # until bonsai/cli/main.py lists the subcommand: the same entry point with it added
-    launcher = "import sys; from bonsai.cli import main as m; m.SUBCOMMANDS = (*m.SUBCOMMANDS, 'bonsai.cli.tui_cmd'); sys.exit(m.main())"
-    return [sys.executable, "-c", launcher, "tui"]
+    return [sys.executable, "-m", "bonsai", "tui"]
 
 
 def test_bonsai_tui_in_a_real_terminal(base_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -154,7 +154,7 @@ def register_version(home: Path, persona: str, source: Path, **manifest: Any) ->
     """Copy the adapter files in ``source`` into a new registry version (as training does)."""
     import shutil
 
-    from training.registry import new_version
+    from bonsai.registry import new_version
 
     with new_version(home, persona) as draft:
         for f in source.iterdir():
@@ -165,13 +165,8 @@ def register_version(home: Path, persona: str, source: Path, **manifest: Any) ->
     return draft.version
 
 
-CLI_MODULES = ("bonsai.cli.train_cmd", "bonsai.cli.adapters_cmd", "bonsai.cli.loop_cmd")
-
-
 def cli(argv: list[str], monkeypatch: Any) -> int:
-    """``bonsai ARGV`` through the real entry point, with this issue's subcommands registered."""
+    """``bonsai ARGV`` through the real entry point (training's commands come from its entry points)."""
     from bonsai.cli import main as cli_main
 
-    modules = tuple(dict.fromkeys((*cli_main.SUBCOMMANDS, *CLI_MODULES)))
-    monkeypatch.setattr(cli_main, "SUBCOMMANDS", modules)
     return cli_main.main(argv)

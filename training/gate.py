@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from bonsai.adapter_registry import current_version, persona_dir, read_manifest, verify_version
+from bonsai.registry import current_version, persona_dir, read_manifest, verify_version
 from bonsai.debate.events import DebateEnd, Verdict
 from bonsai.debate.runner import DebateRunner, DebateSpec
 from bonsai.debate.schedule import Cast
@@ -31,7 +31,7 @@ from bonsai.engine import Engine
 from bonsai.errors import AdapterError, ConfigError
 from bonsai.personas import PersonaBook, Role, Team
 from bonsai.store.transcripts import TranscriptStore
-from training.registry import load_evaluation, resolve_version, save_evaluation
+from bonsai.registry import load_evaluation, resolve_version, save_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +134,8 @@ def held_out_motions(home: Path, persona: str, candidate: str, *, dataset: Path 
     from training.card import read_card
 
     if dataset is None:
-        manifest = read_manifest(persona_dir(home, persona) / candidate) or {}
-        recorded = manifest.get("dataset")
+        manifest = read_manifest(persona_dir(home, persona) / candidate)
+        recorded = manifest.dataset if manifest else None
         if not recorded:
             raise ConfigError(f"{persona}@{candidate} records no dataset, so there are no held-out motions", "pass --motions FILE (one motion per line)")
         dataset = Path(recorded)

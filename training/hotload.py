@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bonsai.adapter_registry import current_version, persona_dir, verify_version
+from bonsai import registry
 from bonsai.engine import EngineConfig, create_engine
-from bonsai.engine.adapters import inspect_adapter
-from training import registry
+from bonsai.registry import AdapterRef
 from training.gate import check_gate
 
 log = logging.getLogger(__name__)
@@ -38,15 +37,14 @@ class Promotion:
     threshold_override: float | None = None
 
 
-async def load_on_endpoints(endpoints: Sequence[str], folder: Path, *, base_model: Path | None = None, api_key: str | None = None) -> str:
-    """Register the adapter in ``folder`` on every server; returns the name it is served under.
+async def load_on_endpoints(endpoints: Sequence[str], adapter: AdapterRef, *, base_model: Path | None = None, api_key: str | None = None) -> str:
+    """Register ``adapter`` on every server; returns the name it is served under.
     ``api_key``: the servers' key (None: $BONSAI_API_KEY)."""
-    ref = inspect_adapter(folder)
     engine = create_engine(EngineConfig(kind="openai", endpoints=list(endpoints), base_model=base_model, api_key=api_key))
     async with engine:
-        await engine.add_adapter(ref)
-    log.info("adapter %s loaded on %s", ref.name, ", ".join(endpoints))
-    return ref.name
+        await engine.add_adapter(adapter)
+    log.info("adapter %s loaded on %s", adapter.name, ", ".join(endpoints))
+    return adapter.name
 
 
 def _evaluation_summary(evaluation: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -68,13 +66,13 @@ async def promote_version(
     api_key: str | None = None,
 ) -> Promotion:
     """Gate, hot-load, then move ``current``. Raises (changing nothing) if any step refuses."""
-    version = registry.resolve_version(home, persona, version)
-    folder = persona_dir(home, persona) / version
-    verify_version(folder)
+    # the version's files are read once, here: the gate, the servers and the pointer all use what this found
+    target = registry.open_version(home, persona, version)
+    version = target.version
     evaluation = check_gate(home, persona, version, threshold=threshold, force=force)
-    name = inspect_adapter(folder).name
+    name = target.adapter.name
     if endpoints:
-        name = await load_on_endpoints(endpoints, folder, base_model=base_model, api_key=api_key)
+        name = await load_on_endpoints(endpoints, target.adapter, base_model=base_model, api_key=api_key)
     summary = _evaluation_summary(evaluation)
     override = None
     if force:
@@ -87,26 +85,16 @@ async def promote_version(
         log.warning("%s@%s promoted with the gate threshold overridden to %g (evaluated at %s)", persona, version, threshold, evaluation.get("threshold"))
     else:
         reason = "passed the gate"
-    previous = registry.promote(home, persona, version, reason=reason, evaluation=summary)
+    previous = registry.promote(home, persona, target, reason=reason, evaluation=summary)
     return Promotion(persona, version, previous, name, tuple(endpoints), force, evaluation, override)
 
 
 async def rollback_version(
     home: Path, persona: str, *, to: str | None = None, endpoints: Sequence[str] = (), base_model: Path | None = None, api_key: str | None = None
 ) -> tuple[str | None, str]:
-    """Step ``current`` back (see :func:`training.registry.rollback`), loading the target on servers first."""
-    if endpoints:
-        target = registry.resolve_version(home, persona, to) if to else _rollback_target(home, persona)
-        await load_on_endpoints(endpoints, persona_dir(home, persona) / target, base_model=base_model, api_key=api_key)
-        to = target
-    return registry.rollback(home, persona, to=to)
-
-
-def _rollback_target(home: Path, persona: str) -> str:
-    cur = current_version(home, persona)
-    stack = registry.promotion_stack(registry.history(home, persona))
-    earlier = stack[:-1] if stack and stack[-1] == cur else stack
-    if not earlier:
-        # let registry.rollback raise its own clear error
-        registry.rollback(home, persona)
-    return earlier[-1]
+    """Step ``current`` back (see :func:`bonsai.registry.rollback`), loading the target on servers first."""
+    if not endpoints:
+        return registry.rollback(home, persona, to=to)
+    target = registry.open_version(home, persona, to if to else registry.rollback_target(home, persona))
+    await load_on_endpoints(endpoints, target.adapter, base_model=base_model, api_key=api_key)
+    return registry.rollback(home, persona, to=target)

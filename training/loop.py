@@ -25,7 +25,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bonsai import atomic
-from bonsai.adapter_registry import current_version
+from bonsai.registry import current_version
 from bonsai.debate.events import DebateEnd
 from bonsai.debate.runner import DebateRunner, DebateSpec
 from bonsai.engine import Engine
@@ -385,7 +385,7 @@ class Loop:
         async def measured(persona: str, version: str) -> None:
             """The gate on `bonsai eval`'s metrics: the candidate against its parent, judged by the criteria."""
             from training.evaluation.report import save_report
-            from training.registry import save_evaluation
+            from bonsai.registry import save_evaluation
 
             report = (await evaluate_version(
                 self.engine, home=self.home, book=self.book, base=self.base, persona=persona, version=version,

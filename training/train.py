@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -21,14 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bonsai.adapter_registry import current_version, persona_dir
-from bonsai.engine.adapters import WEIGHTS_FILE, inspect_adapter
+from bonsai.registry import current_version, persona_dir
+from bonsai.registry.identity import inspect_adapter
+from bonsai.registry.peft import WEIGHTS_FILE
 from bonsai.errors import ConfigError
 from bonsai.model.prepare import BaseModel as PreparedBase
+from bonsai.orphans import TRAIN_SCRATCH_PREFIX
 from training.backend import preload_backend, unsloth_available
 from training.config import Recipe, Stage, trl_config_class
 from training.metrics import MetricsLog, plot_metrics, read_metrics, summarize
-from training.registry import new_version
+from bonsai.registry import new_version
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +295,7 @@ def train_adapter(
     parent = current_version(home, persona)
     test = dd["test"] if recipe.evaluate and len(dd["test"]) > 0 else None
 
-    with new_version(home, persona) as draft, tempfile.TemporaryDirectory(prefix="bonsai-train-") as scratch:
+    with new_version(home, persona) as draft, tempfile.TemporaryDirectory(prefix=f"{TRAIN_SCRATCH_PREFIX}{os.getpid()}-") as scratch:
         model, tokenizer = load_model(base, recipe, device=device, backend=backend, max_length=max_length)
         from_parent = False
         if parent is not None and recipe.init == "parent":

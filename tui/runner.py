@@ -24,7 +24,7 @@ from bonsai.debate import events as ev
 from bonsai.debate.events import events_from_store
 from bonsai.debate.runner import DebateRunner, DebateSpec, PreparedDebate, adapter_refs, plan_debate
 from bonsai.engine import AdapterRef, Engine
-from bonsai.engine.adapters import AdapterInspector
+from bonsai.registry.identity import AdapterInspector
 from bonsai.engine.session import EngineOptions, plan_engine, start_engine
 from bonsai.errors import BonsaiError, ConfigError, EngineError
 from bonsai.paths import checkpoints_path

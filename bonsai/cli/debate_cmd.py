@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -16,9 +17,10 @@ from bonsai.cli.common import add_engine_arguments, engine_options, home_from, j
 from bonsai.debate import events as ev
 from bonsai.debate.runner import DebateRunner, PreparedDebate, adapter_refs, latest_unfinished, plan_debate
 from bonsai.debate.spec import USER_SETTINGS, DebateSpec
-from bonsai.engine.adapters import AdapterInspector
+from bonsai.registry.identity import AdapterInspector
 from bonsai.engine.session import add_option_arguments, open_engine, options_from_args
 from bonsai.errors import BonsaiError, ConfigError
+from bonsai.locks import Lock, debate_lock, sweep_lock
 from bonsai.paths import checkpoints_path, store_path
 from bonsai.personas import PersonaBook
 from bonsai.store.transcripts import TranscriptStore
@@ -70,6 +72,24 @@ def _stored_spec(args: argparse.Namespace, home: Path) -> DebateSpec | None:
             debate_id = unfinished[0].debate_id
         data = store.get_debate(debate_id).config.get("spec")
     return DebateSpec.model_validate(data) if data else None
+
+
+def _resume_locks(args: argparse.Namespace, home: Path, store_file: Path) -> list[Lock]:
+    """The locks a resume takes: the debate's, and its sweep's if it belongs to one (a sweep --resume would
+    run it too). ``args.resume`` is pinned to the id so the run resumes the debate that was locked."""
+    if args.resume == "latest":
+        with TranscriptStore(store_file, read_only=True) as store:
+            unfinished = [d for d in store.list_debates(newest_first=True) if d.status != "finished"]
+        if not unfinished:
+            return []
+        args.resume = unfinished[0].debate_id
+    with TranscriptStore(store_file, read_only=True) as store:
+        record = store.get_debate(store.resolve_id(args.resume))
+    args.resume = record.debate_id
+    locks = [debate_lock(home, record.debate_id)]
+    if record.sweep:
+        locks.insert(0, sweep_lock(home, record.sweep))
+    return locks
 
 
 class Printer:
@@ -141,7 +161,12 @@ async def _run_async(args: argparse.Namespace) -> int:
     store_file = args.store or store_path(home)
     summary: dict[str, Any] = {}
     debate_id: str | None = None
+    locks = contextlib.ExitStack()
     try:
+        if args.resume:
+            # before the engine starts: a debate another process is resuming (or its sweep is running) is refused
+            for lock in _resume_locks(args, home, store_file):
+                locks.enter_context(lock)
         async with open_engine(engine_options(args), home, refs, judge=judge_options(args), starting=starting(enabled=not quiet)) as session:
             with TranscriptStore(store_file) as store:
                 async with DebateRunner(session.engine, store, checkpoints_path(home), book, home, session.base_name, inspector,
@@ -167,11 +192,14 @@ async def _run_async(args: argparse.Namespace) -> int:
                             summary.update(debate_id=debate_id, status=event.status, winner=event.winner)
                     assert debate_id is not None
                     turns = store.turns(debate_id)
+                    tokens = store.debate_tokens(debate_id)
     except (KeyboardInterrupt, asyncio.CancelledError):
         if debate_id:
             print(f"\ninterrupted: debate {debate_id} is saved; continue it with `bonsai debate --resume {debate_id}`", file=sys.stderr)
         raise KeyboardInterrupt from None
-    summary.update(store=str(store_file), turns=len(turns), tokens=sum(t.output_tokens for t in turns))
+    finally:
+        locks.close()
+    summary.update(store=str(store_file), turns=len(turns), tokens=tokens)
     if args.json:
         print(json.dumps(summary, ensure_ascii=False))
     elif not args.jsonl:

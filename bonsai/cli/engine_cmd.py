@@ -14,12 +14,13 @@ import sys
 import time
 from dataclasses import asdict
 
-from bonsai.engine import resident
 from bonsai.cli.common import home_from
 from bonsai.cli.serve_cmd import add_serve_options, plan_from_args
+from bonsai.engine import resident
 from bonsai.engine.auth import env_api_key
 from bonsai.errors import ConfigError
 from bonsai.model.prepare import resolve_base
+from bonsai.serve import resident as serving
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -70,7 +71,7 @@ def run_start(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(plan.shell_command())
         return 0
-    result = resident.start(
+    result = serving.start(
         home,
         plan,
         timeout=args.start_timeout,

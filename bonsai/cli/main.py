@@ -1,4 +1,5 @@
-"""The ``bonsai`` command. Each subcommand lives in its own module with ``register(subparsers)``."""
+"""The ``bonsai`` command. Each subcommand lives in its own module with ``register(subparsers)``: bonsai's
+own below, training's and the TUI's found through entry points (:mod:`bonsai.cli.plugins`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Sequence
 
 from bonsai import __version__
 from bonsai.cli.limits import check_numeric_options
+from bonsai.cli.plugins import STALE_HINT, register_plugins
 from bonsai.errors import BonsaiError
 
 SUBCOMMANDS = (
@@ -19,14 +21,8 @@ SUBCOMMANDS = (
     "bonsai.cli.personas_cmd",
     "bonsai.cli.transcripts_cmd",
     "bonsai.cli.model_cmd",
-    "bonsai.cli.data_cmd",
-    "bonsai.cli.tui_cmd",
-    "bonsai.cli.train_cmd",
-    "bonsai.cli.adapters_cmd",
-    "bonsai.cli.loop_cmd",
     "bonsai.cli.sweep_cmd",
     "bonsai.cli.ratings_cmd",
-    "bonsai.cli.eval_cmd",
 )
 
 
@@ -41,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in SUBCOMMANDS:
         importlib.import_module(name).register(sub)
+    if not register_plugins(sub):
+        parser.epilog = STALE_HINT
     return parser
 
 
@@ -56,19 +54,24 @@ def _configure_logging(verbose: int) -> None:
 
 
 def _clean_orphans(args: argparse.Namespace) -> None:
-    """Half-written files and folders a killed bonsai left in its home (see atomic.clean_orphans)."""
-    from bonsai import atomic
+    """Half-written files and folders, and stale server state, a killed bonsai left in its home (see orphans.py)."""
+    from bonsai import orphans
     from bonsai.paths import bonsai_home
 
     try:
-        atomic.clean_orphans(bonsai_home(args.home))
+        orphans.clean(bonsai_home(args.home))
     except Exception:  # tidying must never stop a command
         logging.getLogger(__name__).debug("orphan cleanup failed", exc_info=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        if exc.code == 2 and parser.epilog == STALE_HINT:  # most likely a plugin command, not registered
+            print(f"  hint: {STALE_HINT}", file=sys.stderr)
+        raise
     _configure_logging(args.verbose)
     _clean_orphans(args)
     try:

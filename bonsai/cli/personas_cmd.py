@@ -10,7 +10,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from bonsai.adapter_registry import resolve_persona_adapter
+from bonsai.registry import resolve_persona_adapter
 from bonsai.cli.common import home_from
 from bonsai.errors import BonsaiError
 from bonsai.personas import PersonaBook, default_personas_dir, load_persona

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bonsai.cli.common import home_from
 from bonsai.engine.auth import API_KEY_ENV, env_api_key
-from bonsai.engine.server import DEFAULT_HOST, DEFAULT_PORT, ServePlan, plan_serve, run_server, serve_info_path
+from bonsai.serve.server import DEFAULT_HOST, DEFAULT_PORT, ServePlan, plan_serve, run_server, serve_info_path
 from bonsai.errors import ConfigError
 
 

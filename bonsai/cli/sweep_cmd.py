@@ -16,9 +16,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from bonsai.cli.common import add_engine_arguments, engine_options, home_from, judge_options, starting
 from bonsai.debate.runner import DebateRunner
 from bonsai.engine import Engine
-from bonsai.engine.adapters import AdapterInspector
+from bonsai.registry.identity import AdapterInspector
 from bonsai.engine.session import plan_engine, plan_judge, start_engine
 from bonsai.errors import ConfigError, StoreError, SweepIncomplete
+from bonsai.locks import sweep_lock
 from bonsai.paths import checkpoints_path, store_path
 from bonsai.personas import PersonaBook
 from bonsai.store.records import SweepRecord
@@ -93,7 +94,16 @@ async def _run_async(args: argparse.Namespace) -> int:
     plan = plan_sweep(sweep, book, home, resolved=(stored.config.get("resolved") if stored else None))
     if args.dry_run:
         return _dry_run(plan, book, store_file, args, console)
+    # one run of a sweep at a time: a second `--resume` (or a `debate --resume` of one of its debates)
+    # would run the same debates twice over
+    with sweep_lock(home, plan.name):
+        if stored is None:
+            stored = _stored_sweep(store_file, sweep, resume=args.resume)  # another run may have started it meanwhile
+        return await _run_locked(args, home, store_file, console, engine, judge, book, plan, stored)
 
+
+async def _run_locked(args: argparse.Namespace, home: Path, store_file: Path, console: Console, engine: EngineOptions, judge: JudgeEngineOptions,
+                      book: PersonaBook, plan: SweepPlan, stored: SweepRecord | None) -> int:
     inspector = AdapterInspector()
     refs = [inspector.inspect(c.adapter) for c in plan.competitors.values() if c.adapter is not None]
     setup = plan_engine(engine, home, refs, kv_cache_gib=args.kv_cache_gib, max_loras=max(1, min(16, len(refs))), max_num_seqs=args.max_num_seqs)

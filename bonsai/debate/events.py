@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from bonsai.debate.usage import turn_tokens
 from bonsai.store.records import VerdictRecord
 
 if TYPE_CHECKING:
@@ -98,6 +99,7 @@ class TurnEnd(_Event):
     phase: str
     answer: str
     reasoning: str | None = None
+    #: every token generated for the turn: all candidates and their scoring probes (see debate/usage.py)
     output_tokens: int = 0
     latency_s: float = 0.0
     adapter: str | None = None
@@ -158,11 +160,17 @@ class Verdict(_Event):
     def confidence(self) -> float | None:
         return self.panel.confidence
 
+    @property
+    def output_tokens(self) -> int:
+        """Tokens every judge generated for this verdict (readings and probes)."""
+        return sum(v.output_tokens for v in self.judges) if self.judges else self.panel.output_tokens
+
     def to_json(self) -> dict[str, Any]:
         return {
             "event": self.name,
             "debate_id": self.debate_id,
             **{k: v for k, v in self.panel.to_dict().items() if k != "debate_id"},
+            "output_tokens": self.output_tokens,
             "judges": [v.to_dict() for v in self.judges],
         }
 
@@ -176,6 +184,14 @@ class DebateEnd(_Event):
 
 
 DebateEvent = DebateStart | TurnStart | Token | TurnEnd | Note | Paused | Judging | Verdict | DebateEnd
+
+
+def generated_tokens(event: DebateEvent) -> int:
+    """The tokens an event reports as generated (a turn's, or the judges' for a verdict): the one count
+    budgets and progress add up, whichever way the debate ran."""
+    if isinstance(event, (TurnEnd, Verdict)):
+        return event.output_tokens
+    return 0
 
 
 def events_from_store(
@@ -206,7 +222,7 @@ def events_from_store(
         if t.reasoning:
             out.append(Token(debate_id, t.turn_index, t.speaker, t.team, t.phase, t.role, "reasoning", t.reasoning))
         out.append(Token(debate_id, t.turn_index, t.speaker, t.team, t.phase, t.role, "answer", t.answer))
-        out.append(TurnEnd(debate_id, t.turn_index, t.speaker, t.team, t.role, t.phase, t.answer, t.reasoning, t.output_tokens,
+        out.append(TurnEnd(debate_id, t.turn_index, t.speaker, t.team, t.role, t.phase, t.answer, t.reasoning, turn_tokens(t),
                            t.latency_s, t.adapter_name, chosen.get(t.turn_index, 0) if t.role == "debater" else None, cands))
     if not final:
         return out

@@ -19,6 +19,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 
 from bonsai.debate import judge as judging
+from bonsai.debate.usage import Metered
 from bonsai.debate import events as ev
 from bonsai.debate.formats import DebateFormat
 from bonsai.debate.prompts import debater_prompt, moderator_prompt, prompt_to_json, stop_strings
@@ -200,7 +201,8 @@ async def moderator_node(state: DebateState, runtime: Runtime[DebateContext]) ->
         result = Completion(f"{debate_id}-t{step}", text, 0, 0, "template", None, 0.0)
         adapter = None
     answer = result.text.strip()
-    ctx.store.record_turn(_turn_record(ctx, debate_id, slot, persona, adapter, prompt, sampling, result, answer, None, time.monotonic() - t0))
+    ctx.store.record_turn(_turn_record(ctx, debate_id, slot, persona, adapter, prompt, sampling, result, answer, None, time.monotonic() - t0,
+                                       result.output_tokens))
     emit(ev.TurnEnd(debate_id, turn=step, speaker=persona.name, team="none", role="moderator", phase=slot.title, answer=answer, reasoning=None,
                     output_tokens=result.output_tokens, latency_s=result.total_s, adapter=adapter.name if adapter else None, candidates=[]))
     return {"step": step + 1, "turns": [turn_summary(slot, result.text, answer)]}
@@ -218,6 +220,7 @@ def _turn_record(
     answer: str,
     reasoning: str | None,
     latency: float,
+    generated: int,
 ) -> TurnRecord:
     return TurnRecord(
         debate_id=debate_id,
@@ -242,6 +245,7 @@ def _turn_record(
         finish_reason=result.finish_reason,
         prompt=prompt_to_json(prompt),
         created_at=time.time(),
+        generated_tokens=generated,
     )
 
 
@@ -287,6 +291,7 @@ async def debater_node(state: DebateState, runtime: Runtime[DebateContext]) -> d
     parsed = [parse(r.text, persona.reasoning) for r in results]
     scores: list[float] = []
     best = 0
+    scorer = Metered(ctx.judge)  # the probes that score the candidates are generated tokens too
     if k > 1:
         judge = ctx.cast.judges[0]
         history = state.get("turns", [])
@@ -294,7 +299,7 @@ async def debater_node(state: DebateState, runtime: Runtime[DebateContext]) -> d
             await asyncio.gather(
                 *(
                     judging.side_win_probability(
-                        ctx.judge,
+                        scorer,  # type: ignore[arg-type]
                         judge,
                         ctx.judge_adapters.get(judge.name),
                         state["motion"],
@@ -310,7 +315,9 @@ async def debater_node(state: DebateState, runtime: Runtime[DebateContext]) -> d
         best = max(range(k), key=lambda i: scores[i])
     latency = time.monotonic() - t0
     result, chosen = results[best], parsed[best]
-    ctx.store.record_turn(_turn_record(ctx, debate_id, slot, persona, adapter, prompt, samplings[best], result, chosen.answer, chosen.reasoning, latency))
+    generated = sum(r.output_tokens for r in results) + scorer.tokens
+    ctx.store.record_turn(_turn_record(ctx, debate_id, slot, persona, adapter, prompt, samplings[best], result, chosen.answer, chosen.reasoning, latency,
+                                       generated))
     if k > 1:
         ctx.store.record_candidates(
             [
@@ -340,7 +347,7 @@ async def debater_node(state: DebateState, runtime: Runtime[DebateContext]) -> d
             phase=slot.title,
             answer=chosen.answer,
             reasoning=chosen.reasoning,
-            output_tokens=sum(r.output_tokens for r in results),
+            output_tokens=generated,
             latency_s=latency,
             adapter=adapter.name if adapter else None,
             chosen=best,

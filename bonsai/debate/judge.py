@@ -24,6 +24,7 @@ scoring (which reads that layout turn by turn) keeps hitting the cache.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import math
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from bonsai.debate.schedule import SIDE_STANCE
+from bonsai.debate.usage import Metered
 from bonsai.engine import AdapterRef, ChatMessage, ChatPrompt, Engine, GenerationRequest, Sampling
 from bonsai.personas import Persona
 from bonsai.store.records import VerdictRecord
@@ -460,10 +462,15 @@ async def judge_debate(
     tie_band: float = DEFAULT_TIE_BAND,
 ) -> tuple[list[VerdictRecord], VerdictRecord]:
     """One verdict per judge (four readings each), and the panel's combined verdict (the judge's own if alone)."""
+    meters = [Metered(engine) for _ in judges]  # each judge's readings and probes, counted as its verdict's tokens
     per_judge_readings = await asyncio.gather(
-        *(read_all(engine, j, adapters.get(j.name), motion, turns, criteria, max_tokens, f"{debate_id}-judge-{j.name}", seed) for j in judges)
+        *(read_all(m, j, adapters.get(j.name), motion, turns, criteria, max_tokens, f"{debate_id}-judge-{j.name}", seed)  # type: ignore[arg-type]
+          for j, m in zip(judges, meters, strict=True))
     )
-    per_judge = [combine(j.name, debate_id, readings, tie_band) for j, readings in zip(judges, per_judge_readings, strict=True)]
+    per_judge = [
+        dataclasses.replace(combine(j.name, debate_id, readings, tie_band), output_tokens=m.tokens)
+        for j, readings, m in zip(judges, per_judge_readings, meters, strict=True)
+    ]
     if len(per_judge) == 1:
         return per_judge, per_judge[0]
     prob_a = sum(v.prob_a for v in per_judge) / len(per_judge)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -25,7 +26,7 @@ import aiosqlite
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.types import Command
 
-from bonsai.adapter_registry import resolve_persona_adapter
+from bonsai.registry import resolve_persona_adapter
 from bonsai.debate import events as ev
 from bonsai.debate.checkpoints import prune_finished, strict_serializer
 from bonsai.debate.formats import DebateFormat, load_format
@@ -34,9 +35,10 @@ from bonsai.debate.prompts import debater_prompt
 from bonsai.debate.schedule import Cast, Slot, build_schedule
 from bonsai.debate.spec import DebateSpec
 from bonsai.engine import AdapterRef, Engine
-from bonsai.engine.adapters import AdapterInspector, inspect_adapter
+from bonsai.registry.identity import AdapterInspector, inspect_adapter
 from bonsai.errors import BonsaiError, ConfigError, DebateNotFound, PromptTooLong
 from bonsai.personas import PersonaBook
+from bonsai.store.db import unavailable
 from bonsai.store.records import DebateRecord
 from bonsai.store.transcripts import TranscriptStore
 
@@ -209,7 +211,10 @@ class DebateRunner:
         prepared = plan_debate(spec, self.book, self.home)
         ctx = await self._context(prepared, gate, stream_tokens=stream_tokens)
         config = {"configurable": {"thread_id": debate_id}}
-        snapshot = await self.graph.aget_state(config)
+        try:
+            snapshot = await self.graph.aget_state(config)
+        except sqlite3.Error as exc:
+            raise unavailable(self.checkpoints, exc, what="checkpoint file") or exc from exc
         waiting = bool(snapshot.interrupts)
         if note is not None and not waiting:
             raise BonsaiError(f"debate {debate_id} is not waiting between turns, so it cannot take a note", "pause it first")
@@ -311,9 +316,17 @@ class DebateRunner:
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, (KeyboardInterrupt, GeneratorExit)) or type(exc).__name__ == "CancelledError" else "failed"
             with contextlib.suppress(Exception):
-                self.store.set_status(debate_id, status)
+                # a debate whose verdict is stored stays finished, whatever failed after it (its last checkpoint)
+                if self.store.get_debate(debate_id).status != "finished":
+                    self.store.set_status(debate_id, status)
+            if isinstance(exc, sqlite3.Error):
+                # the checkpointer's own connection (aiosqlite): the same one bonsai error as the store's
+                raise unavailable(self.checkpoints, exc, what="checkpoint file") or exc from exc
             raise
-        snapshot = await self.graph.aget_state(config)
+        try:
+            snapshot = await self.graph.aget_state(config)
+        except sqlite3.Error as exc:
+            raise unavailable(self.checkpoints, exc, what="checkpoint file") or exc from exc
         if snapshot.interrupts:
             # Held by the gate between turns: saved, and resumable like any interrupted debate.
             step = snapshot.values.get("step", 0)
@@ -323,7 +336,10 @@ class DebateRunner:
             return
         record = self.store.get_debate(debate_id)
         if record.status == "finished" and not snapshot.values.get("notes"):  # keep only its last state (see checkpoints.py)
-            await prune_finished(self.graph.checkpointer, debate_id)
+            try:
+                await prune_finished(self.graph.checkpointer, debate_id)
+            except sqlite3.Error as exc:  # the debate is done and stored; `bonsai transcripts vacuum` prunes it later
+                log.warning("debate %s finished, but its checkpoints were not pruned: %s", debate_id, exc)
         yield ev.DebateEnd(debate_id, record.status, record.winner)
 
 

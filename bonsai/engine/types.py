@@ -10,10 +10,10 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any, Literal
 
 from bonsai.errors import PromptTooLong
+from bonsai.registry.identity import AdapterRef  # the registry describes adapters; the engine serves them
 
 Role = Literal["system", "user", "assistant"]
 
@@ -76,22 +76,6 @@ class Sampling:
             "logprobs": self.logprobs,
             "json_schema": self.json_schema is not None,
         }
-
-
-@dataclass(frozen=True)
-class AdapterRef:
-    """A LoRA adapter on disk, identified by its content hash.
-
-    ``name`` is what the engine serves it as; it is derived from the content hash, so two different
-    sets of weights never share a name (vLLM's prefix cache is keyed by adapter name).
-    """
-
-    path: Path
-    content_hash: str
-    name: str
-    rank: int
-    target_modules: tuple[str, ...]
-    base_model: str | None = None
 
 
 @dataclass(frozen=True)

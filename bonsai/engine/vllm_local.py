@@ -20,7 +20,8 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from bonsai.engine.adapters import AdapterRegistry, inspect_adapter, lora_rank_for, supported_lora_rank, validate_adapter
+from bonsai.engine.adapters import AdapterRegistry, lora_rank_for, supported_lora_rank, validate_adapter
+from bonsai.registry.identity import inspect_adapter
 from bonsai.engine.platform import resolve_dtype
 from bonsai.engine.types import (
     VLLM_COUNTERS,

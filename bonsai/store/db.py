@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from bonsai.errors import StoreError
+from bonsai.errors import StoreError, StoreUnavailable
 from bonsai.store import migrations
 
 log = logging.getLogger(__name__)
@@ -24,6 +24,62 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 #: how long a writer waits for another process's transaction before giving up (the debate runner,
 #: a sweep and `bonsai transcripts` may all hold the file at once)
 BUSY_TIMEOUT_MS = 10_000
+
+
+def unavailable(path: Path | str, exc: sqlite3.Error, *, what: str = "transcript store") -> StoreUnavailable | None:
+    """The bonsai error for an SQLite failure that comes from outside (a lock held too long, a full disk,
+    an I/O error), or None for anything else (a bug, a constraint, corruption: those are reported as such).
+
+    Told by SQLite's own error name, not the message text, so a locale or a new SQLite wording cannot hide it."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    text = str(exc).lower()
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or (not name and "locked" in text):
+        return StoreUnavailable(
+            f"The {what} {path} is locked by another process (it held its write lock past the "
+            f"{BUSY_TIMEOUT_MS / 1000:g} s busy timeout): {exc}.",
+            hint="wait for the other bonsai command (or the program holding the file open) to finish, then run again "
+            "(`bonsai sweep FILE --resume` continues a sweep where it stopped)",
+            kind="locked",
+        )
+    if name.startswith("SQLITE_FULL") or (not name and "full" in text):
+        return StoreUnavailable(
+            f"The disk holding the {what} {path} is full: {exc}. The last write was rolled back; nothing already saved is lost.",
+            hint="free some space on that disk (or move $BONSAI_HOME), then run again; `bonsai transcripts vacuum` shrinks the checkpoint file",
+            kind="full",
+        )
+    if name.startswith(("SQLITE_IOERR", "SQLITE_CANTOPEN", "SQLITE_READONLY")) or (not name and ("disk i/o" in text or "readonly" in text)):
+        return StoreUnavailable(
+            f"Cannot write the {what} {path}: {exc} ({name or 'I/O error'}).",
+            hint="check the disk and the file's permissions (dmesg may say more), then run again",
+            kind="io",
+        )
+    return None
+
+
+class _Connection(sqlite3.Connection):
+    """A connection whose lock, disk-full and I/O failures arrive as :class:`StoreUnavailable`, so every
+    caller (the graph's nodes, a sweep worker, the CLI) gets one bonsai error instead of an OperationalError."""
+
+    bonsai_path: str = "?"
+    bonsai_read_only: bool = False
+
+    def execute(self, sql: str, parameters: object = (), /) -> sqlite3.Cursor:  # type: ignore[override]
+        try:
+            return super().execute(sql, parameters)  # type: ignore[arg-type]
+        except sqlite3.OperationalError as exc:
+            raise _translated(self, exc) from exc
+
+    def executemany(self, sql: str, parameters: object, /) -> sqlite3.Cursor:  # type: ignore[override]
+        try:
+            return super().executemany(sql, parameters)  # type: ignore[arg-type]
+        except sqlite3.OperationalError as exc:
+            raise _translated(self, exc) from exc
+
+
+def _translated(db: _Connection, exc: sqlite3.OperationalError) -> BaseException:
+    if db.bonsai_read_only and getattr(exc, "sqlite_errorname", "").startswith("SQLITE_READONLY"):
+        return exc  # a write through a read-only handle is bonsai's own bug, not the disk's
+    return unavailable(db.bonsai_path, exc) or exc
 
 
 def open_store(path: Path, *, create: bool, read_only: bool = False) -> sqlite3.Connection:
@@ -41,7 +97,9 @@ def open_store(path: Path, *, create: bool, read_only: bool = False) -> sqlite3.
     try:
         # isolation_level=None: no implicit transactions; the store opens them itself (BEGIN IMMEDIATE)
         # so that a writer waits for the lock up front instead of failing when it upgrades a read.
-        db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
+                             factory=_Connection)
+        db.bonsai_path = str(path)
     except sqlite3.Error as exc:
         raise StoreError(f"Cannot open the transcript store {path}: {exc}.", hint="check the path and its permissions") from exc
     try:
@@ -64,7 +122,8 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
         raise StoreError(f"{path} is an empty file (0 bytes), not a transcript store.", hint="pass --store with a bonsai transcripts.sqlite, or run a debate to fill it")
     try:
         db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, check_same_thread=False, isolation_level=None,
-                             timeout=BUSY_TIMEOUT_MS / 1000)
+                             timeout=BUSY_TIMEOUT_MS / 1000, factory=_Connection)
+        db.bonsai_path, db.bonsai_read_only = str(path), True
     except sqlite3.Error as exc:
         raise StoreError(f"Cannot open the transcript store {path}: {exc}.", hint="check the path and its permissions") from exc
     try:
@@ -140,10 +199,13 @@ def write_transaction(db: sqlite3.Connection, lock: threading.RLock) -> Iterator
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db
+            # a COMMIT that fails (disk full, I/O) can leave the transaction open: rolled back below
+            db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error, StoreError):
+                    db.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
 
 
 @contextlib.contextmanager
@@ -154,4 +216,5 @@ def read_transaction(db: sqlite3.Connection, lock: threading.RLock) -> Iterator[
         try:
             yield db
         finally:
-            db.execute("COMMIT")
+            if db.in_transaction:
+                db.execute("COMMIT")

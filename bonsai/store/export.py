@@ -59,6 +59,8 @@ SCHEMA = pa.schema(
         ("finish_reason", pa.string()),
         ("prompt", pa.string()),
         ("created_at", pa.float64()),
+        # every token generated for the turn (all candidates and their scoring probes); null before it was counted
+        ("generated_tokens", pa.int64()),
         # what the turn was chosen from, and how the debate was judged
         (
             "candidates",

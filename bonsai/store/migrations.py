@@ -180,6 +180,15 @@ def m004_verdict_confidence_optional(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE verdicts_new RENAME TO verdicts")
 
 
+@migration
+def m005_generated_tokens(db: sqlite3.Connection) -> None:
+    # One token count (issue 13): a turn's candidates and scoring probes, and each judge's readings, are
+    # generated tokens too. Older rows keep NULL / 0: their count was never taken, and a turn then
+    # counts its own output_tokens (see bonsai/debate/usage.py).
+    db.execute("ALTER TABLE turns ADD COLUMN generated_tokens INTEGER")
+    db.execute("ALTER TABLE verdicts ADD COLUMN output_tokens INTEGER NOT NULL DEFAULT 0")
+
+
 def current_version(db: sqlite3.Connection) -> int:
     if not _has_table(db, "schema_version"):
         return 0

@@ -54,6 +54,9 @@ class TurnRecord:
     #: the prompt exactly as sent (messages as JSON, or Alpaca text): training rebuilds pairs from it
     prompt: Any = None
     created_at: float = 0.0
+    #: every token generated for this turn: all best-of-N candidates and the judge probes that scored
+    #: them (``output_tokens`` is the kept text's own). None: stored before bonsai counted it
+    generated_tokens: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,6 +97,9 @@ class VerdictRecord:
     created_at: float = 0.0
     #: the band that decided a tie: |prob_a - 0.5| < tie_band; None for verdicts from before ties existed
     tie_band: float | None = None
+    #: tokens this judge generated for the verdict (every reading and probe); 0 for the "panel" row,
+    #: which only combines the judges' verdicts
+    output_tokens: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -7,9 +7,11 @@ from many debates at every step instead of one debate's single stream.
 Exactly once: a debate's id comes from the plan, so a finished debate is found in the store and skipped,
 a debate that was in flight when the process died is resumed from its last checkpoint (the turn that was
 being generated is generated again; turns are written by key, never appended), and a debate that never
-started is started. Engine errors are retried with exponential backoff and jitter by resuming from the
-checkpoint; errors in the debate's own set-up (a motion that does not fit, a broken adapter) are not,
-because a retry cannot fix them.
+started is started. Engine errors, and store errors from outside (the file locked by another writer past
+the busy timeout, a full disk, an I/O error), are retried with exponential backoff and jitter by resuming
+from the checkpoint, ``retries`` times, and then recorded as the debate's failure with its reason; errors
+in the debate's own set-up (a motion that does not fit, a broken adapter) are not, because a retry
+cannot fix them.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 
 from bonsai.debate import events as ev
 from bonsai.debate.runner import DebateRunner
-from bonsai.errors import BonsaiError, EngineError
+from bonsai.errors import BonsaiError, EngineError, StoreUnavailable
 from bonsai.store.transcripts import TranscriptStore
 from bonsai.sweep.config import Budget
 from bonsai.sweep.plan import SweepJob, SweepPlan
@@ -154,6 +156,11 @@ class SweepExecutor:
         p.tokens_before = self.store.sweep_tokens(self.plan.name)
         p.started = time.monotonic()
         resumed = sum(1 for j in todo if j.debate_id in statuses)
+        # "running" here is stale: the process that ran it is gone (the sweep's lock, taken by the caller,
+        # keeps two runs of one sweep apart), perhaps killed, perhaps stopped by a store it could not write
+        for job in todo:
+            if statuses.get(job.debate_id) == "running":
+                self.store.set_status(job.debate_id, "interrupted")
         log.info("sweep %s: %d debates, %d finished before, %d to resume, %d to start", self.plan.name, len(jobs), p.done, resumed, len(todo) - resumed)
         self._emit()
         if self._tokens_spent():
@@ -228,9 +235,10 @@ class SweepExecutor:
                 summary = await self._attempt(job)
             except _Stop:
                 raise
-            except EngineError as exc:
+            except (EngineError, StoreUnavailable) as exc:
+                what = "engine error" if isinstance(exc, EngineError) else "store error"
                 if attempt > self.retries:
-                    self._fail(job, f"engine error after {attempt} attempts: {exc.message}", attempt)
+                    self._fail(job, f"{what} after {attempt} attempts: {exc.message}", attempt)
                     return
                 delay = self.backoff_s * (2 ** (attempt - 1)) * self._rng.uniform(0.5, 1.5)
                 self.progress.retries += 1
@@ -257,7 +265,15 @@ class SweepExecutor:
             return
 
     async def _attempt(self, job: SweepJob) -> dict[str, Any]:
-        exists = bool(self.store.debate_statuses([job.debate_id]))
+        status = self.store.debate_statuses([job.debate_id]).get(job.debate_id)
+        if status == "finished":
+            # an earlier attempt stored its verdict, then failed after it (its last checkpoint could not be
+            # written: a full disk): the debate is done, and resuming it would be refused
+            verdicts = self.store.verdicts(job.debate_id)
+            panel = verdicts[-1] if verdicts else None
+            return {"debate_id": job.debate_id, "resumed": True, "status": "finished", "winner": self.store.get_debate(job.debate_id).winner,
+                    "prob_a": panel.prob_a if panel else None, "confidence": panel.confidence if panel else None}
+        exists = status is not None
         # no token events: progress needs only whole turns, and per-token events cost more than decoding at scale
         if exists:
             events = self.runner.resume(job.debate_id, stream_tokens=False)
@@ -266,11 +282,11 @@ class SweepExecutor:
         summary: dict[str, Any] = {"debate_id": job.debate_id, "resumed": exists}
         async with contextlib.aclosing(events) as stream:
             async for event in stream:
-                if isinstance(event, ev.TurnEnd):
-                    self.progress.tokens += event.output_tokens
+                if isinstance(event, (ev.TurnEnd, ev.Verdict)):
+                    self.progress.tokens += ev.generated_tokens(event)  # the one count (debate/usage.py)
                     self._emit()
                     self._tokens_spent()
-                elif isinstance(event, ev.Verdict):
+                if isinstance(event, ev.Verdict):
                     summary.update(prob_a=event.prob_a, confidence=event.confidence)
                 elif isinstance(event, ev.DebateEnd):
                     summary.update(status=event.status, winner=event.winner)

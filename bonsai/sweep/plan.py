@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from bonsai.adapter_registry import CURRENT, persona_dir, resolve_persona_adapter, resolve_version, verify_version
+from bonsai.registry import CURRENT, persona_dir, resolve_persona_adapter, resolve_version, verify_version
 from bonsai.debate.formats import load_format
 from bonsai.debate.runner import DebateSpec
 from bonsai.debate.schedule import Cast

@@ -23,7 +23,7 @@ A worker needs only bonsai (and its engine's extra) installed. The driver pins e
 before anything runs, and ships the files of the folders through the object store; a worker that does not
 have a folder at the same path, with the same content, writes it under its own cache and rewrites the
 job's paths. That changes nothing the engines see: an adapter's name is its content hash (see
-``bonsai.engine.adapters.inspect_adapter``), and the debate's stored settings are put back to the
+``bonsai.registry.identity.inspect_adapter``), and the debate's stored settings are put back to the
 driver's paths on import. Custom format files and the driver's persona book travel with each worker's
 set-up. The embedded base model is prepared by a worker that lacks it; any other base must exist at the
 same path on every node.
@@ -55,9 +55,10 @@ from urllib.parse import urlsplit
 
 from bonsai import atomic
 from bonsai.debate.runner import DebateRunner, DebateSpec, plan_debate
+from bonsai.debate.usage import bundle_tokens
 from bonsai.engine import EngineConfig, create_engine
-from bonsai.engine.adapters import inspect_adapter
-from bonsai.errors import AdapterError, BonsaiError, ConfigError, EngineError, ModelError
+from bonsai.registry.identity import inspect_adapter
+from bonsai.errors import AdapterError, BonsaiError, ConfigError, EngineError, ModelError, StoreUnavailable
 from bonsai.model.prepare import EMBEDDED_NAME, MANIFEST, resolve_base
 from bonsai.paths import bonsai_home
 from bonsai.personas import Persona, PersonaBook
@@ -554,15 +555,20 @@ class RaySweep:
         """Import a bundle, or decide what an error means; returns a retry delay, or None when settled."""
         job, attempt = flight.job, flight.attempt
         exc = fut.exception()
-        if exc is None:
-            self._import(job, fut.result())
-            return None
         cause = getattr(exc, "cause", None) or exc  # a RayTaskError carries the worker's exception
-        if isinstance(exc, self.actor_errors):
+        if exc is None:
+            try:
+                self._import(job, fut.result())
+                return None
+            except StoreUnavailable as failed:  # the driver's store (locked, full): the worker still has the
+                message = f"store error: {failed.message}"  # debate, and ships it again on the retry
+        elif isinstance(exc, self.actor_errors):
             self._worker_died(flight, exc)
             message = f"Ray worker {flight.worker.index} died ({type(exc).__name__}) while it ran the debate"
         elif isinstance(cause, EngineError):
             message = f"engine error: {cause.message}"
+        elif isinstance(cause, StoreUnavailable):  # the worker's own store or checkpoints: retried like the engine
+            message = f"store error: {cause.message}"
         elif isinstance(cause, BonsaiError):
             self._fail(job, cause.message, attempt)
             return None
@@ -619,8 +625,11 @@ class RaySweep:
     def _import(self, job: SweepJob, bundle: dict[str, Any]) -> None:
         # the debate's stored settings name the driver's adapter and format paths, not the worker's copies
         bundle["debate"]["config"]["spec"] = job.spec.model_dump(mode="json")
+        # the one count (debate/usage.py); a debate resumed on a worker ships its earlier turns again, and
+        # those are already in the sweep's count from before this run
+        before = self.store.debate_tokens(job.debate_id) if self.store.debate_statuses([job.debate_id]) else 0
         self.store.import_bundle(bundle)
-        self.progress.tokens += sum(int(t.get("output_tokens") or 0) for t in bundle.get("turns", []))
+        self.progress.tokens += max(0, bundle_tokens(bundle) - before)
         status = bundle["debate"]["status"]
         if status == "finished":
             self.progress.done += 1

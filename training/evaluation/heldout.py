@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from bonsai.adapter_registry import list_versions, persona_dir, read_manifest
+from bonsai.registry import list_versions, persona_dir, read_manifest
 from bonsai.errors import AdapterError, ConfigError
 from training.card import DatasetError, read_card
 
@@ -18,7 +18,8 @@ def trained_motions(home: Path, persona: str, extra_datasets: list[Path] | None 
     datasets: list[Path] = list(extra_datasets or [])
     for version in list_versions(home, persona):
         try:
-            recorded = (read_manifest(persona_dir(home, persona) / version) or {}).get("dataset")
+            manifest = read_manifest(persona_dir(home, persona) / version)
+            recorded = manifest.dataset if manifest else None
         except AdapterError:
             continue
         if recorded:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bonsai import atomic
-from training.registry import evaluation_path
+from bonsai.registry import evaluation_path
 
 log = logging.getLogger(__name__)
 

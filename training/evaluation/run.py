@@ -23,9 +23,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from bonsai.adapter_registry import current_version, persona_dir, read_manifest, verify_version
+from bonsai.registry import current_version, persona_dir, read_manifest, verify_version
 from bonsai.engine import AdapterRef, Engine
-from bonsai.engine.adapters import inspect_adapter
+from bonsai.registry.identity import inspect_adapter
 from bonsai.errors import AdapterError, ConfigError
 from bonsai.model.prepare import BaseModel as PreparedBase
 from bonsai.personas import PersonaBook
@@ -33,7 +33,7 @@ from bonsai.rubric import RubricContext, rubric_for
 from training.evaluation.heldout import check_held_out
 from training.evaluation.speeches import Speech, plan_speeches, sample_speeches
 from training.evaluation.stats import Estimate, clustered_delta, mean_interval, proportion
-from training.registry import resolve_version
+from bonsai.registry import resolve_version
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,8 @@ def resolve_reference(home: Path, persona: str, version: str, against: str) -> t
     if against == "base":
         return "base", None
     if against == "parent":
-        parent = (read_manifest(persona_dir(home, persona) / version) or {}).get("parent")
+        manifest = read_manifest(persona_dir(home, persona) / version)
+        parent = manifest.parent if manifest else None
         if not parent:
             return "base", None
         against = parent
@@ -241,10 +242,9 @@ async def evaluate_version(
     t0 = time.monotonic()
     version = resolve_version(home, persona, version)
     cand_path = persona_dir(home, persona) / version
-    verify_version(cand_path)
+    manifest = verify_version(cand_path)
     ref_label, ref_path = resolve_reference(home, persona, version, config.against)
-    manifest = read_manifest(cand_path) or {}
-    dataset = dataset or (Path(manifest["dataset"]) if manifest.get("dataset") else None)
+    dataset = dataset or (Path(manifest.dataset) if manifest and manifest.dataset else None)
     if motions is None:
         motions = default_motions(home, persona, version, dataset)
     motions = list(dict.fromkeys(motions))[: config.max_motions]

@@ -22,14 +22,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from bonsai.adapter_registry import current_version, persona_dir
+from bonsai.registry import current_version, persona_dir
 from bonsai.model.prepare import BaseModel as PreparedBase
 from bonsai.personas import Persona
 from training.config import Recipe
 from training.logic.problems import GENERATOR_VERSION, KINDS, LANGUAGES, Problem, generate, parse_choices
 from training.logic.prompts import messages, require_tag_format
 from training.logic.rewards import REWARD_FUNCS
-from training.registry import new_version
+from bonsai.registry import new_version
 
 log = logging.getLogger(__name__)
 

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 from pydantic import Field
 
-from bonsai.adapter_registry import resolve_persona_adapter
+from bonsai.registry import resolve_persona_adapter
 from bonsai.debate.prompts import LANGUAGE_HINT
 from bonsai.debate.reasoning import parse
 from bonsai.engine import ChatMessage, ChatPrompt, Completion, GenerationRequest, Prompt, Sampling, TextPrompt
-from bonsai.engine.adapters import inspect_adapter
+from bonsai.registry.identity import inspect_adapter
 from bonsai.errors import ConfigError
 from bonsai.personas import Persona, ReasoningFormat, Role, Team
 from training.pairs.base import Pair, PairContext, Strategy, StrategyParams, TurnSource, generate_all, pair_seed, turn_sampling

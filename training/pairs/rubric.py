@@ -27,9 +27,9 @@ from typing import Any
 
 from pydantic import Field
 
-from bonsai.adapter_registry import resolve_persona_adapter
+from bonsai.registry import resolve_persona_adapter
 from bonsai.engine import AdapterRef, GenerationRequest
-from bonsai.engine.adapters import inspect_adapter
+from bonsai.registry.identity import inspect_adapter
 from bonsai.errors import ConfigError
 from bonsai.personas import Persona
 from bonsai.rubric import Rubric, RubricContext, RubricScore, repair, rubric_for

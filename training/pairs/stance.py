@@ -5,7 +5,7 @@ goes to the opposing team's adapter, or to the bare base where that persona has 
 answer is chosen, the opponent's rejected: this is what teaches each team to argue its own side even
 though both adapters share one base. The opponent is the debater seated on the other team in that
 debate (teammates are matched by seat order), served with its current registry version per
-:func:`bonsai.adapter_registry.resolve_persona_adapter`.
+:func:`bonsai.registry.resolve_persona_adapter`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from bonsai.adapter_registry import resolve_persona_adapter
+from bonsai.registry import resolve_persona_adapter
 from bonsai.engine import AdapterRef, GenerationRequest
-from bonsai.engine.adapters import inspect_adapter
+from bonsai.registry.identity import inspect_adapter
 from bonsai.errors import PersonaNotFound
 from training.pairs.base import Pair, PairContext, Strategy, StrategyParams, TurnSource, generate_all, pair_seed, turn_sampling
 

@@ -179,9 +179,9 @@ def _evaluate(args: argparse.Namespace, home: Path, base: BaseModel, persona: Pe
 
     import torch
 
-    from bonsai.adapter_registry import persona_dir
+    from bonsai.registry import persona_dir
     from bonsai.engine import EngineConfig, create_engine
-    from bonsai.engine.adapters import inspect_adapter
+    from bonsai.registry.identity import inspect_adapter
     from training.logic.evaluate import logic_accuracy
 
     # "before" is what training started from: the parent's weights when it began from them, else the bare base
@@ -206,6 +206,7 @@ def _evaluate(args: argparse.Namespace, home: Path, base: BaseModel, persona: Pe
 
 
 def _initialized_from_parent(version_dir: Path) -> bool:
-    from bonsai.adapter_registry import read_manifest
+    from bonsai.registry import read_manifest
 
-    return (read_manifest(version_dir) or {}).get("initialized_from") not in (None, "base")
+    manifest = read_manifest(version_dir)
+    return manifest is not None and manifest.extra("initialized_from") not in (None, "base")

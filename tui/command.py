@@ -1,6 +1,7 @@
 """``bonsai tui``: the terminal UI (the ``tui`` package, Textual) with the same engine options as ``bonsai debate``.
 
-Textual is imported only when the command runs, so nothing in ``bonsai`` needs it installed.
+Textual is imported only when the command runs, so nothing in ``bonsai`` needs it installed; ``bonsai``
+finds this command through its ``bonsai.commands`` entry point (see :mod:`bonsai.cli.plugins`).
 """
 
 from __future__ import annotations

@@ -61,9 +61,9 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 async def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    from bonsai.adapter_registry import persona_dir
+    from bonsai.registry import persona_dir
     from bonsai.debate.formats import load_format
-    from bonsai.engine.adapters import inspect_adapter
+    from bonsai.registry.identity import inspect_adapter
     from bonsai.engine.session import open_engine
     from bonsai.personas import PersonaBook
     from training.evaluation.heldout import check_held_out

@@ -82,7 +82,7 @@ def _when(ts: float | None) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from training.registry import load_evaluation, versions
+    from bonsai.registry import load_evaluation, versions
 
     home = home_from(args)
     infos = versions(home, args.persona)
@@ -109,7 +109,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     from training.evaluation.report import load_reports
-    from training.registry import load_evaluation, resolve_version, version_info
+    from bonsai.registry import load_evaluation, resolve_version, version_info
 
     home = home_from(args)
     version = resolve_version(home, args.persona, args.version)
@@ -117,20 +117,20 @@ def run_show(args: argparse.Namespace) -> int:
     evaluation = load_evaluation(home, args.persona, version)
     reports = [{k: v for k, v in r.items() if k != "samples"} for r in load_reports(home, args.persona, version)]
     if args.json:
-        print(json.dumps({**info.summary(), "manifest": info.manifest, "evaluation": evaluation, "evals": reports}, ensure_ascii=False))
+        print(json.dumps({**info.summary(), "manifest": info.manifest.as_dict(), "evaluation": evaluation, "evals": reports}, ensure_ascii=False))
         return 0 if info.problem is None else 2
     s = info.summary()
     print(f"{args.persona}@{version}{'  (current)' if info.current else ''}")
     for key in ("path", "adapter_name", "parent", "recipe", "base_model", "dataset_hash"):
         print(f"  {key:<13} {s[key]}")
     m = info.manifest
-    logic = m.get("logic_set")
+    logic = m.extra("logic_set")
     if isinstance(logic, dict):
         print(f"  {'trained on':<13} {logic.get('n')} generated logic problems ({','.join(logic.get('kinds', []))}; {','.join(logic.get('languages', []))}; seed {logic.get('seed')})")
-    training = m.get("training") or {}
+    training = m.extra("training") or {}
     if training:
         print(f"  {'trained':<13} {_when(info.created_at)} on {training.get('device')} ({training.get('backend')}) in {training.get('seconds')}s")
-    for i, stage in enumerate((m.get("metrics") or {}).get("stages", []), 1):
+    for i, stage in enumerate((m.extra("metrics") or {}).get("stages", []), 1):
         first, last = stage.get("first", {}), stage.get("last", {})
         print(f"  stage {i} {stage['method']:<5} {stage['steps']} steps, loss {first.get('loss', float('nan')):.4f} -> {last.get('loss', float('nan')):.4f}")
     if evaluation:
@@ -170,13 +170,13 @@ def _gate_config(args: argparse.Namespace) -> Any:
 
 
 async def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    from bonsai.adapter_registry import persona_dir
-    from bonsai.engine.adapters import inspect_adapter
+    from bonsai.registry import persona_dir
+    from bonsai.registry.identity import inspect_adapter
     from bonsai.engine.session import open_engine
     from bonsai.paths import checkpoints_path
     from bonsai.personas import PersonaBook
     from training.gate import evaluate_candidate, held_out_motions, opponents
-    from training.registry import resolve_version
+    from bonsai.registry import resolve_version
 
     home = home_from(args)
     engine = engine_options(args)

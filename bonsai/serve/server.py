@@ -31,10 +31,11 @@ from typing import Any
 import httpx
 
 from bonsai import atomic
-from bonsai.adapter_registry import resolve_persona_adapter
+from bonsai.registry import resolve_persona_adapter
 from bonsai.engine.adapter_guard import ROOT_ENV
-from bonsai.engine.adapters import inspect_adapter, lora_rank_for, supported_lora_rank, validate_adapter
+from bonsai.engine.adapters import lora_rank_for, supported_lora_rank, validate_adapter
 from bonsai.engine.auth import check_bind
+from bonsai.registry.identity import inspect_adapter
 from bonsai.engine.platform import resolve_dtype, vllm_on_cpu
 from bonsai.engine.serverlog import start_failure
 from bonsai.engine.types import AdapterRef

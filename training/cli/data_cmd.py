@@ -140,7 +140,7 @@ async def _build(args: argparse.Namespace) -> Any:
     home = home_from(args)
     names = parse_strategy_list(args.strategy)
     if args.teacher_adapter is not None:
-        from bonsai.adapter_registry import adapter_folder
+        from bonsai.registry import adapter_folder
 
         args.teacher_adapter = adapter_folder(home, args.teacher_adapter)
     try:
