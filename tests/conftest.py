@@ -121,7 +121,8 @@ def _start_shared_server(base_model: BaseModel, lora_adapters: list[Path], tmp_p
     personas = root / "personas"
     _write_persona(personas, "pro", "A")  # its adapter comes from --adapter
     _write_persona(personas, "con", "B")
-    return start_serve(root, base_model.path, "--personas-dir", str(personas), "--max-model-len", "2048", "--adapter", f"pro={lora_adapters[0]}")
+    return start_serve(root, base_model.path, "--personas-dir", str(personas), "--max-model-len", "2048", "--adapter", f"pro={lora_adapters[0]}",
+                       "--allow-any-adapter-path")  # the tests load adapters from their temp folders
 
 
 @pytest.fixture(scope="session")

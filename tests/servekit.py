@@ -70,12 +70,15 @@ class Server:
                 os.killpg(self.server_pid, signal.SIGKILL)
 
 
-def start_serve(root: Path, base: Path, *extra: str, port: int | None = None) -> Server:
-    """Launch `bonsai serve --json` in its own process group; call ``wait_ready()`` on the result."""
+def start_serve(root: Path, base: Path, *extra: str, port: int | None = None, env: dict[str, str] | None = None) -> Server:
+    """Launch `bonsai serve --json` in its own process group; call ``wait_ready()`` on the result.
+    ``env``: variables set for it on top of this process's environment (an API key, say)."""
     root.mkdir(parents=True, exist_ok=True)
     home, port = root / "home", port or free_port()
     args = ["--home", str(home), "serve", "--base", str(base), "--port", str(port), "--json", "--start-timeout", str(START_TIMEOUT_S), *extra]
     stdout, stderr = root / "stdout", root / "stderr"
     with open(stdout, "wb") as out, open(stderr, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "bonsai.cli.main", *args], stdout=out, stderr=err, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bonsai.cli.main", *args], stdout=out, stderr=err, start_new_session=True, env={**os.environ, **(env or {})}
+        )
     return Server(proc, home, port, stdout, stderr)

@@ -75,7 +75,7 @@ def test_dry_run_binds_localhost_and_names_adapters_by_content(
     assert cmd[cmd.index("--max-lora-rank") + 1] == "16"  # the adapters are r=8; at least 16
     assert cmd[cmd.index("--served-model-name") + 1] == base_model.name and "--enable-lora" in cmd
     assert plan["adapters"] == {"pro": ref.name, "con": inspect_adapter(lora_adapters[1]).name}
-    assert plan["env"] == {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+    assert plan["env"] == {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "BONSAI_ADAPTER_ROOT": str((tmp_path / "home").resolve())}
     assert not serve_info_path(tmp_path / "home", 8123).exists()  # a dry run publishes nothing
 
 

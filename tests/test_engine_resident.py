@@ -34,6 +34,7 @@ from bonsai.personas import default_personas_dir
 
 DATA = Path(__file__).parent / "data"
 START_TIMEOUT_S = "300"
+KEY = "resident-test-key-51c2"
 
 
 def _bonsai(home: Path, *args: str, timeout: float = 420) -> subprocess.CompletedProcess[str]:
@@ -162,11 +163,16 @@ def test_port_in_use_by_another_program(base_model: BaseModel, tmp_path: Path) -
 
 @pytest.mark.serve
 @pytest.mark.slow
-def test_resident_engine_lifecycle(base_model: BaseModel, lora_adapters: list[Path], tmp_path: Path) -> None:
+def test_resident_engine_lifecycle(base_model: BaseModel, lora_adapters: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     home = tmp_path / "home"
     port = free_port()
     base = str(base_model.path)
-    started = _bonsai(home, "engine", "start", "--base", base, "--port", str(port), "--json", "--start-timeout", START_TIMEOUT_S)
+    # every command below (the engine's start, status and stop, and the debate that uses it) runs with
+    # the key in its environment: the engine requires it, the clients send it, no file records it
+    monkeypatch.setenv("BONSAI_API_KEY", KEY)
+    auth = {"Authorization": f"Bearer {KEY}"}
+    # the debate below loads an adapter from the tests' temp folder, outside this home
+    started = _bonsai(home, "engine", "start", "--base", base, "--port", str(port), "--json", "--start-timeout", START_TIMEOUT_S, "--allow-any-adapter-path")
     pid = None
     try:
         assert started.returncode == 0, started.stderr
@@ -177,6 +183,8 @@ def test_resident_engine_lifecycle(base_model: BaseModel, lora_adapters: list[Pa
         assert "starting vLLM" in started.stderr
         state = json.loads(resident.state_path(home, port).read_text())
         assert state["pid"] == pid and Path(state["log_path"]).is_file()
+        assert state["api_key_required"] is True and KEY not in resident.state_path(home, port).read_text()
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).status_code == 401
         assert os.getpgid(pid) == pid  # its own session: a terminal's Ctrl-C or hang-up does not reach it
 
         status = _bonsai(home, "engine", "status")
@@ -203,7 +211,11 @@ def test_resident_engine_lifecycle(base_model: BaseModel, lora_adapters: list[Pa
         assert debate.returncode == 0, debate.stderr
         assert f"using the engine at http://127.0.0.1:{port} (pid {pid}" in debate.stderr
         assert json.loads(debate.stdout.splitlines()[-1])["status"] == "finished"
-        served = {m["id"] for m in httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).json()["data"]}
+        monkeypatch.delenv("BONSAI_API_KEY")
+        keyless = _bonsai(home, "debate", "Tea beats coffee", "--base", base, "--format", "quick", "--rounds", "1", "--max-tokens", "8")
+        assert keyless.returncode == 3 and "needs an API key (HTTP 401)" in keyless.stderr and "Traceback" not in keyless.stderr
+        monkeypatch.setenv("BONSAI_API_KEY", KEY)
+        served = {m["id"] for m in httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10, headers=auth).json()["data"]}
         assert inspect_adapter(lora_adapters[0]).name in served
         assert resident.find_resident(home, base_model.content_hash).pid == pid  # type: ignore[union-attr]
         assert resident.find_resident(home, base_model.content_hash, min_model_len=8192) is None  # too short a context

@@ -128,7 +128,7 @@ def test_sweep_over_two_servers_survives_one_dying(served: Server, base_model: B
     """The session's shared server and one of this test's own: the one that dies (a start of its own is
     what a test that kills a server has to pay; the other one need not be started again)."""
     install_versions(isolated_home, lora_adapters)
-    own = start_serve(tmp_path / "s1", base_model.path, "--max-model-len", "2048")
+    own = start_serve(tmp_path / "s1", base_model.path, "--max-model-len", "2048", "--allow-any-adapter-path")
     try:
         own.wait_ready()
         endpoints = [a for url in (served.endpoint, own.endpoint) for a in ("--endpoint", url)]

@@ -37,9 +37,10 @@ class Promotion:
     threshold_override: float | None = None
 
 
-async def load_on_endpoints(endpoints: Sequence[str], adapter: AdapterRef, *, base_model: Path | None = None) -> str:
-    """Register ``adapter`` on every server; returns the name it is served under."""
-    engine = create_engine(EngineConfig(kind="openai", endpoints=list(endpoints), base_model=base_model))
+async def load_on_endpoints(endpoints: Sequence[str], adapter: AdapterRef, *, base_model: Path | None = None, api_key: str | None = None) -> str:
+    """Register ``adapter`` on every server; returns the name it is served under.
+    ``api_key``: the servers' key (None: $BONSAI_API_KEY)."""
+    engine = create_engine(EngineConfig(kind="openai", endpoints=list(endpoints), base_model=base_model, api_key=api_key))
     async with engine:
         await engine.add_adapter(adapter)
     log.info("adapter %s loaded on %s", adapter.name, ", ".join(endpoints))
@@ -62,6 +63,7 @@ async def promote_version(
     threshold: float | None = None,
     endpoints: Sequence[str] = (),
     base_model: Path | None = None,
+    api_key: str | None = None,
 ) -> Promotion:
     """Gate, hot-load, then move ``current``. Raises (changing nothing) if any step refuses."""
     # the version's files are read once, here: the gate, the servers and the pointer all use what this found
@@ -70,7 +72,7 @@ async def promote_version(
     evaluation = check_gate(home, persona, version, threshold=threshold, force=force)
     name = target.adapter.name
     if endpoints:
-        name = await load_on_endpoints(endpoints, target.adapter, base_model=base_model)
+        name = await load_on_endpoints(endpoints, target.adapter, base_model=base_model, api_key=api_key)
     summary = _evaluation_summary(evaluation)
     override = None
     if force:
@@ -88,11 +90,11 @@ async def promote_version(
 
 
 async def rollback_version(
-    home: Path, persona: str, *, to: str | None = None, endpoints: Sequence[str] = (), base_model: Path | None = None
+    home: Path, persona: str, *, to: str | None = None, endpoints: Sequence[str] = (), base_model: Path | None = None, api_key: str | None = None
 ) -> tuple[str | None, str]:
     """Step ``current`` back (see :func:`bonsai.registry.rollback`), loading the target on servers first."""
     if not endpoints:
         return registry.rollback(home, persona, to=to)
     target = registry.open_version(home, persona, to if to else registry.rollback_target(home, persona))
-    await load_on_endpoints(endpoints, target.adapter, base_model=base_model)
+    await load_on_endpoints(endpoints, target.adapter, base_model=base_model, api_key=api_key)
     return registry.rollback(home, persona, to=target)

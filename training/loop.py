@@ -214,8 +214,12 @@ class Loop:
         after_step: AfterStep | None = None,
         progress: bool = False,
         judge_engine: Engine | None = None,
+        api_key: str | None = None,
     ) -> None:
-        """``judge_engine``: the judge's own engine for the debates and the gate (None: ``engine``)."""
+        """``judge_engine``: the judge's own engine for the debates and the gate (None: ``engine``).
+        ``api_key``: the key of the servers promoted versions are hot-loaded on (kept out of the
+        saved state; None: $BONSAI_API_KEY)."""
+        self.api_key = api_key
         self.state = state
         self.config = LoopConfig.model_validate(state["config"])
         self.engine = engine
@@ -455,7 +459,8 @@ class Loop:
                 step["promoted"][persona] = version  # promoted before an interruption
             elif result["passed"] or self.config.promote == "always":
                 try:
-                    await promote_version(self.home, persona, version, force=self.config.promote == "always", endpoints=self.config.endpoints)
+                    await promote_version(self.home, persona, version, force=self.config.promote == "always", endpoints=self.config.endpoints,
+                                          api_key=self.api_key)
                 except BonsaiError as exc:
                     step["kept"][persona] = f"promotion refused: {exc.message}"
                     self._save()

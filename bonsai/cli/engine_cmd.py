@@ -17,6 +17,7 @@ from dataclasses import asdict
 from bonsai.cli.common import home_from
 from bonsai.cli.serve_cmd import add_serve_options, plan_from_args
 from bonsai.engine import resident
+from bonsai.engine.auth import env_api_key
 from bonsai.errors import ConfigError
 from bonsai.model.chat_template import read_chat_template, template_hash
 from bonsai.model.prepare import resolve_base
@@ -67,6 +68,7 @@ def run_start(args: argparse.Namespace) -> int:
         template = read_chat_template(args.chat_template) if args.chat_template is not None else None
         found = resident.find_resident(
             home, base.content_hash, base.path, min_lora_rank=args.max_lora_rank or 0, chat_template_hash=template_hash(template),
+            api_key=args.api_key or env_api_key(),
         )
         if found is not None:
             return _report(found, started=False, as_json=args.json)

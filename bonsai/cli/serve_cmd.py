@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from bonsai.cli.common import home_from
+from bonsai.engine.auth import API_KEY_ENV, env_api_key
 from bonsai.serve.server import DEFAULT_HOST, DEFAULT_PORT, ServePlan, plan_serve, run_server, serve_info_path
 from bonsai.errors import ConfigError
 
@@ -36,6 +37,15 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--personas-dir", type=Path, default=None, help="folder of persona YAML files (default: the shipped personas)")
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST}: this machine only)")
     p.add_argument("--port", type=int, default=None, help=f"port to bind (default {DEFAULT_PORT})")
+    p.add_argument(
+        "--api-key", default=None, metavar="KEY",
+        help=f"clients must send this key (vLLM's own check); required for a --host other machines can reach (default: ${API_KEY_ENV}, "
+        "which keeps the key out of the process list)",
+    )
+    p.add_argument(
+        "--allow-any-adapter-path", action="store_true",
+        help="let clients load adapters at run time from any folder or hub id (default: only folders under $BONSAI_HOME)",
+    )
     p.add_argument("--max-model-len", type=int, default=4096, help="context length in tokens (default 4096)")
     p.add_argument("--max-lora-rank", type=int, default=None, help="largest adapter rank servable (default: the adapters', at least 16)")
     p.add_argument("--max-loras", type=int, default=None, help="adapters in one batch (default: the number of adapters, at least 4)")
@@ -67,6 +77,8 @@ def plan_from_args(args: argparse.Namespace, home: Path) -> ServePlan:
         kv_cache_gib=args.kv_cache_gib,
         dtype=args.dtype,
         chat_template=args.chat_template,
+        api_key=args.api_key or env_api_key(),
+        allow_any_adapter_path=args.allow_any_adapter_path,
     )
 
 
@@ -82,9 +94,12 @@ def _parse_adapters(items: list[str]) -> dict[str, Path]:
 
 def _print_ready(plan: ServePlan, log_path: Path, *, as_json: bool, info_path: Path) -> None:
     if as_json:
-        print(json.dumps({"endpoint": plan.endpoint, "base_model": plan.base.name, "adapters": plan.adapter_names, "log": str(log_path), "info": str(info_path)}), flush=True)
+        print(json.dumps({"endpoint": plan.endpoint, "base_model": plan.base.name, "adapters": plan.adapter_names, "log": str(log_path), "info": str(info_path),
+                          "api_key_required": bool(plan.api_key)}), flush=True)
         return
     print(f"serving {plan.base.name} at {plan.endpoint}  (log: {log_path})", flush=True)
+    if plan.api_key:
+        print(f"  clients must send the API key (--api-key or {API_KEY_ENV})", flush=True)
     if plan.adapter_names:
         width = max(len(p) for p in plan.adapter_names)
         for persona, name in plan.adapter_names.items():

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from bonsai.engine.types import (
     AdapterRef,
@@ -48,6 +48,8 @@ class EngineConfig(BaseModel):
     log_stats: bool = Field(True, description="Keep vLLM's counters for Engine.stats() (in-process vLLM engine).")
     endpoint_retry_s: float = Field(15.0, ge=0, description="Seconds a down endpoint rests before it is probed again (kind=openai).")
     chat_template: str | None = Field(None, description="Chat template text used instead of the base's own (in-process engines; checked by the caller).")
+    #: left out of every dump: a config written to a file or sent to a worker never carries the key
+    api_key: SecretStr | None = Field(None, exclude=True, description="Key the endpoints require (kind=openai); None: $BONSAI_API_KEY.")
 
 
 def create_engine(config: EngineConfig) -> Engine:
@@ -75,9 +77,13 @@ def create_engine(config: EngineConfig) -> Engine:
         return HFEngine(
             config.base_model, base_hash=config.base_hash, dtype=config.dtype, max_model_len=config.max_model_len, chat_template=config.chat_template,
         )
+    from bonsai.engine.auth import env_api_key
     from bonsai.engine.openai_remote import OpenAIEngine
 
-    return OpenAIEngine(config.endpoints, base_model=str(config.base_model) if config.base_model else None, endpoint_retry_s=config.endpoint_retry_s)
+    api_key = config.api_key.get_secret_value() if config.api_key else env_api_key()
+    return OpenAIEngine(
+        config.endpoints, base_model=str(config.base_model) if config.base_model else None, endpoint_retry_s=config.endpoint_retry_s, api_key=api_key
+    )
 
 
 __all__ = [

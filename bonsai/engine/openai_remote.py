@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 
 from bonsai.engine.adapters import validate_adapter
+from bonsai.engine.auth import unauthorized
 from bonsai.engine.types import (
     VLLM_COUNTERS,
     AdapterRef,
@@ -131,6 +132,8 @@ def _reason(exc: EndpointUnreachable) -> str:
 
 
 def _models_in(response: httpx.Response, url: str) -> list[dict[str, Any]]:
+    if response.status_code == 401:
+        raise unauthorized(url, sent_key="authorization" in response.request.headers)
     if response.status_code != 200:
         raise EngineError(
             f"the engine at {url} did not list its models (HTTP {response.status_code}): {_server_message(response)}",

@@ -152,6 +152,9 @@ class ResidentEngine:
     adapters: dict[str, str] = field(default_factory=dict)
     #: identity of the --chat-template it renders with (None: the base's own)
     chat_template_hash: str | None = None
+    #: clients must send an API key. The key itself is not recorded (this file is as readable as the
+    #: rest of $BONSAI_HOME): clients take it from --api-key or $BONSAI_API_KEY, like the server did
+    api_key_required: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -171,17 +174,25 @@ class ResidentEngine:
             return base_hash == self.base_hash
         return base_path is not None and Path(base_path).resolve() == Path(self.base_path).resolve()
 
-    def answers(self, timeout: float = PROBE_TIMEOUT_S) -> bool:
-        """True when /v1/models answers and lists this engine's base."""
+    def answers(self, timeout: float = PROBE_TIMEOUT_S, *, api_key: str | None = None) -> bool:
+        """True when /v1/models answers and lists this engine's base. An engine that needs a key
+        and refuses ``api_key`` (or its absence) answers too: it runs, and the client using it
+        then says which key is missing."""
         try:
-            response = httpx.get(f"{self.url}/v1/models", timeout=timeout)
+            response = httpx.get(f"{self.url}/v1/models", timeout=timeout, headers=_auth_headers(api_key))
         except httpx.HTTPError:
             return False
+        if response.status_code == 401 and self.api_key_required:
+            return True
         if response.status_code != 200:
             return False
         with contextlib.suppress(ValueError, KeyError, TypeError):
             return any(m.get("id") == self.base_name and not m.get("parent") for m in response.json()["data"])
         return False
+
+
+def _auth_headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 def read_state(home: Path, port: int) -> ResidentEngine | None:
@@ -228,7 +239,7 @@ class Checked:
     note: str = ""
 
 
-def check(home: Path, engine: ResidentEngine, *, clean: bool = True) -> Checked:
+def check(home: Path, engine: ResidentEngine, *, clean: bool = True, api_key: str | None = None) -> Checked:
     """How ``engine`` is doing; a gone one's state file is removed (``clean``) and the note says so,
     with the cause and the end of its log when it crashed."""
     if not engine.alive():
@@ -244,7 +255,7 @@ def check(home: Path, engine: ResidentEngine, *, clean: bool = True) -> Checked:
             f"{'; its stale state file was removed' if clean else ''}. Last lines of {log_path}:\n{tail(log_path, 10)}"
         )
         return Checked(engine, Health.GONE, note)
-    if engine.answers():
+    if engine.answers(api_key=api_key):
         return Checked(engine, Health.RUNNING)
     if engine.ready_at is None:
         return Checked(engine, Health.STARTING, f"the engine on port {engine.port} (pid {engine.pid}) is still starting (log: {engine.log_path})")
@@ -259,6 +270,7 @@ def check(home: Path, engine: ResidentEngine, *, clean: bool = True) -> Checked:
 def find_resident(
     home: Path, base_hash: str | None, base_path: Path | str | None = None, *, min_lora_rank: int = 0, min_model_len: int = 0,
     chat_template_hash: str | None = None,
+    api_key: str | None = None,
 ) -> ResidentEngine | None:
     """A running, answering resident engine for this base that serves adapters up to ``min_lora_rank``
     and contexts up to ``min_model_len`` tokens, or None.
@@ -278,7 +290,7 @@ def find_resident(
                 engine.url, engine.max_lora_rank, engine.max_model_len, min_lora_rank, min_model_len,
             )
             continue
-        checked = check(home, engine)
+        checked = check(home, engine, api_key=api_key)
         if checked.health is Health.RUNNING:
             return engine
         if checked.health is Health.GONE:
@@ -296,8 +308,9 @@ def use_resident(home: Path, config: EngineConfig) -> tuple[EngineConfig, Reside
     """
     if config.kind != "vllm" or config.base_model is None:
         return config, None
+    api_key = config.api_key.get_secret_value() if config.api_key else None
     found = find_resident(
-        home, config.base_hash, config.base_model, min_lora_rank=config.max_lora_rank, min_model_len=config.max_model_len,
+        home, config.base_hash, config.base_model, min_lora_rank=config.max_lora_rank, min_model_len=config.max_model_len, api_key=api_key,
         chat_template_hash=template_hash(config.chat_template),
     )
     if found is None:
@@ -316,6 +329,7 @@ def wait_ready(
     on_progress: Callable[[float], None] = lambda _elapsed: None,
     poll_s: float = 1.0,
     progress_every_s: float = 10.0,
+    api_key: str | None = None,
 ) -> ResidentEngine:
     """Block until ``engine`` answers /v1/models; record ``ready_at``. On death or timeout the state
     is removed (the server stopped first on timeout) and the error carries vLLM's root cause."""
@@ -323,7 +337,7 @@ def wait_ready(
     last_progress = t0
     log_path = Path(engine.log_path)
     while True:
-        if engine.answers():
+        if engine.answers(api_key=api_key):
             ready = ResidentEngine(**{**asdict(engine), "ready_at": time.time()})
             atomic.write_text(state_path(home, engine.port), ready.to_json())
             return ready

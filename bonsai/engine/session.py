@@ -27,10 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from bonsai.engine import AdapterRef, Engine, EngineConfig, EngineKind, create_engine
 from bonsai.engine.adapters import lora_rank_for, validate_adapter
+from bonsai.engine.auth import API_KEY_ENV, EngineAuthError, env_api_key
 from bonsai.errors import ConfigError, EndpointUnreachable, EngineError, describe_validation
 from bonsai.model.chat_template import require_chat_template
 from bonsai.model.prepare import BaseModel as PreparedBase
@@ -40,6 +41,11 @@ M = TypeVar("M", bound=BaseModel)
 
 #: a context manager shown while something slow runs (the CLI's spinner); given what is starting
 Starting = Callable[[str], AbstractContextManager[Any]]
+
+
+def _env_secret() -> SecretStr | None:
+    key = env_api_key()
+    return SecretStr(key) if key else None
 
 
 class EngineOptions(BaseModel):
@@ -61,6 +67,15 @@ class EngineOptions(BaseModel):
     )
     max_model_len: int = Field(4096, ge=256, description="context window the engine serves")
     max_lora_rank: int | None = Field(None, ge=1, description="largest adapter rank the engine accepts (default: from the adapters in play, at least 16)")
+    # a secret: never dumped (the TUI's and the loop's saved options leave it out), never shown in --help
+    api_key: SecretStr | None = Field(
+        default_factory=lambda: _env_secret(), exclude=True,
+        description=f"API key of the --endpoint servers and of a resident engine started with one (default: ${API_KEY_ENV})",
+        json_schema_extra={"metavar": "KEY"},
+    )
+
+    def secret(self) -> str | None:
+        return self.api_key.get_secret_value() if self.api_key else None
 
     def resolved_kind(self) -> EngineKind:
         """An endpoint means the OpenAI engine; ``--engine openai`` without one is a mistake."""
@@ -86,6 +101,9 @@ class JudgeEngineOptions(BaseModel):
     judge_base: str | None = Field(
         None, description="judge with this local base model (folder or cached hub id) on an in-process engine of its own",
         json_schema_extra={"metavar": "DIR"},
+    )
+    judge_api_key: SecretStr | None = Field(
+        None, exclude=True, description="API key of --judge-endpoint (default: the debaters' --api-key)", json_schema_extra={"metavar": "KEY"},
     )
 
     @model_validator(mode="after")
@@ -245,6 +263,7 @@ def plan_engine(
         max_loras=max(min_loras, len({r.name for r in live})),
         max_lora_rank=options.max_lora_rank or max(16, lora_rank_for(live) if live else 16),
         chat_template=base.chat_template if in_process and base else None,
+        api_key=options.api_key,
     )
     config = config.model_copy(update=updates) if updates else config
     resident = None
@@ -261,7 +280,9 @@ def plan_judge(judge: JudgeEngineOptions, options: EngineOptions, home: Path) ->
     """The judge's own engine, or None when it judges on the debaters' engine. A local judge base runs
     on an in-process engine of the debaters' kind (vLLM when the debaters are on an endpoint)."""
     if judge.judge_endpoint:
-        config = EngineConfig(kind="openai", endpoints=[judge.judge_endpoint], max_model_len=options.max_model_len)
+        config = EngineConfig(
+            kind="openai", endpoints=[judge.judge_endpoint], max_model_len=options.max_model_len, api_key=judge.judge_api_key or options.api_key
+        )
         return JudgeSetup(config, None, judge.judge_model)
     if judge.judge_base:
         base = resolve_base(judge.judge_base, home)
@@ -290,7 +311,8 @@ async def open_judge(judge: JudgeSetup, *, starting: Starting | None = None) -> 
     if judge.config.kind == "openai":
         from bonsai.engine.openai_remote import OpenAIEngine
 
-        engine: Engine = OpenAIEngine(judge.config.endpoints, base_model=judge.model, endpoint_retry_s=judge.config.endpoint_retry_s)
+        api_key = judge.config.api_key.get_secret_value() if judge.config.api_key else None
+        engine: Engine = OpenAIEngine(judge.config.endpoints, base_model=judge.model, endpoint_retry_s=judge.config.endpoint_retry_s, api_key=api_key)
     else:
         engine = create_engine(judge.config)
     try:
@@ -299,8 +321,12 @@ async def open_judge(judge: JudgeSetup, *, starting: Starting | None = None) -> 
         if judge.config.kind != "openai":
             raise
         # the OpenAI engine's hints speak of --endpoint and --base: say which flags this is about
-        hint = ("pass a running OpenAI-compatible server (e.g. `bonsai serve`) as --judge-endpoint" if isinstance(exc, EndpointUnreachable)
-                else "pass one of the models it lists as --judge-model, or leave --judge-model out")
+        if isinstance(exc, EndpointUnreachable):
+            hint = "pass a running OpenAI-compatible server (e.g. `bonsai serve`) as --judge-endpoint"
+        elif isinstance(exc, EngineAuthError):
+            hint = f"pass the judge server's key as --judge-api-key KEY (or the debaters' --api-key / {API_KEY_ENV} when it is the same)"
+        else:
+            hint = "pass one of the models it lists as --judge-model, or leave --judge-model out"
         raise type(exc)(f"the judge's engine: {exc.message}", hint) from exc
     try:
         yield engine

@@ -58,6 +58,7 @@ def _engine_from_plan(plan: ServePlan, pid: int, log_path: Path) -> ResidentEngi
         pid_start_ticks=process_start_ticks(pid),
         adapters=plan.adapter_names,
         chat_template_hash=template_hash(plan.base.chat_template),
+        api_key_required=bool(plan.api_key),
     )
 
 
@@ -67,7 +68,7 @@ def preflight(home: Path, plan: ServePlan) -> tuple[ResidentEngine | None, list[
     notes: list[str] = []
     existing = read_state(home, plan.port)
     if existing is not None:
-        checked = check(home, existing)
+        checked = check(home, existing, api_key=plan.api_key)
         if checked.health is Health.GONE:
             notes.append(checked.note)
         elif not existing.serves(plan.base.content_hash, plan.base.path):
@@ -86,7 +87,7 @@ def preflight(home: Path, plan: ServePlan) -> tuple[ResidentEngine | None, list[
         else:
             return existing, notes  # running or starting: the caller waits for it
     if port_in_use(plan.host, plan.port):
-        served = _served_models(plan.endpoint)
+        served = _served_models(plan.endpoint, plan.api_key)
         what = f"a server of {', '.join(served)} not started as a resident engine from {home}" if served else "another program"
         raise EngineError(
             f"port {plan.port} on {plan.host} is in use by {what}",
@@ -95,10 +96,11 @@ def preflight(home: Path, plan: ServePlan) -> tuple[ResidentEngine | None, list[
     return None, notes
 
 
-def _served_models(url: str) -> list[str]:
+def _served_models(url: str, api_key: str | None = None) -> list[str]:
     """The base models an OpenAI-compatible server at ``url`` lists, or [] if it is not one."""
     try:
-        response = httpx.get(f"{url}/v1/models", timeout=PROBE_TIMEOUT_S)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        response = httpx.get(f"{url}/v1/models", timeout=PROBE_TIMEOUT_S, headers=headers)
         return [m["id"] for m in response.json()["data"] if not m.get("parent")] if response.status_code == 200 else []
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
         return []
@@ -119,7 +121,7 @@ def start(
     """
     existing, notes = preflight(home, plan)
     if existing is not None:
-        return StartResult(wait_ready(home, existing, timeout=timeout, on_progress=on_progress), started=False, notes=tuple(notes))
+        return StartResult(wait_ready(home, existing, timeout=timeout, on_progress=on_progress, api_key=plan.api_key), started=False, notes=tuple(notes))
     server = ServerProcess(plan, serve_log_path(home, plan.port))
     server.start(detached=True)
     assert server.proc is not None
@@ -127,7 +129,7 @@ def start(
     try:
         atomic.write_text(state_path(home, plan.port), engine.to_json())
         on_spawn(engine)
-        ready = wait_ready(home, engine, timeout=timeout, on_progress=on_progress)
+        ready = wait_ready(home, engine, timeout=timeout, on_progress=on_progress, api_key=plan.api_key)
     except BaseException:
         if engine.alive():
             stop(home, engine)

@@ -32,7 +32,9 @@ import httpx
 
 from bonsai import atomic
 from bonsai.registry import resolve_persona_adapter
+from bonsai.engine.adapter_guard import ROOT_ENV
 from bonsai.engine.adapters import lora_rank_for, supported_lora_rank, validate_adapter
+from bonsai.engine.auth import check_bind
 from bonsai.registry.identity import inspect_adapter
 from bonsai.engine.platform import resolve_dtype, vllm_on_cpu
 from bonsai.engine.serverlog import start_failure
@@ -67,6 +69,24 @@ class ServePlan:
     command: list[str]
     #: variables set for the server on top of the inherited environment
     env: Mapping[str, str] = field(default_factory=dict)
+    #: the key vLLM requires (given to it as VLLM_API_KEY, never on its command line, in a log or a file)
+    api_key: str | None = field(default=None, repr=False)
+    #: runtime adapter loads may name any folder or hub id (else only folders under $BONSAI_HOME)
+    allow_any_adapter_path: bool = False
+
+    def process_env(self, inherited: Mapping[str, str]) -> dict[str, str]:
+        """The server's whole environment: ``inherited`` with :attr:`env` and the key on top. An
+        inherited VLLM_API_KEY is dropped so the server's key is always the one bonsai knows of, and
+        vLLM's LoRA resolvers (which load adapters by name from a folder or the hub) are kept off
+        while adapter paths are checked."""
+        env = {k: v for k, v in inherited.items() if k != "VLLM_API_KEY"}
+        if not self.allow_any_adapter_path:
+            for name in ("VLLM_LORA_RESOLVER_CACHE_DIR", "VLLM_LORA_RESOLVER_HF_REPO_LIST"):
+                env.pop(name, None)
+        env.update(self.env)
+        if self.api_key:
+            env["VLLM_API_KEY"] = self.api_key
+        return env
 
     @property
     def endpoint(self) -> str:
@@ -91,6 +111,8 @@ class ServePlan:
             "dtype": self.dtype,
             "adapters": self.adapter_names,
             "adapter_paths": {ref.name: str(ref.path) for ref in self.adapters.values()},
+            "api_key_required": bool(self.api_key),
+            "any_adapter_path": self.allow_any_adapter_path,
         }
 
 
@@ -148,6 +170,8 @@ def plan_serve(
     kv_cache_gib: float = 1.0,
     dtype: str = "auto",
     chat_template: Path | None = None,
+    api_key: str | None = None,
+    allow_any_adapter_path: bool = False,
 ) -> ServePlan:
     """Resolve the base and every persona's adapter, check them, and build vLLM's command line.
 
@@ -155,7 +179,10 @@ def plan_serve(
     checked here; a base with no template of its own and none given is refused before anything starts.
 
     ``dtype="auto"`` decides as the in-process engine does: float32 on CPU, bfloat16 on a GPU.
+    A ``host`` other machines can reach needs an ``api_key``; adapters loaded at run time must be
+    folders under ``home`` unless ``allow_any_adapter_path`` (see :mod:`bonsai.engine.adapter_guard`).
     """
+    check_bind(host, api_key)
     dtype = resolve_dtype(dtype, on_cpu=vllm_on_cpu())
     base_model = resolve_templated_base(base, home, chat_template)
     book = PersonaBook.load(personas_dir)
@@ -201,7 +228,10 @@ def plan_serve(
         command += ["--lora-modules", *(_lora_module_arg(ref) for ref in unique.values())]
     if chat_template is not None:
         command += ["--chat-template", str(Path(chat_template).expanduser().resolve())]
-    env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+    # the guard checks runtime adapter loads (and the key on the routes vLLM leaves open); it runs
+    # in the server process, configured by the environment below
+    command += ["--middleware", "bonsai.engine.adapter_guard.AdapterGuard"]
+    env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", ROOT_ENV: "" if allow_any_adapter_path else str(Path(home).resolve())}
     return ServePlan(
         base=base_model,
         host=host,
@@ -213,6 +243,8 @@ def plan_serve(
         adapters=refs,
         command=command,
         env=env,
+        api_key=api_key,
+        allow_any_adapter_path=allow_any_adapter_path,
     )
 
 
@@ -251,7 +283,7 @@ class ServerProcess:
         our death; it runs in its own session either way, away from the terminal's signals."""
         _check_port_free(self.plan.host, self.plan.port)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.plan.env}
+        env = self.plan.process_env(os.environ)
         # `bonsai` quiets vLLM for its own commands; the server's log is a file worth reading
         if env.get("VLLM_LOGGING_LEVEL", "").upper() != "DEBUG":
             env["VLLM_LOGGING_LEVEL"] = "INFO"

@@ -63,6 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--force", action="store_true", help="promote even without a passing evaluation")
     pr.add_argument("--threshold", type=float, default=None, help="override the threshold the evaluation used")
     pr.add_argument("--endpoint", action="append", default=[], metavar="URL", help="a running `bonsai serve` to load the version on first; repeatable")
+    pr.add_argument("--api-key", default=None, metavar="KEY", help="API key of the --endpoint servers (default: $BONSAI_API_KEY)")
     pr.add_argument("--base", help="base model folder, to check the adapter before a server loads it")
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=run_promote)
@@ -71,6 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     rb.add_argument("persona")
     rb.add_argument("--to", default=None, help="roll back to this version instead")
     rb.add_argument("--endpoint", action="append", default=[], metavar="URL", help="a running `bonsai serve` to load the version on first; repeatable")
+    rb.add_argument("--api-key", default=None, metavar="KEY", help="API key of the --endpoint servers (default: $BONSAI_API_KEY)")
     rb.add_argument("--json", action="store_true")
     rb.set_defaults(func=run_rollback)
 
@@ -228,7 +230,8 @@ def run_promote(args: argparse.Namespace) -> int:
     home = home_from(args)
     base = resolve_base(args.base, home, prepare=False) if args.base else None
     promotion = asyncio.run(
-        promote_version(home, args.persona, args.version, force=args.force, threshold=args.threshold, endpoints=args.endpoint, base_model=base.path if base else None)
+        promote_version(home, args.persona, args.version, force=args.force, threshold=args.threshold, endpoints=args.endpoint, base_model=base.path if base else None,
+                        api_key=args.api_key)
     )
     if args.json:
         print(json.dumps({"persona": promotion.persona, "version": promotion.version, "previous": promotion.previous,
@@ -248,7 +251,7 @@ def run_rollback(args: argparse.Namespace) -> int:
     from training.hotload import rollback_version
 
     home = home_from(args)
-    previous, target = asyncio.run(rollback_version(home, args.persona, to=args.to, endpoints=args.endpoint))
+    previous, target = asyncio.run(rollback_version(home, args.persona, to=args.to, endpoints=args.endpoint, api_key=args.api_key))
     if args.json:
         print(json.dumps({"persona": args.persona, "version": target, "previous": previous}))
         return 0

@@ -187,7 +187,7 @@ async def _run_async(args: argparse.Namespace) -> int:
                 saved = True
             assert opened.base is not None
             loop = Loop(state, engine=opened.engine, home=home, book=book, base=opened.base, progress=not args.json and sys.stderr.isatty(),
-                        judge_engine=opened.judge)
+                        judge_engine=opened.judge, api_key=engine.secret())
             async for ev in loop.run():
                 if args.json:
                     print(json.dumps(ev, ensure_ascii=False), flush=True)

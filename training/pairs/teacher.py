@@ -15,6 +15,7 @@ import httpx
 from pydantic import Field, model_validator
 
 from bonsai.engine import AdapterRef, Engine, EngineConfig, GenerationRequest
+from bonsai.engine.auth import env_api_key
 from bonsai.registry.identity import inspect_adapter
 from bonsai.engine.openai_remote import OpenAIEngine, normalize_endpoint
 from bonsai.errors import ConfigError, EndpointUnreachable
@@ -76,7 +77,7 @@ class Teacher(Strategy):
             return await ctx.engines.start(config), None, f"base {base.name}"
         assert p.endpoint is not None
         url = normalize_endpoint(p.endpoint)
-        engine = await ctx.engines.adopt(OpenAIEngine([url]))
+        engine = await ctx.engines.adopt(OpenAIEngine([url], api_key=env_api_key()))
         if p.model is None or p.model in (engine.info.base_model, Path(engine.info.base_model).name):
             return engine, None, f"{url} {engine.info.base_model}"
         served = await _served_adapters(url)
@@ -123,7 +124,8 @@ class Teacher(Strategy):
 
 async def _served_adapters(url: str) -> set[str]:
     try:
-        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        key = env_api_key()
+        async with httpx.AsyncClient(base_url=url, timeout=30, headers={"Authorization": f"Bearer {key}"} if key else {}) as client:
             response = await client.get("/v1/models")
             response.raise_for_status()
             data = response.json().get("data", [])
