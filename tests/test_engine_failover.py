@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from bonsai.engine.openai_remote import OpenAIEngine, _prometheus_counters
+from bonsai.engine.openai import OpenAIEngine
+from bonsai.engine.openai.metrics import prometheus_counters
 from bonsai.engine.types import AdapterRef, ChatPrompt, Completion, EngineStats, GenerationRequest, Sampling, TextDelta
 from bonsai.errors import EndpointUnreachable
 
@@ -195,7 +196,7 @@ async def test_a_killed_endpoint_is_marked_down_and_its_requests_move(caplog: py
             await collect(engine, f"warm{i}")
         assert len(a.completions) == len(b.completions) == 1
         await a.kill()
-        with caplog.at_level(logging.WARNING, logger="bonsai.engine.openai_remote"):
+        with caplog.at_level(logging.WARNING, logger="bonsai.engine.openai"):
             for i in range(3):
                 events = await collect(engine, f"after{i}")
                 assert events[-1].text == b.served_words()  # the first one tried A, was refused, and moved
@@ -347,7 +348,7 @@ def _metrics_text(queries: int, hits: int, prompt: int, generated: int, stop: in
 
 
 def test_prometheus_text_is_summed_over_labels() -> None:
-    totals = _prometheus_counters(_metrics_text(100, 40, 100, 20, 3, 1), {"vllm:request_success", "vllm:prefix_cache_hits", "vllm:num_requests_running"})
+    totals = prometheus_counters(_metrics_text(100, 40, 100, 20, 3, 1), {"vllm:request_success", "vllm:prefix_cache_hits", "vllm:num_requests_running"})
     assert totals == {"vllm:prefix_cache_hits": 40.0, "vllm:request_success": 4.0}  # gauges are not counters
 
 
@@ -368,7 +369,7 @@ async def test_stats_sum_the_endpoints_and_skip_a_dead_one(caplog: pytest.LogCap
         assert both == EngineStats(150, 50, 160, 25, 5, ())
         assert both.hit_rate == pytest.approx(1 / 3)
         await a.kill()
-        with caplog.at_level(logging.WARNING, logger="bonsai.engine.openai_remote"):
+        with caplog.at_level(logging.WARNING, logger="bonsai.engine.openai"):
             alone = await engine.stats()
         assert alone == EngineStats(50, 10, 60, 5, 1, (a.url,))
         assert f"engine stats leave out {a.url}" in caplog.text

@@ -21,7 +21,7 @@ import pytest
 
 from bonsai.cli.main import main
 from bonsai.engine.adapters import inspect_adapter
-from bonsai.engine.openai_remote import OpenAIEngine, normalize_endpoint
+from bonsai.engine.openai import OpenAIEngine, normalize_endpoint
 from bonsai.engine.server import serve_info_path, serve_log_path
 from bonsai.engine.types import AdapterRef, ChatMessage, ChatPrompt, Completion, GenerationRequest, Sampling, TextDelta, TextPrompt
 from bonsai.errors import AdapterError, EndpointUnreachable, PromptTooLong

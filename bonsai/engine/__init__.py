@@ -71,7 +71,7 @@ def create_engine(config: EngineConfig) -> Engine:
 
         assert config.base_model is not None
         return HFEngine(config.base_model, base_hash=config.base_hash, dtype=config.dtype, max_model_len=config.max_model_len)
-    from bonsai.engine.openai_remote import OpenAIEngine
+    from bonsai.engine.openai import OpenAIEngine
 
     return OpenAIEngine(config.endpoints, base_model=str(config.base_model) if config.base_model else None, endpoint_retry_s=config.endpoint_retry_s)
 

@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 
 from bonsai.engine import AdapterRef, Engine, EngineConfig, GenerationRequest
 from bonsai.engine.adapters import inspect_adapter
-from bonsai.engine.openai_remote import OpenAIEngine, normalize_endpoint
+from bonsai.engine.openai import OpenAIEngine, normalize_endpoint
 from bonsai.errors import ConfigError, EndpointUnreachable
 from bonsai.model.prepare import resolve_base
 from training.pairs.base import Pair, PairContext, Strategy, StrategyParams, generate_all, pair_seed, turn_sampling
