@@ -24,7 +24,8 @@ from bonsai.personas import PersonaBook
 from bonsai.store.records import SweepRecord
 from bonsai.store.transcripts import TranscriptStore
 from bonsai.sweep.config import GRID_CAP, ResolvedSweep, load_sweep
-from bonsai.sweep.executor import SweepExecutor, SweepProgress, SweepResult
+from bonsai.sweep.executor import SweepExecutor
+from bonsai.sweep.ledger import SweepProgress, SweepResult
 from bonsai.sweep.plan import SweepPlan, estimate, plan_sweep
 
 
@@ -99,7 +100,7 @@ async def _run_async(args: argparse.Namespace) -> int:
     setup = plan_engine(engine, home, refs, kv_cache_gib=args.kv_cache_gib, max_loras=max(1, min(16, len(refs))), max_num_seqs=args.max_num_seqs)
     base, engine_config = setup.base, setup.config
     if args.ray:
-        from bonsai.sweep.ray_executor import run_on_ray
+        from bonsai.sweep.ray.driver import run_on_ray
 
         with TranscriptStore(store_file) as store:
             reporter = _Reporter(console, total=len(plan.jobs), quiet=args.json)
