@@ -29,7 +29,7 @@ from bonsai.adapter_registry import current_version
 from bonsai.debate.events import DebateEnd
 from bonsai.debate.runner import DebateRunner, DebateSpec
 from bonsai.engine import Engine
-from bonsai.errors import BonsaiError, ConfigError
+from bonsai.errors import BonsaiError, ConfigError, describe_validation
 from bonsai.model.prepare import BaseModel as PreparedBase
 from bonsai.personas import PersonaBook, Role
 from bonsai.store.transcripts import TranscriptStore
@@ -122,7 +122,7 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
     try:
         LoopConfig.model_validate({"personas": ["x"], **raw})
     except ValidationError as exc:
-        msg = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        msg = "; ".join(describe_validation(exc))
         raise ConfigError(f"{path}: invalid loop preset: {msg}", f"valid keys: {', '.join(LoopConfig.model_fields)}") from None
     return raw
 
