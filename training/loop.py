@@ -32,6 +32,7 @@ from bonsai.engine import Engine
 from bonsai.errors import BonsaiError, ConfigError, describe_validation
 from bonsai.model.prepare import BaseModel as PreparedBase
 from bonsai.personas import PersonaBook, Role
+from bonsai.store.records import DebateStatus
 from bonsai.store.transcripts import TranscriptStore
 from training.evaluation.run import EvalConfig, decide, evaluate_version
 from training.gate import GateConfig, evaluate_candidate
@@ -298,7 +299,7 @@ class Loop:
 
                 async def one(i: int, debate_id: str) -> None:
                     status = existing.get(debate_id)
-                    if status == "finished":
+                    if status == DebateStatus.FINISHED:
                         return
                     if status is not None:  # interrupted mid-debate: go on from its checkpoint
                         events = runner.resume(debate_id)

@@ -29,13 +29,14 @@ from bonsai.engine.session import EngineOptions, plan_engine, start_engine
 from bonsai.errors import BonsaiError, ConfigError, EngineError
 from bonsai.paths import checkpoints_path
 from bonsai.personas import PersonaBook
-from bonsai.store.records import DebateRecord
+from bonsai.store.records import DebateRecord, DebateStatus
 from bonsai.store.transcripts import TranscriptStore
 from tui.messages import (
     DebateStarted,
     EngineStatus,
     Failed,
     RunnerState,
+    RunState,
     Throughput,
     Token,
     from_event,
@@ -174,7 +175,7 @@ class LiveRunner:
         self.replay_delay = replay_delay
         self.control = Control()
         self.debate_id: str | None = None
-        self.state = "idle"  # idle | starting | running | pausing | paused | finished | failed | stopped | replay
+        self.state = RunState.IDLE
         self.paused_at: int | None = None
         self._task: asyncio.Task[None] | None = None
         self._debates: DebateRunner | None = None
@@ -213,42 +214,42 @@ class LiveRunner:
         self._launch(self._replay_all(debate_id))
 
     def toggle_pause(self) -> None:
-        if self.state == "paused":
+        if self.state == RunState.PAUSED:
             self.proceed()
-        elif self.state in ("running", "pausing", "starting"):
+        elif self.state in (RunState.RUNNING, RunState.PAUSING, RunState.STARTING):
             if "user" in self.control.holds:
                 self.control.holds.discard("user")
-                self._set_state("running")
+                self._set_state(RunState.RUNNING)
             else:
                 self.control.holds.add("user")
-                self._set_state("pausing")
+                self._set_state(RunState.PAUSING)
 
     def proceed(self) -> None:
         """Go on from a pause."""
         self.control.holds.discard("user")
         self.control.until = None
-        if self.state == "paused" and not self.busy:
+        if self.state == RunState.PAUSED and not self.busy:
             self._launch(self._continue())
-        elif self.state == "pausing" and not self.control.holds:
-            self._set_state("running")
+        elif self.state == RunState.PAUSING and not self.control.holds:
+            self._set_state(RunState.RUNNING)
 
     def step(self) -> None:
         """Run exactly one more turn, then hold again (while running: hold after the current turn)."""
-        if self.state == "paused" and not self.busy and self.paused_at is not None:
+        if self.state == RunState.PAUSED and not self.busy and self.paused_at is not None:
             self.control.holds.discard("user")
             self.control.until = self.paused_at + 1
             self._launch(self._continue())
-        elif self.state in ("running", "starting"):
+        elif self.state in (RunState.RUNNING, RunState.STARTING):
             self.control.holds.add("user")
-            self._set_state("pausing")
+            self._set_state(RunState.PAUSING)
 
     def hold_for_note(self) -> bool:
         """Hold the debate at the next turn while a note is typed; False if there is no debate to steer."""
-        if self.state not in ("running", "pausing", "paused", "starting"):
+        if self.state not in (RunState.RUNNING, RunState.PAUSING, RunState.PAUSED, RunState.STARTING):
             return False
         self.control.holds.add("note")
-        if self.state in ("running", "starting"):
-            self._set_state("pausing")
+        if self.state in (RunState.RUNNING, RunState.STARTING):
+            self._set_state(RunState.PAUSING)
         return True
 
     async def note(self, text: str | None) -> None:
@@ -256,11 +257,11 @@ class LiveRunner:
         self.control.holds.discard("note")
         if text and text.strip():
             self.control.note = text.strip()
-        if self.state == "paused" and not self.busy:
+        if self.state == RunState.PAUSED and not self.busy:
             if self.control.note is not None or not self.control.gate(self.paused_at or 0):
                 self._launch(self._continue())
-        elif self.state == "pausing" and not self.control.holds and self.control.until is None:
-            self._set_state("running")  # the note (if any) is delivered at the next turn's boundary
+        elif self.state == RunState.PAUSING and not self.control.holds and self.control.until is None:
+            self._set_state(RunState.RUNNING)  # the note (if any) is delivered at the next turn's boundary
 
     async def stop(self) -> None:
         """Cancel the debate in flight; the graph marks it interrupted and its checkpoint keeps it."""
@@ -269,8 +270,8 @@ class LiveRunner:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            if self.state in ("starting", "running", "pausing"):
-                self._set_state("stopped")
+            if self.state in (RunState.STARTING, RunState.RUNNING, RunState.PAUSING):
+                self._set_state(RunState.STOPPED)
 
     async def close(self) -> None:
         await self.stop()
@@ -283,7 +284,7 @@ class LiveRunner:
     def _post(self, message: Message) -> None:
         self.target.post_message(message)
 
-    def _set_state(self, state: str) -> None:
+    def _set_state(self, state: RunState) -> None:
         self.state = state
         self._post(RunnerState(self.debate_id, state))
 
@@ -306,7 +307,7 @@ class LiveRunner:
         if hint is None and self.debate_id is not None:
             hint = f"debate {self.debate_id} is saved up to its last finished turn: resume it from the transcripts (t, then r)"
         self._post(Failed(message, hint, self.debate_id))
-        self._set_state("failed" if self.debate_id else "idle")
+        self._set_state(RunState.FAILED if self.debate_id else RunState.IDLE)
 
     async def _debate_runner(self, spec: DebateSpec, prepared: PreparedDebate | None = None) -> DebateRunner:
         """The session's runner; the first debate's adapters size the engine (its plan, if made already)."""
@@ -327,7 +328,7 @@ class LiveRunner:
 
     async def _start(self, spec: DebateSpec) -> None:
         self.debate_id = None
-        self._set_state("starting")
+        self._set_state(RunState.STARTING)
         prepared = plan_debate(spec, self.book, self.home)  # once: it sizes the engine and starts the debate
         debates = await self._debate_runner(spec, prepared)
         await self._pump(debates.run(spec, gate=self.control.gate, prepared=prepared))
@@ -340,11 +341,11 @@ class LiveRunner:
 
     async def _resume(self, debate_id: str) -> None:
         record = self.store.get_debate(self.store.resolve_id(debate_id))
-        if record.status == "finished":
+        if record.status == DebateStatus.FINISHED:
             raise BonsaiError(f"debate {record.debate_id} has already finished (winner {record.winner})", "open it to replay it, or fork it (f)")
         spec = self._stored_spec(record)
         self.debate_id = record.debate_id
-        self._set_state("starting")
+        self._set_state(RunState.STARTING)
         await self._replay_record(record, final=False)
         debates = await self._debate_runner(spec)
         await self._pump(debates.resume(record.debate_id, gate=self.control.gate))
@@ -352,14 +353,14 @@ class LiveRunner:
     async def _fork(self, debate_id: str, turn: int) -> None:
         record = self.store.get_debate(self.store.resolve_id(debate_id))
         spec = self._stored_spec(record)
-        self._set_state("starting")
+        self._set_state(RunState.STARTING)
         debates = await self._debate_runner(spec)
         await self._pump(debates.fork(record.debate_id, turn, gate=self.control.gate))
 
     async def _continue(self) -> None:
         assert self._debates is not None and self.debate_id is not None
         note = self.control.take_note()
-        self._set_state("running" if not self.control.holds else "pausing")
+        self._set_state(RunState.RUNNING if not self.control.holds else RunState.PAUSING)
         await self._pump(self._debates.resume(self.debate_id, gate=self.control.gate, note=note))
 
     async def _pump(self, events: AsyncIterator[ev.DebateEvent]) -> None:
@@ -377,7 +378,7 @@ class LiveRunner:
                     if event.forked_from:
                         await self._replay_turns(self.debate_id, below=event.turns_done)
                     self.paused_at = None
-                    self._set_state("pausing" if self.control.holds or self.control.until is not None else "running")
+                    self._set_state(RunState.PAUSING if self.control.holds or self.control.until is not None else RunState.RUNNING)
                     continue
                 if isinstance(event, ev.Paused):
                     self.paused_at = event.step
@@ -390,14 +391,14 @@ class LiveRunner:
                         nxt = self._debates.resume(event.debate_id, gate=self.control.gate, note=note)
                         continue
                     self._post(from_event(event))  # type: ignore[arg-type]
-                    self._set_state("paused")
+                    self._set_state(RunState.PAUSED)
                     continue
                 self._account(event)
                 message = from_event(event)
                 if message is not None:
                     self._post(message)
                 if isinstance(event, ev.DebateEnd):
-                    self._set_state("finished" if event.status == "finished" else event.status)
+                    self._set_state(RunState(event.status))
             current = nxt
 
     def _account(self, event: ev.DebateEvent) -> None:
@@ -419,10 +420,10 @@ class LiveRunner:
     async def _replay_all(self, debate_id: str) -> None:
         record = self.store.get_debate(self.store.resolve_id(debate_id))
         self.debate_id = record.debate_id
-        self._set_state("replay")
+        self._set_state(RunState.REPLAY)
         await self._replay_record(record, final=True)
         # "running" here means another process (a sweep) is still at it: this is only a look at it
-        self._set_state(record.status if record.status != "running" else "replay")
+        self._set_state(RunState(record.status) if record.status != DebateStatus.RUNNING else RunState.REPLAY)
 
     def _schedule(self, record: DebateRecord) -> list[dict[str, Any]]:
         try:

@@ -21,7 +21,7 @@ from bonsai.engine.session import plan_engine, plan_judge, start_engine
 from bonsai.errors import ConfigError, StoreError, SweepIncomplete
 from bonsai.paths import checkpoints_path, store_path
 from bonsai.personas import PersonaBook
-from bonsai.store.records import SweepRecord
+from bonsai.store.records import SweepRecord, SweepStatus
 from bonsai.store.transcripts import TranscriptStore
 from bonsai.sweep.config import GRID_CAP, ResolvedSweep, load_sweep
 from bonsai.sweep.executor import SweepExecutor
@@ -118,7 +118,7 @@ async def _run_async(args: argparse.Namespace) -> int:
                                               base_name=base.name if base else None, on_ready=on_ready)
             except (KeyboardInterrupt, asyncio.CancelledError):
                 if recorded:
-                    store.set_sweep_status(plan.name, "interrupted")
+                    store.set_sweep_status(plan.name, SweepStatus.INTERRUPTED)
                 raise
             return _finish(store, plan, result, console, args)
 
@@ -136,7 +136,7 @@ async def _run_async(args: argparse.Namespace) -> int:
                     with reporter:
                         result = await executor.run()
                 except (KeyboardInterrupt, asyncio.CancelledError):
-                    store.set_sweep_status(plan.name, "interrupted")
+                    store.set_sweep_status(plan.name, SweepStatus.INTERRUPTED)
                     raise
                 return _finish(store, plan, result, console, args)
 
@@ -180,20 +180,20 @@ def _stored_sweep(store_file: Path, sweep: ResolvedSweep, *, resume: bool) -> Sw
 
 def _record_sweep(store: TranscriptStore, plan: SweepPlan, stored: SweepRecord | None) -> None:
     if stored is not None:
-        store.set_sweep_status(plan.name, "running")
+        store.set_sweep_status(plan.name, SweepStatus.RUNNING)
         return
     now = time.time()
     store.create_sweep(
         SweepRecord(
             name=plan.name, grid_hash=plan.sweep.grid_hash(),
             config={"sweep": plan.sweep.model_dump(mode="json"), "resolved": plan.resolved_json()},
-            total=len(plan.jobs), status="running", created_at=now, updated_at=now,
+            total=len(plan.jobs), status=SweepStatus.RUNNING, created_at=now, updated_at=now,
         )
     )
 
 
 def _finish(store: TranscriptStore, plan: SweepPlan, result: SweepResult, console: Console, args: argparse.Namespace) -> int:
-    status = "finished" if result.complete else "incomplete"
+    status = SweepStatus.FINISHED if result.complete else SweepStatus.INCOMPLETE
     store.set_sweep_status(plan.name, status)
     summary = {
         "sweep": plan.name, "store": str(store.path), "status": status, "debates": result.total, "finished": result.finished,

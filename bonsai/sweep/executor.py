@@ -23,6 +23,7 @@ from typing import Any
 from bonsai.debate import events as ev
 from bonsai.debate.runner import DebateRunner
 from bonsai.errors import BonsaiError, EngineError
+from bonsai.store.records import DebateStatus
 from bonsai.store.transcripts import TranscriptStore
 from bonsai.sweep.config import Budget
 from bonsai.sweep.ledger import Ledger, ProgressHook, SweepProgress, SweepResult, distinct_setups, setup_error
@@ -175,7 +176,7 @@ class SweepExecutor:
                 log.exception("debate %s failed", job.debate_id)
                 self._fail(job, f"{type(exc).__name__}: {exc}", attempt)
                 return
-            if summary.get("status") == "finished":
+            if summary.get("status") == DebateStatus.FINISHED:
                 self.progress.done += 1
             else:
                 self._fail(job, f"ended with status {summary.get('status')}", attempt)

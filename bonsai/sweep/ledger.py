@@ -17,6 +17,7 @@ from typing import Any
 
 from bonsai.debate.spec import DebateSpec
 from bonsai.errors import BonsaiError
+from bonsai.store.records import DebateStatus
 from bonsai.store.transcripts import TranscriptStore
 from bonsai.sweep.config import Budget
 from bonsai.sweep.plan import SweepJob, SweepPlan
@@ -127,7 +128,7 @@ class Ledger:
         """The plan's jobs not finished in the store; counts those that are as done before this run."""
         jobs = self.plan.jobs
         statuses = self.store.debate_statuses(j.debate_id for j in jobs)
-        todo = [j for j in jobs if statuses.get(j.debate_id) != "finished"]
+        todo = [j for j in jobs if statuses.get(j.debate_id) != DebateStatus.FINISHED]
         p = self.progress
         p.done = p.done_before = len(jobs) - len(todo)
         p.tokens_before = self.store.sweep_tokens(self.plan.name)
@@ -167,7 +168,7 @@ class Ledger:
         self.failures.append(Failure(job.debate_id, message, attempts))
         with contextlib.suppress(BonsaiError):
             if self.store.debate_statuses([job.debate_id]):
-                self.store.set_status(job.debate_id, "failed")
+                self.store.set_status(job.debate_id, DebateStatus.FAILED)
         log.error("debate %s (%s vs %s) failed: %s", job.debate_id, job.a, job.b, message)
         self.emit()
 

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bonsai.errors import BonsaiError, EngineError
+from bonsai.store.records import DebateStatus
 from bonsai.store.transcripts import TranscriptStore
 from bonsai.sweep.ledger import Ledger, ProgressHook, SweepProgress, SweepResult
 from bonsai.sweep.plan import SweepJob, SweepPlan
@@ -268,7 +269,7 @@ class RaySweep:
         self.store.import_bundle(bundle)
         self.progress.tokens += sum(int(t.get("output_tokens") or 0) for t in bundle.get("turns", []))
         status = bundle["debate"]["status"]
-        if status == "finished":
+        if status == DebateStatus.FINISHED:
             self.progress.done += 1
         else:
             self._fail(job, f"ended with status {status}", 1)

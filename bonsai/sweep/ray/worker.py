@@ -26,6 +26,7 @@ from bonsai.errors import AdapterError, ModelError
 from bonsai.model.prepare import resolve_base
 from bonsai.paths import bonsai_home
 from bonsai.personas import Persona, PersonaBook
+from bonsai.store.records import DebateStatus
 from bonsai.store.transcripts import TranscriptStore
 from bonsai.sweep.plan import SweepJob
 
@@ -180,7 +181,7 @@ class DebateWorker:
         assert self._store is not None
         job = SweepJob.model_validate_json(job_json)
         status = self._store.debate_statuses([job.debate_id]).get(job.debate_id)
-        if status != "finished":
+        if status != DebateStatus.FINISHED:
             # no token events: nobody watches them here, and at many debates per worker they cost more than decoding
             if status is None:
                 spec = await self.localise(job.spec)
@@ -192,7 +193,7 @@ class DebateWorker:
                 async for _ in stream:
                     pass
         bundle = self._store.export_bundle(job.debate_id)
-        if bundle["debate"]["status"] == "finished":
+        if bundle["debate"]["status"] == DebateStatus.FINISHED:
             # the driver has it now; keep the worker's checkpoint database from growing with the sweep
             with contextlib.suppress(Exception):
                 await runner.graph.checkpointer.adelete_thread(job.debate_id)
