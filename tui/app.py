@@ -21,7 +21,8 @@ from bonsai.personas import PersonaBook
 from bonsai.store.transcripts import TranscriptStore
 from tui.messages import RunState
 from tui.options import TuiOptions
-from tui.runner import ConfiguredEngine, EngineSource, LiveRunner
+from tui.engines import ConfiguredEngine, EngineSource
+from tui.runner import LiveRunner
 from tui.screens.live import LiveScreen
 
 log = logging.getLogger(__name__)
