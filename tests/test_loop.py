@@ -158,7 +158,8 @@ def test_presets_load_validate_and_yield_to_flags(tmp_path: Path, monkeypatch: p
 @pytest.mark.slow
 async def test_a_loop_gated_on_measured_metrics(vllm_engine: Any, base_model: BaseModel, isolated_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from bonsai.cli.loop_cmd import _print
-    from training.evaluation.run import EvalConfig, decide
+    from training.evaluation.decision import decide
+    from training.evaluation.run import EvalConfig
     from training.registry import load_evaluation
 
     config = LoopConfig(

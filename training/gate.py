@@ -31,6 +31,7 @@ from bonsai.errors import AdapterError, ConfigError
 from bonsai.personas import PersonaBook, Role, Team
 from bonsai.stats import wilson_interval
 from bonsai.store.transcripts import TranscriptStore
+from training.evaluation.decision import decide
 from training.registry import load_evaluation, resolve_version, save_evaluation
 
 log = logging.getLogger(__name__)
@@ -299,8 +300,6 @@ def check_gate(home: Path, persona: str, version: str, *, threshold: float | Non
         )
     limit = evaluation["threshold"] if threshold is None else threshold
     if "criteria" in evaluation:
-        from training.evaluation.run import decide
-
         passed, reasons = decide(evaluation, evaluation["criteria"], threshold=limit)
         if not passed:
             failed = "; ".join(f"{c}: {why.removeprefix('failed: ')}" for c, why in reasons.items() if why.startswith("failed"))

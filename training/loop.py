@@ -34,7 +34,8 @@ from bonsai.model.prepare import BaseModel as PreparedBase
 from bonsai.personas import PersonaBook, Role
 from bonsai.store.records import DebateStatus
 from bonsai.store.transcripts import TranscriptStore
-from training.evaluation.run import EvalConfig, decide, evaluate_version
+from training.evaluation.decision import decide
+from training.evaluation.run import EvalConfig, evaluate_version
 from training.gate import GateConfig, evaluate_candidate
 from training.hotload import promote_version
 
