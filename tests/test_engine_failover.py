@@ -46,6 +46,7 @@ class FakeServer:
         self.adapters: set[str] = set()
         self.completions: list[dict] = []  # the request bodies of streamed completions
         self.loaded: list[str] = []
+        self.auth: dict[str, set[str]] = {}  # path -> the Authorization headers it was sent
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -77,6 +78,8 @@ class FakeServer:
             length = next((int(h.split(":")[1]) for h in head.split("\r\n") if h.lower().startswith("content-length:")), 0)
             raw = await reader.readexactly(length) if length else b""
             method, path = head.split(" ")[:2]
+            auth = next((h.split(":", 1)[1].strip() for h in head.split("\r\n") if h.lower().startswith("authorization:")), "")
+            self.auth.setdefault(path, set()).add(auth)
             body = json.loads(raw) if raw else {}
             if path == "/v1/models":
                 cards = [{"id": "base", "parent": None, "max_model_len": 2048}] + [{"id": a, "parent": "base"} for a in sorted(self.adapters)]
@@ -185,6 +188,17 @@ async def test_requests_balance_over_endpoints_by_outstanding_count() -> None:
         assert all(isinstance(evs[-1], Completion) for evs in rests)
         assert engine.endpoint_load() == {a.url: 0, b.url: 0}
         assert len(a.completions) == len(b.completions) == 2
+
+
+async def test_the_api_key_goes_with_every_request() -> None:
+    """Completions (through the SDK) and vLLM's own routes (models, tokenize, adapters, metrics) alike."""
+    async with fake_servers("A", metrics=_metrics_text(1, 0, 1, 1, 1, 0)) as (a,), OpenAIEngine([a.url], api_key="sk-test") as engine:
+        await engine.add_adapter(ghost_adapter())
+        assert isinstance((await collect(engine, "k"))[-1], Completion)
+        await engine.stats()
+        assert await count_tokens(engine) == 5
+    paths = ("/v1/models", "/v1/load_lora_adapter", "/tokenize", "/v1/chat/completions", "/metrics")
+    assert {path: a.auth.get(path) for path in paths} == dict.fromkeys(paths, {"Bearer sk-test"})
 
 
 # --- one endpoint dies --------------------------------------------------------------------------
