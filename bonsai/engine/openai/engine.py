@@ -14,18 +14,7 @@ from bonsai.engine.openai import metrics, tokens, wire
 from bonsai.engine.openai.adapters import AdapterCheck, load_adapter
 from bonsai.engine.openai.failures import HINT_DROPPED, describe, reason, unreachable
 from bonsai.engine.openai.pool import Endpoint, EndpointPool
-from bonsai.engine.types import (
-    VLLM_COUNTERS,
-    AdapterRef,
-    Engine,
-    EngineInfo,
-    EngineStats,
-    GenerationRequest,
-    Prompt,
-    StreamEvent,
-    TextDelta,
-    ensure_room,
-)
+from bonsai.engine.types import VLLM_COUNTERS, AdapterRef, Engine, EngineInfo, EngineStats, GenerationRequest, Prompt, StreamEvent, TextDelta, ensure_room
 from bonsai.errors import EndpointUnreachable, EngineError
 
 log = logging.getLogger(__name__)
