@@ -316,7 +316,7 @@ async def test_adapter_added_at_run_time_is_served_by_its_hash_name(remote: Open
 
     # a fresh client finds it served already (the server keeps it; no restart, no reload)
     async with OpenAIEngine([served.endpoint]) as other:
-        assert ref.name in other._endpoints[0].adapters
+        assert ref.name in other._pool.endpoints[0].adapters
 
 
 @pytest.mark.serve
