@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from bonsai.store.transcripts import TranscriptStore
-from bonsai.sweep.ratings import wilson_interval
+from bonsai.stats import wilson_interval
 
 
 def _lean(orders: list[dict], layout: str) -> float | None:
@@ -44,7 +44,7 @@ def analyse(store_path: Path, sweep: str) -> dict:
 
     def side_a(key: str) -> dict:
         points = sum(1.0 if r[key] == "A" else 0.5 if r[key] == "tie" else 0.0 for r in rows)
-        low, high = wilson_interval(points, n) or (0.0, 1.0)
+        low, high = wilson_interval(points, n)
         return {"wins_a": points, "n": n, "rate_a": points / n if n else None, "ci": [low, high],
                 "ties": sum(r[key] == "tie" for r in rows), "contains_half": low <= 0.5 <= high}
 

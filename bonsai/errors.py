@@ -6,6 +6,8 @@ non-zero; anything else is a bug and keeps its traceback. Tests let every error 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 class BonsaiError(Exception):
     """A problem the user can fix; ``hint`` says how."""
@@ -89,10 +91,22 @@ class SweepIncomplete(BonsaiError):
     exit_code = 4
 
 
-def describe_validation(exc: object) -> list[str]:
-    """One ``location: problem`` line per pydantic error, in words a YAML author can act on."""
+def describe_validation(exc: object, *, name: Callable[[str], str] | None = None, top: str = "(top level)") -> list[str]:
+    """One ``location: problem`` line per pydantic error, in words a YAML author can act on.
+
+    ``name`` renames a location's first part (a field) as the user knows it: see :func:`as_flag` for a
+    command's options; ``top`` names the whole input, for errors that are about no one field.
+    """
     lines = []
     for e in exc.errors():  # type: ignore[attr-defined]
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        parts = [str(p) for p in e["loc"]]
+        if parts and name is not None:
+            parts[0] = name(parts[0])
+        loc = ".".join(parts) or top
         lines.append(f"{loc}: unknown key" if e["type"] == "extra_forbidden" else f"{loc}: {e['msg'].removeprefix('Value error, ')}")
     return lines
+
+
+def as_flag(field: str) -> str:
+    """A settings field as the command-line option that sets it: ``max_tokens`` -> ``--max-tokens``."""
+    return "--" + field.replace("_", "-")

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from bonsai.engine.openai_remote import OpenAIEngine, _prometheus_counters
+from bonsai.engine.openai import OpenAIEngine
+from bonsai.engine.openai.metrics import prometheus_counters
 from bonsai.engine.types import AdapterRef, ChatPrompt, Completion, EngineStats, GenerationRequest, Sampling, TextDelta
 from bonsai.errors import EndpointUnreachable
 
@@ -45,6 +46,7 @@ class FakeServer:
         self.adapters: set[str] = set()
         self.completions: list[dict] = []  # the request bodies of streamed completions
         self.loaded: list[str] = []
+        self.auth: dict[str, set[str]] = {}  # path -> the Authorization headers it was sent
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -76,6 +78,8 @@ class FakeServer:
             length = next((int(h.split(":")[1]) for h in head.split("\r\n") if h.lower().startswith("content-length:")), 0)
             raw = await reader.readexactly(length) if length else b""
             method, path = head.split(" ")[:2]
+            auth = next((h.split(":", 1)[1].strip() for h in head.split("\r\n") if h.lower().startswith("authorization:")), "")
+            self.auth.setdefault(path, set()).add(auth)
             body = json.loads(raw) if raw else {}
             if path == "/v1/models":
                 cards = [{"id": "base", "parent": None, "max_model_len": 2048}] + [{"id": a, "parent": "base"} for a in sorted(self.adapters)]
@@ -186,6 +190,17 @@ async def test_requests_balance_over_endpoints_by_outstanding_count() -> None:
         assert len(a.completions) == len(b.completions) == 2
 
 
+async def test_the_api_key_goes_with_every_request() -> None:
+    """Completions (through the SDK) and vLLM's own routes (models, tokenize, adapters, metrics) alike."""
+    async with fake_servers("A", metrics=_metrics_text(1, 0, 1, 1, 1, 0)) as (a,), OpenAIEngine([a.url], api_key="sk-test") as engine:
+        await engine.add_adapter(ghost_adapter())
+        assert isinstance((await collect(engine, "k"))[-1], Completion)
+        await engine.stats()
+        assert await count_tokens(engine) == 5
+    paths = ("/v1/models", "/v1/load_lora_adapter", "/tokenize", "/v1/chat/completions", "/metrics")
+    assert {path: a.auth.get(path) for path in paths} == dict.fromkeys(paths, {"Bearer sk-test"})
+
+
 # --- one endpoint dies --------------------------------------------------------------------------
 
 
@@ -195,7 +210,7 @@ async def test_a_killed_endpoint_is_marked_down_and_its_requests_move(caplog: py
             await collect(engine, f"warm{i}")
         assert len(a.completions) == len(b.completions) == 1
         await a.kill()
-        with caplog.at_level(logging.WARNING, logger="bonsai.engine.openai_remote"):
+        with caplog.at_level(logging.WARNING, logger="bonsai.engine.openai"):
             for i in range(3):
                 events = await collect(engine, f"after{i}")
                 assert events[-1].text == b.served_words()  # the first one tried A, was refused, and moved
@@ -347,7 +362,7 @@ def _metrics_text(queries: int, hits: int, prompt: int, generated: int, stop: in
 
 
 def test_prometheus_text_is_summed_over_labels() -> None:
-    totals = _prometheus_counters(_metrics_text(100, 40, 100, 20, 3, 1), {"vllm:request_success", "vllm:prefix_cache_hits", "vllm:num_requests_running"})
+    totals = prometheus_counters(_metrics_text(100, 40, 100, 20, 3, 1), {"vllm:request_success", "vllm:prefix_cache_hits", "vllm:num_requests_running"})
     assert totals == {"vllm:prefix_cache_hits": 40.0, "vllm:request_success": 4.0}  # gauges are not counters
 
 
@@ -368,7 +383,7 @@ async def test_stats_sum_the_endpoints_and_skip_a_dead_one(caplog: pytest.LogCap
         assert both == EngineStats(150, 50, 160, 25, 5, ())
         assert both.hit_rate == pytest.approx(1 / 3)
         await a.kill()
-        with caplog.at_level(logging.WARNING, logger="bonsai.engine.openai_remote"):
+        with caplog.at_level(logging.WARNING, logger="bonsai.engine.openai"):
             alone = await engine.stats()
         assert alone == EngineStats(50, 10, 60, 5, 1, (a.url,))
         assert f"engine stats leave out {a.url}" in caplog.text

@@ -18,7 +18,7 @@ from servekit import Server
 
 from bonsai.cli.main import main
 from bonsai.registry.identity import inspect_adapter
-from bonsai.engine.openai_remote import OpenAIEngine, normalize_endpoint
+from bonsai.engine.openai import OpenAIEngine, normalize_endpoint
 from bonsai.serve.server import serve_info_path, serve_log_path
 from bonsai.engine.types import AdapterRef, ChatMessage, ChatPrompt, Completion, GenerationRequest, Sampling, TextDelta, TextPrompt
 from bonsai.errors import AdapterError, EndpointUnreachable, PromptTooLong
@@ -264,7 +264,7 @@ async def test_adapter_added_at_run_time_is_served_by_its_hash_name(remote: Open
 
     # a fresh client finds it served already (the server keeps it; no restart, no reload)
     async with OpenAIEngine([served.endpoint]) as other:
-        assert ref.name in other._endpoints[0].adapters
+        assert ref.name in other._pool.endpoints[0].adapters
 
 
 @pytest.mark.serve

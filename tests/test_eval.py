@@ -15,9 +15,10 @@ from bonsai.model.prepare import BaseModel
 from bonsai.personas import PersonaBook
 from training.evaluation.heldout import check_held_out, trained_motions
 from training.evaluation.preference import PairScore, log_odds, summarize_pairs
-from training.evaluation.run import EvalConfig, decide, evaluate_version
+from training.evaluation.decision import decide
+from training.evaluation.run import EvalConfig, evaluate_version
 from training.evaluation.stats import clustered_delta, mean_interval, proportion
-from training.gate import wilson_interval
+from bonsai.stats import wilson_interval
 
 # --- statistics -----------------------------------------------------------------------------------
 

@@ -23,7 +23,8 @@ from bonsai.errors import AdapterError, ConfigError, EndpointUnreachable
 from bonsai.model.prepare import BaseModel
 from bonsai.personas import PersonaBook
 from bonsai import registry
-from training.gate import GateConfig, check_gate, evaluate_candidate, held_out_motions, wilson_interval
+from bonsai.stats import wilson_interval
+from training.gate import GateConfig, check_gate, evaluate_candidate, held_out_motions
 from training.hotload import promote_version, rollback_version
 
 

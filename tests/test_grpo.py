@@ -23,7 +23,8 @@ from bonsai.errors import AdapterError, ConfigError
 from bonsai.model.prepare import BaseModel
 from bonsai.personas import PersonaBook, ReasoningFormat, Role, Team
 from training.config import load_recipe, parse_recipe
-from training.logic.evaluate import logic_accuracy, wilson
+from bonsai.stats import wilson_interval as wilson
+from training.logic.evaluate import logic_accuracy
 from training.logic.grpo import LogicSet, grpo_dataset, set_card
 from training.logic.problems import generate
 from training.logic.rewards import correctness_reward

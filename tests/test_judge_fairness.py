@@ -13,7 +13,7 @@ import pytest
 from bonsai.debate.runner import DebateRunner, DebateSpec
 from bonsai.personas import PersonaBook
 from bonsai.store.transcripts import TranscriptStore
-from bonsai.sweep.ratings import wilson_interval
+from bonsai.stats import wilson_interval
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine]
 

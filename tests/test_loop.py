@@ -161,7 +161,8 @@ def test_presets_load_validate_and_yield_to_flags(tmp_path: Path, monkeypatch: p
 async def test_a_loop_gated_on_measured_metrics(vllm_engine: Any, base_model: BaseModel, quick_short_judge: str, isolated_home: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     from training.cli.loop_cmd import _print
-    from training.evaluation.run import EvalConfig, decide
+    from training.evaluation.decision import decide
+    from training.evaluation.run import EvalConfig
     from bonsai.registry import load_evaluation
 
     config = LoopConfig(

@@ -20,7 +20,7 @@ from bonsai.engine import EngineConfig
 from bonsai.engine.adapter_guard import ROOT_ENV, AdapterGuard, adapter_source_problem
 from bonsai.registry.identity import inspect_adapter
 from bonsai.engine.auth import API_KEY_ENV, EngineAuthError, is_loopback
-from bonsai.engine.openai_remote import OpenAIEngine
+from bonsai.engine.openai import OpenAIEngine
 from bonsai.serve.server import plan_serve, serve_info_path, serve_log_path
 from bonsai.engine.session import EngineOptions
 from bonsai.errors import AdapterError, ConfigError

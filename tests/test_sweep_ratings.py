@@ -15,17 +15,12 @@ import pytest
 
 from bonsai import atomic
 from bonsai.errors import ConfigError
-from bonsai.sweep import plots, ratings
-from bonsai.sweep.ratings import (
-    Outcome,
-    bootstrap_intervals,
-    bradley_terry,
-    format_table,
-    summarize,
-    to_elo,
-    wilson_interval,
-    write_report,
-)
+from bonsai.stats import wilson_interval
+from bonsai.sweep.ratings import files, plots
+from bonsai.sweep.ratings.files import write_report
+from bonsai.sweep.ratings.outcome import Outcome
+from bonsai.sweep.ratings.report import Record, format_table, summarize
+from bonsai.sweep.ratings.statistics import bootstrap_intervals, bradley_terry, to_elo
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FILES = ["results.csv", "ratings.json", "ratings.png", "winrate.png", "confidence.png"]
@@ -149,7 +144,7 @@ def test_a_competitor_alone_cannot_be_rated() -> None:
 
 def test_disconnected_groups_are_finite_and_warned_about(caplog: pytest.LogCaptureFixture) -> None:
     outcomes = games("a@1", "b@1", 6, 2) + games("c@1", "d@1", 6, 2, start=10)
-    with caplog.at_level(logging.WARNING, logger="bonsai.sweep.ratings"):
+    with caplog.at_level(logging.WARNING, logger="bonsai.sweep.ratings.statistics"):
         fit = bradley_terry(outcomes)
     assert "do not all meet" in caplog.text
     assert all(math.isfinite(v) for v in fit.values())
@@ -158,7 +153,7 @@ def test_disconnected_groups_are_finite_and_warned_about(caplog: pytest.LogCaptu
 
 
 def test_connected_graph_does_not_warn(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="bonsai.sweep.ratings"):
+    with caplog.at_level(logging.WARNING, logger="bonsai.sweep.ratings.statistics"):
         bradley_terry(games("a@1", "b@1", 3, 1) + games("b@1", "c@1", 3, 1, start=10))
     assert "do not all meet" not in caplog.text
 
@@ -209,13 +204,13 @@ def test_ties_in_win_rates_side_bias_matrix_table_and_csv() -> None:
     sides = report.sides
     assert (sides.wins_a, sides.n, sides.rate_a, sides.ties) == (3.0, 4, 0.75, 2)
     assert (sides.low, sides.high) == pytest.approx(wilson_interval(3.0, 4))
-    assert sides.per_competitor["a@1"].as_a == ratings.Record(1.5, 2, 0.75, 1)
-    assert sides.per_competitor["a@1"].as_b == ratings.Record(0.5, 2, 0.25, 1)
+    assert sides.per_competitor["a@1"].as_a == Record(1.5, 2, 0.75, 1)
+    assert sides.per_competitor["a@1"].as_b == Record(0.5, 2, 0.25, 1)
     idx = {label: k for k, label in enumerate(report.matrix.labels)}
     cell = report.matrix.cells[idx["a@1"]][idx["b@1"]]
-    assert cell == ratings.Record(2.0, 4, 0.5, 2)
+    assert cell == Record(2.0, 4, 0.5, 2)
     assert "side A won 3/4 = 75.0%" in format_table(report) and "2 ties counted as half" in format_table(report)
-    rows = list(csv.DictReader(io.StringIO(ratings.results_csv(outcomes))))
+    rows = list(csv.DictReader(io.StringIO(files.results_csv(outcomes))))
     assert [(r["winner"], r["winner_label"]) for r in rows] == [("A", "a@1"), ("tie", ""), ("tie", ""), ("A", "b@1")]
     assert plots.winrate_png(report).startswith(PNG_SIGNATURE)
 
@@ -281,10 +276,10 @@ def test_side_bias_on_a_hand_made_set() -> None:
 
 
 def test_wilson_edges() -> None:
-    assert wilson_interval(0, 0) is None
-    low, high = wilson_interval(0, 5)  # type: ignore[misc]
+    assert wilson_interval(0, 0) == (0.0, 1.0)  # no trials: says nothing
+    low, high = wilson_interval(0, 5)
     assert low == 0.0 and 0.4 < high < 0.5  # 0.4345 for 0/5
-    low, high = wilson_interval(5, 5)  # type: ignore[misc]
+    low, high = wilson_interval(5, 5)
     assert high == 1.0 and low == pytest.approx(1 - 0.4345, abs=1e-4)
     assert wilson_interval(50, 100) == pytest.approx((0.4038, 0.5962), abs=1e-4)
 
@@ -390,7 +385,7 @@ def test_write_report_writes_five_files(tmp_path: Path) -> None:
 
     with (out / "results.csv").open(encoding="utf-8", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == list(ratings.RESULT_COLUMNS)
+    assert list(rows[0]) == list(files.RESULT_COLUMNS)
     assert len(rows) == len(outcomes)
     for row, o in zip(rows, outcomes, strict=True):
         assert row["motion"] == o.motion and row["debate_id"] == o.debate_id
@@ -455,7 +450,7 @@ def test_png_renderers_return_png_bytes_without_bootstrap_or_confidences() -> No
 
 
 def test_results_csv_is_plain_utf8_text() -> None:
-    text = ratings.results_csv([oc("a@1", "b@1", "B", motion=MOTIONS[1], prob_a=0.25, confidence=0.75)])
+    text = files.results_csv([oc("a@1", "b@1", "B", motion=MOTIONS[1], prob_a=0.25, confidence=0.75)])
     rows = list(csv.reader(io.StringIO(text, newline="")))
     assert rows[1][:6] == ["d0", MOTIONS[1], "a@1", "b@1", "B", "b@1"]
     assert rows[1][6:8] == ["0.25", "0.75"]

@@ -40,8 +40,10 @@ from bonsai.store.records import DebateRecord, TurnRecord
 from bonsai.store.transcripts import TranscriptStore
 from bonsai.sweep.config import load_sweep
 from bonsai.sweep.plan import SweepJob, SweepPlan, plan_sweep
-from bonsai.sweep import ray_executor
-from bonsai.sweep.ray_executor import DebateWorker, RaySweep, _Worker, materialise_adapter
+from bonsai.sweep.ray import dispatch
+from bonsai.sweep.ray import worker as ray_worker
+from bonsai.sweep.ray.dispatch import RaySweep, _Worker
+from bonsai.sweep.ray.worker import DebateWorker, materialise_adapter
 
 CLI_TIMEOUT_S = 300
 #: loopback only: the cluster advertises 127.0.0.1 and binds there (Ray otherwise swaps 127.0.0.1 for the
@@ -289,7 +291,7 @@ def test_a_worker_killed_mid_debate_is_restarted_and_its_debates_run_again(ray_c
     assert (summary["finished"], summary["failed"]) == (4, [])
     assert "died" in err and "is back" in err
     # the killed worker never cleaned up; its restarted successor removed its temp folder, and closing the others
-    assert not [d for d in ray_executor.WORKER_TMP.glob("worker*") if f"-{victim.pid}-" in d.name]
+    assert not [d for d in ray_worker.WORKER_TMP.glob("worker*") if f"-{victim.pid}-" in d.name]
     with TranscriptStore(home / "transcripts.sqlite") as store:
         debates = store.list_debates()
         assert len(debates) == 4 and all(d.status == "finished" for d in debates)
@@ -449,7 +451,7 @@ async def _dispatch(plan: SweepPlan, store: TranscriptStore, cluster: FakeCluste
 async def test_engine_errors_and_dead_workers_are_retried_and_other_errors_fail_once(
     tmp_path: Path, isolated_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ray_executor, "RECOVERY_POLL_S", 0.01)
+    monkeypatch.setattr(dispatch, "RECOVERY_POLL_S", 0.01)
     plan = _fake_plan(tmp_path, isolated_home, retries=2)
     assert len(plan.jobs) == 6
     # job 5 takes longest, so the run outlasts the dead worker's recovery

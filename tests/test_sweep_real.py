@@ -27,7 +27,7 @@ from bonsai.store.transcripts import TranscriptStore
 from bonsai.sweep.config import load_sweep
 from bonsai.sweep.executor import SweepExecutor
 from bonsai.sweep.plan import plan_sweep
-from bonsai.sweep.ratings import summarize
+from bonsai.sweep.ratings.report import summarize
 from bonsai.sweep.results import sweep_outcomes
 
 

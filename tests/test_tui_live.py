@@ -23,7 +23,7 @@ from bonsai.personas import PersonaBook
 from bonsai.store.transcripts import TranscriptStore
 from tui.app import BonsaiApp
 from tui.options import FormDefaults, TuiOptions
-from tui.runner import ReadyEngine
+from tui.engines import ReadyEngine
 from tui.screens.fork import ForkScreen
 from tui.screens.help import HelpScreen
 from tui.screens.note import NoteScreen

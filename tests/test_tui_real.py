@@ -19,7 +19,7 @@ import pytest
 from bonsai.store.transcripts import TranscriptStore
 from tui.app import BonsaiApp
 from tui.options import FormDefaults, TuiOptions
-from tui.runner import ReadyEngine
+from tui.engines import ReadyEngine
 from tui.screens.start import StartScreen
 from tui.textshot import screen_text
 

@@ -18,7 +18,7 @@ from bonsai.store.records import DebateRecord, TurnRecord, VerdictRecord
 from bonsai.store.transcripts import TranscriptStore
 from tui.app import BonsaiApp
 from tui.options import FormDefaults, TuiOptions
-from tui.runner import ReadyEngine
+from tui.engines import ReadyEngine
 from tui.screens.browser import BrowserScreen
 from tui.screens.help import HelpScreen
 from tui.screens.sweeps import SweepScreen

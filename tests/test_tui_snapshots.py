@@ -37,7 +37,7 @@ from tui.messages import (
     Verdict,
 )
 from tui.options import FormDefaults, TuiOptions
-from tui.runner import ReadyEngine
+from tui.engines import ReadyEngine
 from tui.screens.browser import BrowserScreen
 from tui.screens.help import HelpScreen
 from tui.screens.start import StartScreen

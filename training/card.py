@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bonsai import atomic
-from bonsai.errors import BonsaiError
+from bonsai.errors import BonsaiError, describe_validation
 
 CARD_FILE = "card.json"
 CARD_VERSION = 1
@@ -124,5 +124,5 @@ def read_card(folder: Path) -> DatasetCard:
     try:
         return DatasetCard.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+        problems = "; ".join(describe_validation(exc)[:5])
         raise DatasetError(f"the dataset card {path} is not valid ({problems})", "rebuild the dataset with `bonsai data build`") from None

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -30,12 +29,13 @@ from bonsai.debate.schedule import Cast
 from bonsai.engine import Engine
 from bonsai.errors import AdapterError, ConfigError
 from bonsai.personas import PersonaBook, Role, Team
+from bonsai.stats import wilson_interval
 from bonsai.store.transcripts import TranscriptStore
 from bonsai.registry import load_evaluation, resolve_version, save_evaluation
+from training.evaluation.decision import decide
 
 log = logging.getLogger(__name__)
 
-Z95 = 1.959963984540054
 
 
 class GateConfig(BaseModel):
@@ -92,18 +92,6 @@ class Match:
 
 def match_score(winner: str | None, team: str) -> float:
     return 0.5 if winner == "tie" else float(winner == team)
-
-
-def wilson_interval(wins: float, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion: sane at 0/n and n/n, unlike the normal one.
-    ``wins`` may hold halves (ties)."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = wins / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def rate(matches: list[Match]) -> dict[str, Any]:
@@ -312,8 +300,6 @@ def check_gate(home: Path, persona: str, version: str, *, threshold: float | Non
         )
     limit = evaluation["threshold"] if threshold is None else threshold
     if "criteria" in evaluation:
-        from training.evaluation.run import decide
-
         passed, reasons = decide(evaluation, evaluation["criteria"], threshold=limit)
         if not passed:
             failed = "; ".join(f"{c}: {why.removeprefix('failed: ')}" for c, why in reasons.items() if why.startswith("failed"))

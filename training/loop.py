@@ -29,11 +29,13 @@ from bonsai.registry import current_version
 from bonsai.debate.events import DebateEnd
 from bonsai.debate.runner import DebateRunner, DebateSpec
 from bonsai.engine import Engine
-from bonsai.errors import BonsaiError, ConfigError
+from bonsai.errors import BonsaiError, ConfigError, describe_validation
 from bonsai.model.prepare import BaseModel as PreparedBase
 from bonsai.personas import PersonaBook, Role
+from bonsai.store.records import DebateStatus
 from bonsai.store.transcripts import TranscriptStore
-from training.evaluation.run import EvalConfig, decide, evaluate_version
+from training.evaluation.decision import decide
+from training.evaluation.run import EvalConfig, evaluate_version
 from training.gate import GateConfig, evaluate_candidate
 from training.hotload import promote_version
 
@@ -122,7 +124,7 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
     try:
         LoopConfig.model_validate({"personas": ["x"], **raw})
     except ValidationError as exc:
-        msg = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        msg = "; ".join(describe_validation(exc))
         raise ConfigError(f"{path}: invalid loop preset: {msg}", f"valid keys: {', '.join(LoopConfig.model_fields)}") from None
     return raw
 
@@ -302,7 +304,7 @@ class Loop:
 
                 async def one(i: int, debate_id: str) -> None:
                     status = existing.get(debate_id)
-                    if status == "finished":
+                    if status == DebateStatus.FINISHED:
                         return
                     if status is not None:  # interrupted mid-debate: go on from its checkpoint
                         events = runner.resume(debate_id)

@@ -19,14 +19,16 @@ from bonsai.errors import BonsaiError
 from bonsai.paths import store_path
 from bonsai.personas import PersonaBook
 from bonsai.store.transcripts import TranscriptStore
+from tui.messages import RunState
 from tui.options import TuiOptions
-from tui.runner import ConfiguredEngine, EngineSource, LiveRunner
+from tui.engines import ConfiguredEngine, EngineSource
+from tui.runner import LiveRunner
 from tui.screens.live import LiveScreen
 
 log = logging.getLogger(__name__)
 
 #: runner states in which quitting leaves a debate to resume later
-UNFINISHED = ("starting", "running", "pausing", "paused", "stopped")
+UNFINISHED = frozenset({RunState.STARTING, RunState.RUNNING, RunState.PAUSING, RunState.PAUSED, RunState.STOPPED})
 
 
 class BonsaiApp(App[str | None]):

@@ -17,7 +17,7 @@ from pathlib import Path
 from bonsai.cli.common import add_engine_arguments, engine_options, home_from
 from bonsai.debate.spec import USER_SETTINGS, DebateSpec
 from bonsai.engine.session import add_option_arguments, options_from_args
-from bonsai.errors import ConfigError
+from bonsai.errors import ConfigError, describe_validation
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
             replay_delay=args.replay_delay,
         )
     except ValidationError as exc:
-        msg = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        msg = "; ".join(describe_validation(exc))
         raise ConfigError(f"invalid options: {msg}", "see `bonsai tui --help`") from None
     log_file = _quiet_logging(home)
     with _screen_only_terminal(log_file):

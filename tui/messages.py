@@ -8,6 +8,7 @@ debates post the same messages, so a replay and a live debate look alike.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Literal
 
 from textual.message import Message
@@ -144,12 +145,29 @@ class Failed(Message):
     debate_id: str | None = None
 
 
+class RunState(StrEnum):
+    """Where the TUI's runner stands; a debate that ended is in the state of its stored status."""
+
+    IDLE = "idle"
+    STARTING = "starting"
+    RUNNING = "running"
+    #: asked to pause: it does at the next turn's boundary
+    PAUSING = "pausing"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+    #: showing a stored debate, not running one
+    REPLAY = "replay"
+    FINISHED = "finished"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
 @dataclass
 class RunnerState(Message):
     """The runner's own state changed (running, pausing, paused, ...), for the status line."""
 
     debate_id: str | None
-    state: str
+    state: RunState
 
 
 def from_event(event: ev.DebateEvent) -> Message | None:

@@ -5,6 +5,9 @@ the :class:`~bonsai.debate.runner.DebateRunner` and the one debate task in fligh
 graph's gate between turns: held by the user (pause), for a note being typed, or until the end of a
 single step. A held debate is checkpointed and marked interrupted, so quitting at any moment loses
 nothing: it resumes here or with `bonsai debate --resume`.
+
+Where the engine comes from is ``tui.engines``; the gate is ``tui.control``; stored debates are shown
+by ``tui.replay``.
 """
 
 from __future__ import annotations
@@ -13,142 +16,38 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from textual.message import Message
 from textual.message_pump import MessagePump
 
 from bonsai.debate import events as ev
-from bonsai.debate.events import events_from_store
 from bonsai.debate.runner import DebateRunner, DebateSpec, PreparedDebate, adapter_refs, plan_debate
-from bonsai.engine import AdapterRef, Engine
 from bonsai.registry.identity import AdapterInspector
-from bonsai.engine.session import EngineOptions, plan_engine, start_engine
-from bonsai.errors import BonsaiError, ConfigError, EngineError
+from bonsai.errors import BonsaiError
 from bonsai.paths import checkpoints_path
 from bonsai.personas import PersonaBook
-from bonsai.store.records import DebateRecord
+from bonsai.store.records import DebateStatus
 from bonsai.store.transcripts import TranscriptStore
+from tui.control import Control
+from tui.engines import EngineSource
 from tui.messages import (
     DebateStarted,
     EngineStatus,
     Failed,
     RunnerState,
+    RunState,
     Throughput,
-    Token,
     from_event,
 )
+from tui.replay import Replayer, adapter_versions, stored_spec
 
 log = logging.getLogger(__name__)
 
 #: how often a running tokens/s estimate is posted while a turn streams
 THROUGHPUT_EVERY_S = 0.5
-
-
-def adapter_versions(record: DebateRecord) -> dict[str, str]:
-    """Persona -> the version its adapter was pinned at (the folder name: ``adapters/<persona>/<version>``)."""
-    pinned = (record.config.get("spec") or {}).get("adapters") or {}
-    return {persona: Path(path).name for persona, path in pinned.items() if path}
-
-
-@contextlib.contextmanager
-def process_stdio() -> Iterator[None]:
-    """Real ``sys.stdout``/``sys.stderr`` while an engine starts its processes.
-
-    Textual swaps them for objects without a file descriptor (``fileno() == -1``), and starting a
-    process (vLLM's engine core, multiprocessing's resource tracker) hands those descriptors on, so it
-    fails with "bad value(s) in fds_to_keep". The process-level descriptors 1 and 2 are used instead
-    (`bonsai tui` points them at its log file, so a child process never writes over the screen).
-    """
-    out = open(1, "w", closefd=False)  # noqa: SIM115 - closed below, the descriptors stay open
-    err = open(2, "w", closefd=False)  # noqa: SIM115
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            yield
-    finally:
-        for stream in (out, err):
-            with contextlib.suppress(OSError, ValueError):
-                stream.flush()
-            stream.close()
-
-
-class EngineSource(Protocol):
-    """Hands out the one engine of the session, started on first use."""
-
-    async def acquire(self, refs: list[AdapterRef | None]) -> tuple[Engine, str]: ...
-
-    async def close(self) -> None: ...
-
-
-class ConfiguredEngine:
-    """The engine `bonsai debate` would build from the same options, sized by the first debate's adapters."""
-
-    def __init__(self, options: EngineOptions, home: Path) -> None:
-        self.options = options
-        self.home = home
-        self._engine: Engine | None = None
-        self._base_name = ""
-        self._stack = contextlib.AsyncExitStack()
-
-    async def acquire(self, refs: list[AdapterRef | None]) -> tuple[Engine, str]:
-        if self._engine is not None:
-            return self._engine, self._base_name
-        # later debates of the session may bring other adapters: leave room for a few
-        setup = await asyncio.to_thread(plan_engine, self.options, self.home, refs, min_loras=4)
-        stack = contextlib.AsyncExitStack()
-        try:
-            with process_stdio():
-                session = await stack.enter_async_context(start_engine(setup))
-        except BaseException as exc:
-            await stack.aclose()
-            if isinstance(exc, BonsaiError) or not isinstance(exc, Exception):
-                raise
-            raise EngineError(f"the {setup.config.kind} engine did not start: {exc}", "run `bonsai debate` with -v to see the engine's log") from exc
-        self._stack, self._engine, self._base_name = stack, session.engine, session.base_name
-        return session.engine, session.base_name
-
-    async def close(self) -> None:
-        if self._engine is not None:
-            stack, self._engine = self._stack, None
-            await stack.aclose()
-
-
-class ReadyEngine:
-    """An engine the caller made and started (tests, embedding); closed by its owner, not here."""
-
-    def __init__(self, engine: Engine, base_name: str) -> None:
-        self.engine = engine
-        self.base_name = base_name
-
-    async def acquire(self, refs: list[AdapterRef | None]) -> tuple[Engine, str]:
-        return self.engine, self.base_name
-
-    async def close(self) -> None:
-        pass
-
-
-class Control:
-    """The debate's gate: hold before the next turn while the user pauses, types a note, has a note to
-    deliver (it travels with the resume that ends the hold), or has stepped."""
-
-    def __init__(self) -> None:
-        self.holds: set[str] = set()
-        self.until: int | None = None
-        self.note: str | None = None
-
-    def gate(self, step: int) -> bool:
-        return bool(self.holds) or self.note is not None or (self.until is not None and step >= self.until)
-
-    def take_note(self) -> str | None:
-        note, self.note = self.note, None
-        return note
-
-    def reset(self) -> None:
-        self.holds.clear()
-        self.until = None
-        self.note = None
 
 
 class LiveRunner:
@@ -171,10 +70,10 @@ class LiveRunner:
         self.home = home
         self.engines = engines
         self.checkpoints = checkpoints or checkpoints_path(home)
-        self.replay_delay = replay_delay
         self.control = Control()
+        self._replayer = Replayer(store, book, home, self._post, replay_delay)
         self.debate_id: str | None = None
-        self.state = "idle"  # idle | starting | running | pausing | paused | finished | failed | stopped | replay
+        self.state = RunState.IDLE
         self.paused_at: int | None = None
         self._task: asyncio.Task[None] | None = None
         self._debates: DebateRunner | None = None
@@ -213,42 +112,42 @@ class LiveRunner:
         self._launch(self._replay_all(debate_id))
 
     def toggle_pause(self) -> None:
-        if self.state == "paused":
+        if self.state == RunState.PAUSED:
             self.proceed()
-        elif self.state in ("running", "pausing", "starting"):
+        elif self.state in (RunState.RUNNING, RunState.PAUSING, RunState.STARTING):
             if "user" in self.control.holds:
                 self.control.holds.discard("user")
-                self._set_state("running")
+                self._set_state(RunState.RUNNING)
             else:
                 self.control.holds.add("user")
-                self._set_state("pausing")
+                self._set_state(RunState.PAUSING)
 
     def proceed(self) -> None:
         """Go on from a pause."""
         self.control.holds.discard("user")
         self.control.until = None
-        if self.state == "paused" and not self.busy:
+        if self.state == RunState.PAUSED and not self.busy:
             self._launch(self._continue())
-        elif self.state == "pausing" and not self.control.holds:
-            self._set_state("running")
+        elif self.state == RunState.PAUSING and not self.control.holds:
+            self._set_state(RunState.RUNNING)
 
     def step(self) -> None:
         """Run exactly one more turn, then hold again (while running: hold after the current turn)."""
-        if self.state == "paused" and not self.busy and self.paused_at is not None:
+        if self.state == RunState.PAUSED and not self.busy and self.paused_at is not None:
             self.control.holds.discard("user")
             self.control.until = self.paused_at + 1
             self._launch(self._continue())
-        elif self.state in ("running", "starting"):
+        elif self.state in (RunState.RUNNING, RunState.STARTING):
             self.control.holds.add("user")
-            self._set_state("pausing")
+            self._set_state(RunState.PAUSING)
 
     def hold_for_note(self) -> bool:
         """Hold the debate at the next turn while a note is typed; False if there is no debate to steer."""
-        if self.state not in ("running", "pausing", "paused", "starting"):
+        if self.state not in (RunState.RUNNING, RunState.PAUSING, RunState.PAUSED, RunState.STARTING):
             return False
         self.control.holds.add("note")
-        if self.state in ("running", "starting"):
-            self._set_state("pausing")
+        if self.state in (RunState.RUNNING, RunState.STARTING):
+            self._set_state(RunState.PAUSING)
         return True
 
     async def note(self, text: str | None) -> None:
@@ -256,11 +155,11 @@ class LiveRunner:
         self.control.holds.discard("note")
         if text and text.strip():
             self.control.note = text.strip()
-        if self.state == "paused" and not self.busy:
+        if self.state == RunState.PAUSED and not self.busy:
             if self.control.note is not None or not self.control.gate(self.paused_at or 0):
                 self._launch(self._continue())
-        elif self.state == "pausing" and not self.control.holds and self.control.until is None:
-            self._set_state("running")  # the note (if any) is delivered at the next turn's boundary
+        elif self.state == RunState.PAUSING and not self.control.holds and self.control.until is None:
+            self._set_state(RunState.RUNNING)  # the note (if any) is delivered at the next turn's boundary
 
     async def stop(self) -> None:
         """Cancel the debate in flight; the graph marks it interrupted and its checkpoint keeps it."""
@@ -269,8 +168,8 @@ class LiveRunner:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            if self.state in ("starting", "running", "pausing"):
-                self._set_state("stopped")
+            if self.state in (RunState.STARTING, RunState.RUNNING, RunState.PAUSING):
+                self._set_state(RunState.STOPPED)
 
     async def close(self) -> None:
         await self.stop()
@@ -283,7 +182,7 @@ class LiveRunner:
     def _post(self, message: Message) -> None:
         self.target.post_message(message)
 
-    def _set_state(self, state: str) -> None:
+    def _set_state(self, state: RunState) -> None:
         self.state = state
         self._post(RunnerState(self.debate_id, state))
 
@@ -306,7 +205,7 @@ class LiveRunner:
         if hint is None and self.debate_id is not None:
             hint = f"debate {self.debate_id} is saved up to its last finished turn: resume it from the transcripts (t, then r)"
         self._post(Failed(message, hint, self.debate_id))
-        self._set_state("failed" if self.debate_id else "idle")
+        self._set_state(RunState.FAILED if self.debate_id else RunState.IDLE)
 
     async def _debate_runner(self, spec: DebateSpec, prepared: PreparedDebate | None = None) -> DebateRunner:
         """The session's runner; the first debate's adapters size the engine (its plan, if made already)."""
@@ -327,39 +226,33 @@ class LiveRunner:
 
     async def _start(self, spec: DebateSpec) -> None:
         self.debate_id = None
-        self._set_state("starting")
+        self._set_state(RunState.STARTING)
         prepared = plan_debate(spec, self.book, self.home)  # once: it sizes the engine and starts the debate
         debates = await self._debate_runner(spec, prepared)
         await self._pump(debates.run(spec, gate=self.control.gate, prepared=prepared))
 
-    def _stored_spec(self, record: DebateRecord) -> DebateSpec:
-        data = record.config.get("spec")
-        if not data:
-            raise ConfigError(f"debate {record.debate_id} has no stored settings to go on from")
-        return DebateSpec.model_validate(data)
-
     async def _resume(self, debate_id: str) -> None:
         record = self.store.get_debate(self.store.resolve_id(debate_id))
-        if record.status == "finished":
+        if record.status == DebateStatus.FINISHED:
             raise BonsaiError(f"debate {record.debate_id} has already finished (winner {record.winner})", "open it to replay it, or fork it (f)")
-        spec = self._stored_spec(record)
+        spec = stored_spec(record)
         self.debate_id = record.debate_id
-        self._set_state("starting")
-        await self._replay_record(record, final=False)
+        self._set_state(RunState.STARTING)
+        await self._replayer.record(record, final=False)
         debates = await self._debate_runner(spec)
         await self._pump(debates.resume(record.debate_id, gate=self.control.gate))
 
     async def _fork(self, debate_id: str, turn: int) -> None:
         record = self.store.get_debate(self.store.resolve_id(debate_id))
-        spec = self._stored_spec(record)
-        self._set_state("starting")
+        spec = stored_spec(record)
+        self._set_state(RunState.STARTING)
         debates = await self._debate_runner(spec)
         await self._pump(debates.fork(record.debate_id, turn, gate=self.control.gate))
 
     async def _continue(self) -> None:
         assert self._debates is not None and self.debate_id is not None
         note = self.control.take_note()
-        self._set_state("running" if not self.control.holds else "pausing")
+        self._set_state(RunState.RUNNING if not self.control.holds else RunState.PAUSING)
         await self._pump(self._debates.resume(self.debate_id, gate=self.control.gate, note=note))
 
     async def _pump(self, events: AsyncIterator[ev.DebateEvent]) -> None:
@@ -375,9 +268,9 @@ class LiveRunner:
                     started.adapters = adapter_versions(self.store.get_debate(self.debate_id))
                     self._post(started)
                     if event.forked_from:
-                        await self._replay_turns(self.debate_id, below=event.turns_done)
+                        await self._replayer.turns(self.debate_id, below=event.turns_done)
                     self.paused_at = None
-                    self._set_state("pausing" if self.control.holds or self.control.until is not None else "running")
+                    self._set_state(RunState.PAUSING if self.control.holds or self.control.until is not None else RunState.RUNNING)
                     continue
                 if isinstance(event, ev.Paused):
                     self.paused_at = event.step
@@ -390,14 +283,14 @@ class LiveRunner:
                         nxt = self._debates.resume(event.debate_id, gate=self.control.gate, note=note)
                         continue
                     self._post(from_event(event))  # type: ignore[arg-type]
-                    self._set_state("paused")
+                    self._set_state(RunState.PAUSED)
                     continue
                 self._account(event)
                 message = from_event(event)
                 if message is not None:
                     self._post(message)
                 if isinstance(event, ev.DebateEnd):
-                    self._set_state("finished" if event.status == "finished" else event.status)
+                    self._set_state(RunState(event.status))
             current = nxt
 
     def _account(self, event: ev.DebateEvent) -> None:
@@ -419,44 +312,7 @@ class LiveRunner:
     async def _replay_all(self, debate_id: str) -> None:
         record = self.store.get_debate(self.store.resolve_id(debate_id))
         self.debate_id = record.debate_id
-        self._set_state("replay")
-        await self._replay_record(record, final=True)
+        self._set_state(RunState.REPLAY)
+        await self._replayer.record(record, final=True)
         # "running" here means another process (a sweep) is still at it: this is only a look at it
-        self._set_state(record.status if record.status != "running" else "replay")
-
-    def _schedule(self, record: DebateRecord) -> list[dict[str, Any]]:
-        try:
-            return [s.__dict__ for s in plan_debate(self._stored_spec(record), self.book, self.home).schedule]
-        except BonsaiError:
-            return []  # a persona or format that is gone: the turns still show, without the plan
-
-    async def _replay_record(self, record: DebateRecord, *, final: bool) -> None:
-        await self._replay(events_from_store(self.store, record.debate_id, schedule=self._schedule(record), final=final), record)
-
-    async def _replay_turns(self, debate_id: str, *, below: int | None = None) -> None:
-        await self._replay(events_from_store(self.store, debate_id, below=below, final=False)[1:], None)
-
-    async def _replay(self, events: list[ev.DebateEvent], record: DebateRecord | None) -> None:
-        """Post a stored debate's events as the live run would (the start marked as a replay); with a
-        ``replay_delay`` the answers come word by word."""
-        for event in events:
-            message = from_event(event)
-            if isinstance(message, DebateStarted) and record is not None:
-                message.replay, message.adapters = True, adapter_versions(record)
-            if isinstance(event, ev.Token) and event.kind == "answer" and self.replay_delay:
-                for piece in self._chunks(event.text):
-                    self._post(Token(event.debate_id, event.turn, event.team, event.role, "answer", piece))
-                    await asyncio.sleep(self.replay_delay)
-                continue
-            if message is not None:
-                self._post(message)
-            if isinstance(event, ev.TurnEnd):
-                if event.role == "debater" and event.latency_s > 0 and event.output_tokens > 0:
-                    self._post(Throughput(event.debate_id, event.output_tokens / event.latency_s, final=True))
-                await asyncio.sleep(0)
-
-    def _chunks(self, text: str) -> list[str]:
-        if not self.replay_delay:
-            return [text]
-        words = text.split(" ")
-        return [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
+        self._set_state(RunState(record.status) if record.status != DebateStatus.RUNNING else RunState.REPLAY)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from bonsai.store.records import DebateRecord
+from bonsai.store.records import DebateRecord, DebateStatus
 
 
 @dataclass
@@ -51,7 +51,7 @@ def summarize(name: str, debates: list[DebateRecord], *, planned: int | None = N
     summary = SweepSummary(name, max(planned or 0, len(mine)), Counter(d.status for d in mine))
     records: dict[tuple[str, str], PersonaRecord] = {}
     for d in mine:
-        if d.status != "finished" or d.winner not in ("A", "B", "tie"):
+        if d.status != DebateStatus.FINISHED or d.winner not in ("A", "B", "tie"):
             continue
         job = d.config.get("sweep_job") if isinstance(d.config, dict) else None
         for team in ("A", "B"):

@@ -23,6 +23,7 @@ from bonsai.errors import BonsaiError, ConfigError
 from bonsai.locks import Lock, debate_lock, sweep_lock
 from bonsai.paths import checkpoints_path, store_path
 from bonsai.personas import PersonaBook
+from bonsai.store.records import DebateStatus
 from bonsai.store.transcripts import TranscriptStore
 from bonsai.text import printable_all
 
@@ -66,7 +67,7 @@ def _stored_spec(args: argparse.Namespace, home: Path) -> DebateSpec | None:
     with TranscriptStore(store_file, read_only=True) as store:
         debate_id = args.resume
         if debate_id == "latest":
-            unfinished = [d for d in store.list_debates(newest_first=True) if d.status != "finished"]
+            unfinished = [d for d in store.list_debates(newest_first=True) if d.status != DebateStatus.FINISHED]
             if not unfinished:
                 return None  # the runner says so with the right message
             debate_id = unfinished[0].debate_id

@@ -12,7 +12,8 @@ from bonsai.errors import ConfigError, StoreError
 from bonsai.paths import store_path
 from bonsai.store.transcripts import TranscriptStore
 from bonsai.sweep.config import NAME_PATTERN
-from bonsai.sweep.ratings import format_table, summarize, write_report
+from bonsai.sweep.ratings.files import write_report
+from bonsai.sweep.ratings.report import format_table, summarize
 from bonsai.sweep.results import sweep_outcomes
 
 

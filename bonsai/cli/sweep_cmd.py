@@ -22,10 +22,11 @@ from bonsai.errors import ConfigError, StoreError, SweepIncomplete
 from bonsai.locks import sweep_lock
 from bonsai.paths import checkpoints_path, store_path
 from bonsai.personas import PersonaBook
-from bonsai.store.records import SweepRecord
+from bonsai.store.records import SweepRecord, SweepStatus
 from bonsai.store.transcripts import TranscriptStore
 from bonsai.sweep.config import GRID_CAP, ResolvedSweep, load_sweep
-from bonsai.sweep.executor import SweepExecutor, SweepProgress, SweepResult
+from bonsai.sweep.executor import SweepExecutor
+from bonsai.sweep.ledger import SweepProgress, SweepResult
 from bonsai.sweep.plan import SweepPlan, estimate, plan_sweep
 
 
@@ -109,7 +110,7 @@ async def _run_locked(args: argparse.Namespace, home: Path, store_file: Path, co
     setup = plan_engine(engine, home, refs, kv_cache_gib=args.kv_cache_gib, max_loras=max(1, min(16, len(refs))), max_num_seqs=args.max_num_seqs)
     base, engine_config = setup.base, setup.config
     if args.ray:
-        from bonsai.sweep.ray_executor import run_on_ray
+        from bonsai.sweep.ray.driver import run_on_ray
 
         with TranscriptStore(store_file) as store:
             reporter = _Reporter(console, total=len(plan.jobs), quiet=args.json)
@@ -127,7 +128,7 @@ async def _run_locked(args: argparse.Namespace, home: Path, store_file: Path, co
                                               base_name=base.name if base else None, on_ready=on_ready)
             except (KeyboardInterrupt, asyncio.CancelledError):
                 if recorded:
-                    store.set_sweep_status(plan.name, "interrupted")
+                    store.set_sweep_status(plan.name, SweepStatus.INTERRUPTED)
                 raise
             return _finish(store, plan, result, console, args)
 
@@ -145,7 +146,7 @@ async def _run_locked(args: argparse.Namespace, home: Path, store_file: Path, co
                     with reporter:
                         result = await executor.run()
                 except (KeyboardInterrupt, asyncio.CancelledError):
-                    store.set_sweep_status(plan.name, "interrupted")
+                    store.set_sweep_status(plan.name, SweepStatus.INTERRUPTED)
                     raise
                 return _finish(store, plan, result, console, args)
 
@@ -189,20 +190,20 @@ def _stored_sweep(store_file: Path, sweep: ResolvedSweep, *, resume: bool) -> Sw
 
 def _record_sweep(store: TranscriptStore, plan: SweepPlan, stored: SweepRecord | None) -> None:
     if stored is not None:
-        store.set_sweep_status(plan.name, "running")
+        store.set_sweep_status(plan.name, SweepStatus.RUNNING)
         return
     now = time.time()
     store.create_sweep(
         SweepRecord(
             name=plan.name, grid_hash=plan.sweep.grid_hash(),
             config={"sweep": plan.sweep.model_dump(mode="json"), "resolved": plan.resolved_json()},
-            total=len(plan.jobs), status="running", created_at=now, updated_at=now,
+            total=len(plan.jobs), status=SweepStatus.RUNNING, created_at=now, updated_at=now,
         )
     )
 
 
 def _finish(store: TranscriptStore, plan: SweepPlan, result: SweepResult, console: Console, args: argparse.Namespace) -> int:
-    status = "finished" if result.complete else "incomplete"
+    status = SweepStatus.FINISHED if result.complete else SweepStatus.INCOMPLETE
     store.set_sweep_status(plan.name, status)
     summary = {
         "sweep": plan.name, "store": str(store.path), "status": status, "debates": result.total, "finished": result.finished,

@@ -28,6 +28,7 @@ from langgraph.checkpoint.serde.event_hooks import register_serde_event_listener
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from bonsai.errors import StoreError
+from bonsai.store.records import DebateStatus
 
 #: types rebuilt from a checkpoint that LangGraph's strict list refused, for the load under way
 _blocked: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("bonsai_blocked_checkpoint_types", default=None)
@@ -120,7 +121,7 @@ def vacuum(store_file: Path, checkpoints_file: Path, *, older_than_days: float, 
 
     cutoff = (now if now is not None else time.time()) - older_than_days * 86400
     with TranscriptStore(store_file, read_only=True) as store:
-        finished = [(d.debate_id, d.finished_at or d.created_at) for d in store.list_debates(status="finished")]
+        finished = [(d.debate_id, d.finished_at or d.created_at) for d in store.list_debates(status=DebateStatus.FINISHED)]
     files = [p for p in (store_file, checkpoints_file) if p.exists()]
     before = sum(_size(p) for p in files)
     dropped = rows = 0

@@ -28,7 +28,7 @@ from bonsai.debate.schedule import Cast, Slot
 from bonsai.debate.state import DebateState
 from bonsai.engine import AdapterRef, Completion, Engine, GenerationRequest, Prompt, Sampling, TextDelta, TextPrompt
 from bonsai.personas import Persona, ReasoningFormat
-from bonsai.store.records import CandidateRecord, TurnRecord
+from bonsai.store.records import CandidateRecord, DebateStatus, TurnRecord
 from bonsai.store.transcripts import TranscriptStore
 
 log = logging.getLogger(__name__)
@@ -378,7 +378,7 @@ async def judge_node(state: DebateState, runtime: Runtime[DebateContext]) -> dic
         ctx.store.record_verdict(v)
     if panel.judge == "panel":
         ctx.store.record_verdict(panel)
-    ctx.store.set_status(debate_id, "finished", winner=panel.winner)
+    ctx.store.set_status(debate_id, DebateStatus.FINISHED, winner=panel.winner)
     emit(ev.Verdict(debate_id, panel, list(per_judge)))
     return {"verdict": panel.to_dict()}
 

@@ -39,7 +39,7 @@ from bonsai.registry.identity import AdapterInspector, inspect_adapter
 from bonsai.errors import BonsaiError, ConfigError, DebateNotFound, PromptTooLong
 from bonsai.personas import PersonaBook
 from bonsai.store.db import unavailable
-from bonsai.store.records import DebateRecord
+from bonsai.store.records import DebateRecord, DebateStatus
 from bonsai.store.transcripts import TranscriptStore
 
 log = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ class DebateRunner:
         """Go on from the last checkpoint. A debate held between turns (see ``gate``) goes on from where it
         waits, taking ``note`` as a moderator note; ``note`` is refused for a debate that is not waiting."""
         record = self.store.get_debate(debate_id)
-        if record.status == "finished":
+        if record.status == DebateStatus.FINISHED:
             raise BonsaiError(f"debate {debate_id} has already finished (winner {record.winner})", f"see it with `bonsai transcripts show {debate_id}`")
         spec_data = record.config.get("spec")
         if not spec_data:
@@ -227,7 +227,7 @@ class DebateRunner:
             initial = _initial_state(debate_id, spec.motion, ctx)
         else:
             initial = None
-        self.store.set_status(debate_id, "running")
+        self.store.set_status(debate_id, DebateStatus.RUNNING)
         done = len([t for t in snapshot.values.get("turns", []) if not t.get("note")]) if snapshot.values else 0
         start = _start_event(debate_id, spec, ctx, resumed=True, turns_done=done)
         # aclosing: a consumer that stops reading closes the graph run now, so its status is recorded
@@ -262,7 +262,7 @@ class DebateRunner:
                 engine=self.engine.info.kind,
                 base_model=self.base_model,
                 created_at=time.time(),
-                status="running",
+                status=DebateStatus.RUNNING,
                 winner=None,
                 finished_at=None,
                 sweep=None,
@@ -314,7 +314,7 @@ class DebateRunner:
             async for chunk in self.graph.astream(initial, config, context=ctx, stream_mode="custom", durability="sync"):
                 yield chunk
         except BaseException as exc:
-            status = "interrupted" if isinstance(exc, (KeyboardInterrupt, GeneratorExit)) or type(exc).__name__ == "CancelledError" else "failed"
+            status = DebateStatus.INTERRUPTED if isinstance(exc, (KeyboardInterrupt, GeneratorExit)) or type(exc).__name__ == "CancelledError" else DebateStatus.FAILED
             with contextlib.suppress(Exception):
                 # a debate whose verdict is stored stays finished, whatever failed after it (its last checkpoint)
                 if self.store.get_debate(debate_id).status != "finished":
@@ -331,11 +331,11 @@ class DebateRunner:
             # Held by the gate between turns: saved, and resumable like any interrupted debate.
             step = snapshot.values.get("step", 0)
             nxt = ctx.schedule[step] if step < len(ctx.schedule) else None
-            self.store.set_status(debate_id, "interrupted")
+            self.store.set_status(debate_id, DebateStatus.INTERRUPTED)
             yield ev.Paused(debate_id, step, nxt.speaker if nxt else "judge", nxt.team if nxt else "none", nxt.title if nxt else "verdict")
             return
         record = self.store.get_debate(debate_id)
-        if record.status == "finished" and not snapshot.values.get("notes"):  # keep only its last state (see checkpoints.py)
+        if record.status == DebateStatus.FINISHED and not snapshot.values.get("notes"):  # keep only its last state (see checkpoints.py)
             try:
                 await prune_finished(self.graph.checkpointer, debate_id)
             except sqlite3.Error as exc:  # the debate is done and stored; `bonsai transcripts vacuum` prunes it later
@@ -357,7 +357,7 @@ def _start_event(
 
 
 async def latest_unfinished(store: TranscriptStore) -> str:
-    debates = [d for d in store.list_debates(newest_first=True) if d.status != "finished"]
+    debates = [d for d in store.list_debates(newest_first=True) if d.status != DebateStatus.FINISHED]
     if not debates:
         raise DebateNotFound("there is no unfinished debate to resume", "list debates with `bonsai transcripts list`")
     return debates[0].debate_id

@@ -78,7 +78,7 @@ def create_engine(config: EngineConfig) -> Engine:
             config.base_model, base_hash=config.base_hash, dtype=config.dtype, max_model_len=config.max_model_len, chat_template=config.chat_template,
         )
     from bonsai.engine.auth import env_api_key
-    from bonsai.engine.openai_remote import OpenAIEngine
+    from bonsai.engine.openai import OpenAIEngine
 
     api_key = config.api_key.get_secret_value() if config.api_key else env_api_key()
     return OpenAIEngine(

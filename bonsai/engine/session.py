@@ -309,7 +309,7 @@ async def open_judge(judge: JudgeSetup, *, starting: Starting | None = None) -> 
     """Start the judge's own engine; an unreachable endpoint or a model it does not list fails here,
     with the judge's flags named."""
     if judge.config.kind == "openai":
-        from bonsai.engine.openai_remote import OpenAIEngine
+        from bonsai.engine.openai import OpenAIEngine
 
         api_key = judge.config.api_key.get_secret_value() if judge.config.api_key else None
         engine: Engine = OpenAIEngine(judge.config.endpoints, base_model=judge.model, endpoint_retry_s=judge.config.endpoint_retry_s, api_key=api_key)

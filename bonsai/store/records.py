@@ -3,7 +3,28 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any
+
+
+class DebateStatus(StrEnum):
+    """Where a stored debate stands. A ``str``, so it is the store's text column as it is."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    #: stopped between turns (Ctrl-C, a pause, a budget): resumable from its checkpoint
+    INTERRUPTED = "interrupted"
+
+
+class SweepStatus(StrEnum):
+    """Where a stored sweep stands."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+    #: ended with debates unfinished (a budget, failures): resumable
+    INCOMPLETE = "incomplete"
+    INTERRUPTED = "interrupted"
 
 
 @dataclass
@@ -19,7 +40,7 @@ class DebateRecord:
     seed: int | None
     candidates: int
     created_at: float
-    status: str = "running"  # running | finished | failed | interrupted
+    status: str = DebateStatus.RUNNING
     winner: str | None = None  # "A" | "B" | "tie" | None (no verdict yet)
     finished_at: float | None = None
     sweep: str | None = None
@@ -111,7 +132,7 @@ class SweepRecord:
     grid_hash: str
     config: dict[str, Any]  # the resolved sweep (config + motions), as stored
     total: int
-    status: str  # running | finished | incomplete | interrupted
+    status: str  # a SweepStatus
     created_at: float
     updated_at: float
     finished_at: float | None = None

@@ -20,7 +20,7 @@ from typing import Any
 
 from bonsai.errors import DebateNotFound, StoreError
 from bonsai.store.db import open_store, read_transaction, write_transaction
-from bonsai.store.records import CandidateRecord, DebateRecord, SweepRecord, TurnRecord, VerdictRecord
+from bonsai.store.records import CandidateRecord, DebateRecord, DebateStatus, SweepRecord, SweepStatus, TurnRecord, VerdictRecord
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,8 @@ _TOKENS_SQL = (
     "UNION ALL SELECT debate_id, output_tokens AS n FROM verdicts"
 )
 
-STATUSES = ("running", "finished", "failed", "interrupted")
-SWEEP_STATUSES = ("running", "finished", "incomplete", "interrupted")
+STATUSES = tuple(DebateStatus)
+SWEEP_STATUSES = tuple(SweepStatus)
 TEAMS = ("A", "B")
 WINNERS = ("A", "B", "tie")
 
@@ -182,9 +182,9 @@ class TranscriptStore:
         _check_status(status)
         _check_winner(winner)
         with write_transaction(self._db, self._lock) as db:
-            if status in ("finished", "failed"):
+            if status in (DebateStatus.FINISHED, DebateStatus.FAILED):
                 finished_at_sql, params = "?", [time.time()]
-            elif status == "running":
+            elif status == DebateStatus.RUNNING:
                 finished_at_sql, params = "NULL", []
             else:
                 finished_at_sql, params = "finished_at", []
@@ -243,7 +243,7 @@ class TranscriptStore:
         with write_transaction(self._db, self._lock) as db:
             db.execute(
                 "UPDATE sweeps SET status=?, updated_at=?, finished_at=? WHERE name=?",
-                (status, now, now if status == "finished" else None, name),
+                (status, now, now if status == SweepStatus.FINISHED else None, name),
             )
 
     def sweep_status_counts(self, name: str) -> dict[str, int]:

@@ -19,75 +19,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from bonsai.debate import events as ev
 from bonsai.debate.runner import DebateRunner
 from bonsai.errors import BonsaiError, EngineError, StoreUnavailable
+from bonsai.store.records import DebateStatus
 from bonsai.store.transcripts import TranscriptStore
 from bonsai.sweep.config import Budget
+from bonsai.sweep.ledger import Ledger, ProgressHook, SweepProgress, SweepResult, distinct_setups, setup_error
 from bonsai.sweep.plan import SweepJob, SweepPlan
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class SweepProgress:
-    total: int
-    done: int = 0  # finished, this run and before
-    done_before: int = 0  # finished before this run started
-    failed: int = 0
-    running: int = 0
-    retries: int = 0
-    tokens: int = 0  # generated in this run
-    tokens_before: int = 0
-    started: float = field(default_factory=time.monotonic)
-
-    @property
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens / self.elapsed if self.elapsed > 0 else 0.0
-
-    @property
-    def eta_s(self) -> float | None:
-        """Remaining debates at this run's finishing rate (None until one has finished)."""
-        finished_now = self.done - self.done_before
-        remaining = self.total - self.done - self.failed
-        if finished_now <= 0 or remaining <= 0:
-            return None if remaining > 0 else 0.0
-        return remaining * self.elapsed / finished_now
-
-
-@dataclass
-class Failure:
-    debate_id: str
-    message: str
-    attempts: int
-
-
-@dataclass
-class SweepResult:
-    total: int
-    finished: int
-    skipped: int
-    failures: list[Failure]
-    stopped: str | None  # why the run stopped early (budget), else None
-    tokens: int
-    seconds: float
-
-    @property
-    def complete(self) -> bool:
-        return self.finished == self.total
-
-
-ProgressHook = Callable[[SweepProgress], None]
 DebateHook = Callable[[SweepJob, dict[str, Any]], None]
 
 
@@ -115,16 +61,10 @@ class SweepExecutor:
         self.store = store
         self.plan = plan
         self.concurrency = concurrency
-        self.retries = retries
-        self.backoff_s = backoff_s
         self.budget = budget or Budget()
-        self.on_progress = on_progress
         self.on_debate = on_debate
         self._sleep = sleep
-        self._rng = random.Random(seed)
-        self.progress = SweepProgress(total=len(plan.jobs))
-        self._failures: list[Failure] = []
-        self._stop_reason: str | None = None
+        self.ledger = Ledger(plan, store, retries=retries, backoff_s=backoff_s, budget=self.budget, on_progress=on_progress, seed=seed)
         self._workers: list[asyncio.Task[None]] = []
         #: how long debates get to reach their next event after the wall-time budget, before cancellation
         self.stop_grace_s = 30.0
@@ -133,38 +73,26 @@ class SweepExecutor:
 
     async def check(self) -> None:
         """Validate each distinct debate set-up against the engine (adapters load, motions fit)."""
-        seen: set[tuple[Any, ...]] = set()
-        for job in self.plan.jobs:
-            s = job.spec
-            key = (s.motion, s.format, tuple(s.personas or ()), tuple(sorted((s.adapters or {}).items(), key=str)), s.max_tokens)
-            if key in seen:
-                continue
-            seen.add(key)
+        for job in distinct_setups(self.plan.jobs):
             try:
-                await self.runner.check(s)
+                await self.runner.check(job.spec)
             except BonsaiError as exc:
-                raise type(exc)(f"debate {job.debate_id} ({job.a} vs {job.b}, motion {s.motion[:60]!r}): {exc.message}", exc.hint) from None
+                raise setup_error(job, exc) from None
 
     # --- the run --------------------------------------------------------------------------------
 
     async def run(self) -> SweepResult:
-        jobs = self.plan.jobs
-        statuses = self.store.debate_statuses(j.debate_id for j in jobs)
-        todo = [j for j in jobs if statuses.get(j.debate_id) != "finished"]
-        p = self.progress
-        p.done = p.done_before = len(jobs) - len(todo)
-        p.tokens_before = self.store.sweep_tokens(self.plan.name)
-        p.started = time.monotonic()
-        resumed = sum(1 for j in todo if j.debate_id in statuses)
+        todo = self.ledger.pending()
         # "running" here is stale: the process that ran it is gone (the sweep's lock, taken by the caller,
         # keeps two runs of one sweep apart), perhaps killed, perhaps stopped by a store it could not write
+        statuses = self.store.debate_statuses(j.debate_id for j in todo)
         for job in todo:
-            if statuses.get(job.debate_id) == "running":
-                self.store.set_status(job.debate_id, "interrupted")
-        log.info("sweep %s: %d debates, %d finished before, %d to resume, %d to start", self.plan.name, len(jobs), p.done, resumed, len(todo) - resumed)
+            if statuses.get(job.debate_id) == DebateStatus.RUNNING:
+                self.store.set_status(job.debate_id, DebateStatus.INTERRUPTED)
         self._emit()
         if self._tokens_spent():
-            return SweepResult(len(jobs), p.done, p.done_before, [], self._stop_reason, 0, 0.0)
+            p = self.progress
+            return SweepResult(p.total, p.done, p.done_before, [], self.ledger.stopped, 0, 0.0)
         queue: asyncio.Queue[SweepJob] = asyncio.Queue()
         for job in todo:
             queue.put_nowait(job)
@@ -183,10 +111,7 @@ class SweepExecutor:
         for r in results:
             if isinstance(r, BaseException) and not isinstance(r, (asyncio.CancelledError, _Stop)):
                 raise r
-        return SweepResult(
-            total=len(jobs), finished=p.done, skipped=p.done_before, failures=list(self._failures),
-            stopped=self._stop_reason, tokens=p.tokens, seconds=p.elapsed,
-        )
+        return self.ledger.result()
 
     async def _watchdog(self, workers: list[asyncio.Task[None]]) -> None:
         """Past the wall-time budget, debates stop at their next event (between turns, where nothing is
@@ -198,15 +123,22 @@ class SweepExecutor:
         for w in workers:
             w.cancel()
 
+    @property
+    def progress(self) -> SweepProgress:
+        return self.ledger.progress
+
+    @property
+    def _stop_reason(self) -> str | None:
+        return self.ledger.stopped
+
     def _stop(self, reason: str) -> None:
-        if self._stop_reason is None:
-            self._stop_reason = reason
+        if self.ledger.stop(reason):
             log.warning("sweep %s: %s; stopping the debates in flight (they resume with --resume)", self.plan.name, reason)
 
     def _tokens_spent(self) -> bool:
-        cap = self.budget.tokens
-        if cap is not None and self.progress.tokens_before + self.progress.tokens >= cap:
-            self._stop(f"token budget of {cap} reached ({self.progress.tokens_before + self.progress.tokens} generated)")
+        reason = self.ledger.token_budget_reached()
+        if reason is not None:
+            self._stop(reason)
         return self._stop_reason is not None
 
     async def _worker(self, queue: asyncio.Queue[SweepJob]) -> None:
@@ -237,12 +169,11 @@ class SweepExecutor:
                 raise
             except (EngineError, StoreUnavailable) as exc:
                 what = "engine error" if isinstance(exc, EngineError) else "store error"
-                if attempt > self.retries:
+                delay = self.ledger.retry_delay(attempt)
+                if delay is None:
                     self._fail(job, f"{what} after {attempt} attempts: {exc.message}", attempt)
                     return
-                delay = self.backoff_s * (2 ** (attempt - 1)) * self._rng.uniform(0.5, 1.5)
-                self.progress.retries += 1
-                log.warning("debate %s: %s; retry %d of %d in %.1f s (from its last checkpoint)", job.debate_id, exc.message, attempt, self.retries, delay)
+                log.warning("debate %s: %s; retry %d of %d in %.1f s (from its last checkpoint)", job.debate_id, exc.message, attempt, self.ledger.retries, delay)
                 await self._sleep(delay)
                 if self._stop_reason is not None:
                     raise _Stop(self._stop_reason)
@@ -254,7 +185,7 @@ class SweepExecutor:
                 log.exception("debate %s failed", job.debate_id)
                 self._fail(job, f"{type(exc).__name__}: {exc}", attempt)
                 return
-            if summary.get("status") == "finished":
+            if summary.get("status") == DebateStatus.FINISHED:
                 self.progress.done += 1
             else:
                 self._fail(job, f"ended with status {summary.get('status')}", attempt)
@@ -297,15 +228,7 @@ class SweepExecutor:
         return summary
 
     def _fail(self, job: SweepJob, message: str, attempts: int) -> None:
-        self.progress.failed += 1
-        self._failures.append(Failure(job.debate_id, message, attempts))
-        with contextlib.suppress(BonsaiError):
-            if self.store.debate_statuses([job.debate_id]):
-                self.store.set_status(job.debate_id, "failed")
-        log.error("debate %s (%s vs %s) failed: %s", job.debate_id, job.a, job.b, message)
-        self._emit()
+        self.ledger.fail(job, message, attempts)
 
     def _emit(self) -> None:
-        if self.on_progress is not None:
-            self.on_progress(self.progress)
-
+        self.ledger.emit()

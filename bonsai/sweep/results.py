@@ -10,7 +10,7 @@ import logging
 
 from bonsai.errors import ConfigError
 from bonsai.store.transcripts import TranscriptStore
-from bonsai.sweep.ratings import Outcome
+from bonsai.sweep.ratings.outcome import Outcome
 
 log = logging.getLogger(__name__)
 

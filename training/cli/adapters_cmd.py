@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bonsai.cli.common import add_engine_arguments, engine_options, home_from, judge_options, starting
-from bonsai.errors import BonsaiError, ConfigError
+from bonsai.errors import BonsaiError, ConfigError, describe_validation
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -165,7 +165,7 @@ def _gate_config(args: argparse.Namespace) -> Any:
             opponent=args.opponent, opponent_persona=args.opponent_persona, judge=args.judge, max_motions=args.max_motions,
         )
     except ValidationError as exc:
-        msg = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        msg = "; ".join(describe_validation(exc))
         raise ConfigError(f"invalid evaluation settings: {msg}", "see `bonsai adapters evaluate --help`") from None
 
 

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from bonsai.cli.common import add_engine_arguments, engine_options, home_from, judge_options, progress, starting
 from bonsai.engine.session import open_judge, plan_engine, plan_judge
-from bonsai.errors import ConfigError
+from bonsai.errors import ConfigError, as_flag, describe_validation
 from bonsai.paths import store_path
 from bonsai.personas import PersonaBook
 
@@ -158,7 +158,7 @@ async def _build(args: argparse.Namespace) -> Any:
             max_tokens=args.max_tokens,
         )
     except ValidationError as exc:
-        problems = "; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+        problems = "; ".join(describe_validation(exc, name=as_flag))
         raise ConfigError(f"invalid dataset settings: {problems}", "see `bonsai data build --help`") from None
     book = PersonaBook.load(args.personas_dir)
     engine = engine_options(args)

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from bonsai.cli.common import add_engine_arguments, engine_options, home_from, judge_options, starting
-from bonsai.errors import BonsaiError, ConfigError
+from bonsai.errors import BonsaiError, ConfigError, describe_validation
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -102,7 +102,7 @@ def _config(args: argparse.Namespace) -> Any:
     try:
         return LoopConfig.model_validate(raw)
     except ValidationError as exc:
-        msg = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        msg = "; ".join(describe_validation(exc))
         raise ConfigError(f"invalid loop settings: {msg}", "see `bonsai loop --help`" + (f" and the preset {args.preset}" if args.preset else "")) from None
 
 

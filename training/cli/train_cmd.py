@@ -142,7 +142,7 @@ def run_grpo(args: argparse.Namespace, home: Path, recipe: Recipe) -> int:
         logic = LogicSet.model_validate(settings)
     except ValidationError as exc:
         flags = {"n": "--problems", "languages": "--langs", "kinds": "--kinds", "seed": "--problem-seed"}
-        problems = [f"{flags.get(line.split(':', 1)[0], line.split(':', 1)[0])}:{line.split(':', 1)[1]}" for line in describe_validation(exc)]
+        problems = describe_validation(exc, name=lambda field: flags.get(field, field))
         raise ConfigError(f"invalid logic problem settings: {'; '.join(problems)}", "see `bonsai train --help`") from None
     if args.eval_n is not None and args.eval_n < 1:
         raise ConfigError("--eval must be at least 1")

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-Z95 = 1.959963984540054
+from bonsai.stats import Z95, wilson_interval
+
 BOOTSTRAP_RESAMPLES = 2000
 
 
@@ -56,8 +57,6 @@ def proportion(successes: float, n: int) -> Estimate:
     """A rate with its Wilson 95% interval (``successes`` may hold halves: ties)."""
     if n <= 0:
         return Estimate.empty()
-    from training.gate import wilson_interval
-
     low, high = wilson_interval(successes, n)
     return Estimate(successes / n, low, high, n)
 

@@ -6,7 +6,6 @@ each with a Wilson 95% interval (the tiny sets a CPU can afford make the interva
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,22 +13,10 @@ from typing import Any
 from bonsai.engine import AdapterRef, ChatPrompt, Engine, GenerationRequest, Sampling
 from bonsai.errors import ConfigError
 from bonsai.personas import Persona
+from bonsai.stats import wilson_interval
 from training.logic.problems import Problem
 from training.logic.prompts import messages
 from training.logic.rewards import correctness, soft_format, strict_format
-
-Z95 = 1.959963984540054
-
-
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for ``k`` successes in ``n`` trials."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
 
 @dataclass(frozen=True)
 class Rate:
@@ -42,7 +29,7 @@ class Rate:
 
     @property
     def interval(self) -> tuple[float, float]:
-        return wilson(self.k, self.n)
+        return wilson_interval(self.k, self.n)
 
     def to_json(self) -> dict[str, Any]:
         low, high = self.interval

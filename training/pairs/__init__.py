@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from bonsai.errors import ConfigError
+from bonsai.errors import ConfigError, describe_validation
 from training.pairs.base import Engines, Pair, PairContext, Strategy, StrategyParams, TurnSource
 
 #: strategy name -> module holding its ``STRATEGY`` class
@@ -42,7 +42,7 @@ def make_strategy(name: str, params: Mapping[str, Any] | None = None) -> Strateg
     try:
         validated = cls.Params.model_validate(dict(params or {}))
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'params'}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+        problems = "; ".join(describe_validation(exc, top="params"))
         raise ConfigError(f"invalid parameters for the {name} strategy: {problems}", "see `bonsai data build --help`") from None
     return cls(validated)
 

@@ -17,7 +17,7 @@ from pydantic import Field, model_validator
 from bonsai.engine import AdapterRef, Engine, EngineConfig, GenerationRequest
 from bonsai.engine.auth import env_api_key
 from bonsai.registry.identity import inspect_adapter
-from bonsai.engine.openai_remote import OpenAIEngine, normalize_endpoint
+from bonsai.engine.openai import OpenAIEngine, normalize_endpoint
 from bonsai.errors import ConfigError, EndpointUnreachable
 from bonsai.model.chat_template import require_chat_template
 from bonsai.model.prepare import resolve_base

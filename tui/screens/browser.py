@@ -15,7 +15,7 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Select, Static
 
-from bonsai.store.records import DebateRecord
+from bonsai.store.records import DebateRecord, DebateStatus
 from bonsai.store.transcripts import STATUSES, TranscriptStore
 from bonsai.text import printable_all
 
@@ -118,7 +118,7 @@ class BrowserScreen(Screen[None]):
         record = self.selected()
         if record is None:
             return
-        if record.status == "finished":
+        if record.status == DebateStatus.FINISHED:
             self.app.notify(f"Debate {record.debate_id} has finished; enter replays it, f forks it.", severity="warning", markup=False)
             return
         self.bonsai.resume_debate(record.debate_id)

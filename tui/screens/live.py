@@ -25,6 +25,7 @@ from tui.messages import (
     NoteAdded,
     Paused,
     RunnerState,
+    RunState,
     Throughput,
     Token,
     TurnDone,
@@ -186,7 +187,7 @@ class LiveScreen(Screen[None]):
 
     @on(RunnerState)
     def _runner_state(self, msg: RunnerState) -> None:
-        if msg.debate_id is not None and msg.debate_id != self.debate_id and msg.state not in ("starting",):
+        if msg.debate_id is not None and msg.debate_id != self.debate_id and msg.state not in (RunState.STARTING,):
             return
         self.status.set(state=msg.state)
 
@@ -212,7 +213,7 @@ class LiveScreen(Screen[None]):
         runner = self._runner_or_warn()
         if runner is None:
             return
-        if runner.state not in ("running", "pausing", "paused", "starting"):
+        if runner.state not in (RunState.RUNNING, RunState.PAUSING, RunState.PAUSED, RunState.STARTING):
             self.app.notify("No debate is running: press n to start one, or resume one from the transcripts (t).", severity="warning", markup=False)
             return
         runner.toggle_pause()
@@ -221,7 +222,7 @@ class LiveScreen(Screen[None]):
         runner = self._runner_or_warn()
         if runner is None:
             return
-        if runner.state not in ("running", "pausing", "paused", "starting"):
+        if runner.state not in (RunState.RUNNING, RunState.PAUSING, RunState.PAUSED, RunState.STARTING):
             self.app.notify("No debate to step through: press n to start one.", severity="warning", markup=False)
             return
         runner.step()

@@ -16,12 +16,13 @@ from textual.widgets import Button, Input, Label, Select
 
 from bonsai.debate.formats import builtin_formats_dir
 from bonsai.debate.runner import DebateSpec
+from bonsai.errors import describe_validation
 from bonsai.personas import PersonaBook, Role, Team
 from tui.options import FormDefaults
 
 
 def spec_errors(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+    return "; ".join(describe_validation(exc, top="input"))
 
 
 class StartScreen(ModalScreen[DebateSpec | None]):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from bonsai.sweep.ratings import RatingsReport
+    from bonsai.sweep.ratings.report import RatingsReport
 
 DPI = 110
 
