@@ -185,7 +185,7 @@ def test_a_resident_engine_with_another_template_is_not_used(tmp_path: Path, mon
         started_at=0.0, log_path="", bonsai_version="", max_model_len=4096, max_lora_rank=16, dtype="float32", chat_template_hash=template_hash("T"),
     )
     monkeypatch.setattr(resident, "list_states", lambda home: [engine])
-    monkeypatch.setattr(resident, "check", lambda home, e: resident.Checked(e, resident.Health.RUNNING))
+    monkeypatch.setattr(resident, "check", lambda home, e, **_: resident.Checked(e, resident.Health.RUNNING))
     assert resident.find_resident(tmp_path, "h", chat_template_hash=template_hash("T")) is engine
     assert resident.find_resident(tmp_path, "h", chat_template_hash=None) is None
     assert resident.find_resident(tmp_path, "h", chat_template_hash=template_hash("U")) is None

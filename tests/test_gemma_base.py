@@ -20,7 +20,7 @@ from trainkit import tiny_recipe, write_dataset
 from bonsai.cli.main import main
 from bonsai.debate.runner import DebateRunner, DebateSpec
 from bonsai.engine import ChatMessage, ChatPrompt
-from bonsai.engine.adapters import inspect_adapter
+from bonsai.registry.identity import inspect_adapter
 from bonsai.engine.session import EngineOptions, open_engine
 from bonsai.model.chat_template import has_chat_template
 from bonsai.model.prepare import MANIFEST, BaseModel, resolve_base
