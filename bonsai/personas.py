@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bonsai.errors import ConfigError, PersonaNotFound, describe_validation
+from bonsai.reasoning import ReasoningFormat
 from bonsai.rubric.config import CheckConfig, Language, check_rubric, require_types
 
 
@@ -40,12 +41,6 @@ class Style(str, Enum):
     CREATOR = "creator"
     LOGICIAN = "logician"
     TRANSLATOR = "translator"
-
-
-class ReasoningFormat(str, Enum):
-    NONE = "none"
-    ALPACA = "alpaca-reasoning"
-    XML = "xml-tags"
 
 
 class SamplingDefaults(BaseModel):

@@ -21,7 +21,7 @@ from bonsai.debate.prompts import (
     render_item,
     stop_strings,
 )
-from bonsai.debate.reasoning import FORMAT_INSTRUCTIONS, parse
+from bonsai.reasoning import FORMAT_INSTRUCTIONS, parse
 from bonsai.debate.schedule import Cast, Slot, build_schedule
 from bonsai.engine import ChatPrompt, Prompt, TextPrompt
 from bonsai.personas import PersonaBook, ReasoningFormat

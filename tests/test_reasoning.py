@@ -9,8 +9,7 @@ import random
 
 import pytest
 
-from bonsai.debate.reasoning import _MARKERS, Parsed, StreamSplitter, parse
-from bonsai.personas import ReasoningFormat
+from bonsai.reasoning import _MARKERS, Parsed, ReasoningFormat, StreamSplitter, parse
 
 XML, ALPACA, NONE = ReasoningFormat.XML, ReasoningFormat.ALPACA, ReasoningFormat.NONE
 

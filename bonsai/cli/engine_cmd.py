@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict
 
 from bonsai.cli.common import home_from
-from bonsai.cli.serve_cmd import add_serve_options, plan_from_args
+from bonsai.cli.serve_options import add_serve_options, plan_from_args
 from bonsai.engine import resident
 from bonsai.engine.auth import env_api_key
 from bonsai.errors import ConfigError

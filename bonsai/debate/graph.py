@@ -23,7 +23,7 @@ from bonsai.debate.usage import Metered
 from bonsai.debate import events as ev
 from bonsai.debate.formats import DebateFormat
 from bonsai.debate.prompts import debater_prompt, moderator_prompt, prompt_to_json, stop_strings
-from bonsai.debate.reasoning import StreamSplitter, parse
+from bonsai.reasoning import StreamSplitter, parse
 from bonsai.debate.schedule import Cast, Slot
 from bonsai.debate.state import DebateState
 from bonsai.engine import AdapterRef, Completion, Engine, GenerationRequest, Prompt, Sampling, TextDelta, TextPrompt

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from bonsai.debate.reasoning import FORMAT_INSTRUCTIONS
+from bonsai.reasoning import FORMAT_INSTRUCTIONS
 from bonsai.debate.schedule import SIDE_STANCE, Slot
 from bonsai.engine import ChatMessage, ChatPrompt, Prompt, TextPrompt
 from bonsai.personas import Persona, ReasoningFormat

@@ -22,8 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from bonsai.debate.reasoning import parse
-from bonsai.personas import ReasoningFormat
+from bonsai.reasoning import ReasoningFormat, parse
 from bonsai.rubric.checks import count_units
 from bonsai.rubric.config import LengthCheck
 from bonsai.rubric.rubric import Rubric, RubricContext, RubricScore

@@ -3,7 +3,7 @@
 Which text each check reads: ``reasoning_format`` (and a pattern check with ``scope: raw``) the raw
 completion, tags and all; ``repetition`` the reasoning and the answer with the markers taken out;
 ``language``, ``length``, ``on_motion`` (and pattern checks by default) the answer alone, split off
-the way the debate does it (:func:`bonsai.debate.reasoning.parse`), i.e. what opponents and the
+the way the debate does it (:func:`bonsai.reasoning.parse`), i.e. what opponents and the
 judge read. An empty speech scores 0 on every check that measures content (a forbidden pattern
 cannot be found in it, so that one check gives 1).
 """
@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from bonsai.debate.reasoning import parse
-from bonsai.personas import ReasoningFormat
+from bonsai.reasoning import ReasoningFormat, parse
 from bonsai.rubric import checks as C
 from bonsai.rubric.config import (
     CheckConfig,
@@ -29,8 +28,18 @@ from bonsai.rubric.config import (
     RequiredCheck,
 )
 
-if TYPE_CHECKING:
-    from bonsai.personas import Persona
+
+class RubricOwner(Protocol):
+    """What :func:`rubric_for` reads of a persona; a protocol, so the rubric never imports the personas above it."""
+
+    @property
+    def rubric(self) -> Sequence[CheckConfig] | None: ...
+
+    @property
+    def reasoning(self) -> ReasoningFormat: ...
+
+    @property
+    def language(self) -> Language: ...
 
 
 @dataclass(frozen=True)
@@ -118,7 +127,7 @@ class Rubric:
         return out
 
 
-def rubric_for(persona: Persona) -> Rubric | None:
+def rubric_for(persona: RubricOwner) -> Rubric | None:
     """The persona's rubric, or None when its YAML declares none."""
     if not persona.rubric:
         return None

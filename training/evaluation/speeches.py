@@ -17,7 +17,7 @@ from typing import Any
 from bonsai.debate.formats import load_format
 from bonsai.debate.graph import turn_summary
 from bonsai.debate.prompts import debater_prompt, stop_strings
-from bonsai.debate.reasoning import parse
+from bonsai.reasoning import parse
 from bonsai.debate.schedule import Cast, Slot, build_schedule
 from bonsai.engine import AdapterRef, Engine, GenerationRequest, Sampling
 from bonsai.errors import ConfigError, PromptTooLong

@@ -26,7 +26,7 @@ from pydantic import Field
 
 from bonsai.registry import resolve_persona_adapter
 from bonsai.debate.prompts import LANGUAGE_HINT
-from bonsai.debate.reasoning import parse
+from bonsai.reasoning import parse
 from bonsai.engine import ChatMessage, ChatPrompt, Completion, GenerationRequest, Prompt, Sampling, TextPrompt
 from bonsai.registry.identity import inspect_adapter
 from bonsai.errors import ConfigError

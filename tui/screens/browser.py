@@ -20,7 +20,7 @@ from bonsai.store.transcripts import STATUSES, TranscriptStore
 from bonsai.text import printable_all
 
 if TYPE_CHECKING:
-    from tui.app import BonsaiApp
+    from tui.host import BonsaiHost
 
 WINNERS = [("any winner", "any"), ("A won", "A"), ("B won", "B"), ("tie", "tie"), ("no winner", "none")]
 
@@ -44,8 +44,8 @@ class BrowserScreen(Screen[None]):
         self.rows: list[DebateRecord] = []
 
     @property
-    def bonsai(self) -> BonsaiApp:
-        return cast("BonsaiApp", self.app)
+    def bonsai(self) -> BonsaiHost:
+        return cast("BonsaiHost", self.app)
 
     def compose(self) -> ComposeResult:
         yield Static(f"Transcripts in {self.store.path}", id="browser-title", markup=False)

@@ -38,7 +38,7 @@ from tui.widgets.status import StatusLine
 from tui.widgets.turn import TurnView
 
 if TYPE_CHECKING:
-    from tui.app import BonsaiApp
+    from tui.host import BonsaiHost
 
 
 class LiveScreen(Screen[None]):
@@ -59,8 +59,8 @@ class LiveScreen(Screen[None]):
         self.moderator_text = ""
 
     @property
-    def bonsai(self) -> BonsaiApp:
-        return cast("BonsaiApp", self.app)
+    def bonsai(self) -> BonsaiHost:
+        return cast("BonsaiHost", self.app)
 
     def compose(self) -> ComposeResult:
         yield Static("Motion: -", id="motion", markup=False)

@@ -3,6 +3,8 @@
 Opponents and the judge only ever see answers, so the split must be robust to a small model that
 forgets a tag, never closes one, or skips the format entirely: whatever is not clearly reasoning is
 the answer, and an output with no answer section falls back to its whole text without markers.
+
+Pure text work on the ground floor: personas, the debate and the rubric all read it, and it reads none of them.
 """
 
 from __future__ import annotations
@@ -10,9 +12,17 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import Enum
 from typing import Literal
 
-from bonsai.personas import ReasoningFormat
+
+class ReasoningFormat(str, Enum):
+    """How a persona lays out its private reasoning and its public answer (the persona YAML's ``reasoning``)."""
+
+    NONE = "none"
+    ALPACA = "alpaca-reasoning"
+    XML = "xml-tags"
+
 
 Kind = Literal["reasoning", "answer"]
 
