@@ -194,13 +194,17 @@ def prepare_gguf(
         if chat_template is not None and not final.joinpath(TEMPLATE_FILE).is_file():
             raise ModelError(f"{final} was prepared without a chat template", "pass --force to prepare it again with --chat-template")
         return existing
-    return _prepare_from_gguf(gguf, final, name, str(gguf.resolve()), chat_template=chat_template, chat_template_source=chat_template_source)
+    return _prepare_from_gguf(gguf, final, name, str(gguf.resolve()), chat_template=chat_template, chat_template_source=chat_template_source,
+                              control_tokens=True)
 
 
 def _prepare_from_gguf(
     gguf: Path, final: Path, name: str, source: str, *, eos: str | None = None, pad: str | None = None, chat_template: str | None = None,
-    chat_template_source: str | None = None,
+    chat_template_source: str | None = None, control_tokens: bool = False,
 ) -> BaseModel:
+    """``control_tokens``: make the GGUF's CONTROL tokens special and stop generation on its end-of-turn
+    markers (see ``gguf_tokens``). Off for the embedded model, whose prepared folder (and so its content
+    hash, which its adapters record) must stay byte for byte what it was."""
     t0 = time.monotonic()
     log.info("dequantizing %s", gguf)
     import torch
@@ -223,6 +227,8 @@ def _prepare_from_gguf(
         del model.config.quantization_config
     if eos is not None and eos in tokenizer.get_vocab():
         tokenizer.eos_token = eos
+    if control_tokens:
+        _apply_control_tokens(gguf, tokenizer, model)
     if pad is None and tokenizer.pad_token in (None, tokenizer.eos_token) and PAD_TOKEN in tokenizer.get_vocab():
         pad = PAD_TOKEN  # no pad of its own, or EOS as pad (a collator would mask every turn's end): as for SmolLM2
     if chat_template is not None:
@@ -244,6 +250,24 @@ def _prepare_from_gguf(
         shutil.rmtree(old, ignore_errors=True)
     log.info("prepared %s in %.1fs", final, time.monotonic() - t0)
     return BaseModel(path=final, name=name, content_hash=result.content_hash)
+
+
+def _apply_control_tokens(gguf: Path, tokenizer: object, model: object) -> None:
+    """Gemma's ``<start_of_turn>``/``<end_of_turn>`` become single special tokens, and ``<end_of_turn>``
+    joins EOS in generation_config.json, which vLLM (even with ``--generation-config vllm``) and the
+    transformers engine both stop on; the tokenizer's own EOS stays the GGUF's."""
+    from bonsai.model.gguf_tokens import control_tokens, end_of_turn_ids, register_control_tokens
+
+    tokens = control_tokens(gguf)
+    added = register_control_tokens(tokenizer, tokens)
+    if added:
+        log.info("%s: control tokens made special: %s", gguf.name, ", ".join(added))
+    stops = end_of_turn_ids(tokens)
+    config = model.generation_config  # type: ignore[attr-defined]
+    if stops and config is not None:
+        current = config.eos_token_id
+        eos = current if isinstance(current, list) else [current] if current is not None else []
+        config.eos_token_id = eos + [i for i in stops if i not in eos]
 
 
 def _save_prepared(model: object, tokenizer: object, final: Path, *, name: str, source: str, pad: str | None, extra: dict[str, str]) -> BaseModel:
