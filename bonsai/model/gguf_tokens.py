@@ -1,22 +1,27 @@
-"""A GGUF's control tokens, made special in the tokenizer transformers builds from it.
+"""Corrections to the tokenizer transformers builds from a GGUF, from the GGUF's own tokenizer metadata.
 
-transformers' GGUF loader turns the GGUF's token list into a tokenizer, but for some architectures
-(Gemma's converter) it drops ``tokenizer.ggml.token_type``: the turn markers ``<start_of_turn>`` and
-``<end_of_turn>`` then stay plain vocabulary, a rendered chat prompt is split into their characters,
-and the model, never having seen them that way, echoes fragments of them. llama.cpp reads the same
-types and matches CONTROL tokens as single tokens; this does the same on the prepared tokenizer.
+transformers' Gemma GGUF converter drops ``tokenizer.ggml.token_type``: the turn markers
+``<start_of_turn>`` and ``<end_of_turn>`` stay plain vocabulary and a rendered chat prompt is split into
+their characters (the model, never having seen them that way, echoes fragments of them). llama.cpp
+reads the same types and matches CONTROL tokens as single tokens; ``register_control_tokens`` does that.
+
+The same converter builds a Unigram model from the SentencePiece-BPE scores, but the saved folder's
+tokenizer class (GemmaTokenizer) rebuilds a BPE from tokenizer.json's vocabulary and merges on load:
+with no merges, every word came back split into single characters. ``spm_bpe_model`` gives it the
+merges, ranked by the GGUF's scores as SentencePiece and llama.cpp rank them.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bonsai.errors import ModelError
 
-#: ``tokenizer.ggml.token_type`` values (llama.cpp's ``llama_token_type``): 3 is CONTROL
-CONTROL = 3
+#: ``tokenizer.ggml.token_type`` values (llama.cpp's ``llama_token_type``)
+CONTROL, UNUSED, BYTE = 3, 5, 6
 #: Gemma reserves thousands of ``<unusedN>`` control slots: no text or template ever holds them, and
 #: registering them would only grow tokenizer.json and make user text that spells one a control token
 _UNUSED = re.compile(r"<unused\d+>")
@@ -25,28 +30,39 @@ _UNUSED = re.compile(r"<unused\d+>")
 END_OF_TURN = frozenset({"<end_of_turn>", "<|eot_id|>", "<|im_end|>", "<|end|>", "<|eom_id|>"})
 
 
-def control_tokens(gguf: Path) -> dict[int, str]:
-    """``{id: text}`` of the GGUF's CONTROL tokens other than ``<unusedN>`` slots (empty when it has no
-    token types)."""
-    import numpy as np
+@dataclass(frozen=True)
+class GgufVocab:
+    """The GGUF's ``tokenizer.ggml.*`` arrays; ``types``/``scores`` are empty when it has none."""
+
+    tokens: list[str]
+    types: list[int]
+    scores: list[float]
+
+
+def read_vocab(gguf: Path) -> GgufVocab:
+    """The token list, token types and scores of a GGUF file (about 10 s for Gemma's 262k tokens)."""
     from gguf import GGUFReader
 
     try:
         reader = GGUFReader(str(gguf))
     except (ValueError, OSError) as exc:
         raise ModelError(f"cannot read {gguf} as GGUF: {exc}", "pass a .gguf file") from None
-    types_field = reader.fields.get("tokenizer.ggml.token_type")
-    tokens_field = reader.fields.get("tokenizer.ggml.tokens")
-    if types_field is None or tokens_field is None:
-        return {}
-    # array fields keep one part per element; ``data`` indexes the element parts
-    types = np.concatenate([types_field.parts[i] for i in types_field.data]) if types_field.data else np.empty(0)
-    found: dict[int, str] = {}
-    for idx in np.flatnonzero(types == CONTROL):
-        text = bytes(tokens_field.parts[tokens_field.data[idx]]).decode("utf-8")
-        if not _UNUSED.fullmatch(text):
-            found[int(idx)] = text
-    return found
+
+    def array(key: str) -> list[Any]:
+        field = reader.fields.get(key)
+        # array fields keep one part per element; ``data`` indexes the element parts
+        return [] if field is None else [field.parts[i] for i in field.data]
+
+    tokens = [bytes(part).decode("utf-8") for part in array("tokenizer.ggml.tokens")]
+    types = [int(part[0]) for part in array("tokenizer.ggml.token_type")]
+    scores = [float(part[0]) for part in array("tokenizer.ggml.scores")]
+    return GgufVocab(tokens=tokens, types=types if len(types) == len(tokens) else [], scores=scores if len(scores) == len(tokens) else [])
+
+
+def control_tokens(vocab: GgufVocab) -> dict[int, str]:
+    """``{id: text}`` of the GGUF's CONTROL tokens other than ``<unusedN>`` slots (empty when it has no
+    token types)."""
+    return {i: text for i, (text, kind) in enumerate(zip(vocab.tokens, vocab.types)) if kind == CONTROL and not _UNUSED.fullmatch(text)}
 
 
 def register_control_tokens(tokenizer: Any, tokens: dict[int, str]) -> list[str]:
@@ -78,3 +94,29 @@ def register_control_tokens(tokenizer: Any, tokens: dict[int, str]) -> list[str]
 def end_of_turn_ids(tokens: dict[int, str]) -> list[int]:
     """Ids among ``tokens`` that end a model turn (see ``END_OF_TURN``), in id order."""
     return sorted(tid for tid, text in tokens.items() if text in END_OF_TURN)
+
+
+def rebuilds_as_bpe(tokenizer: Any) -> bool:
+    """Whether the saved tokenizer would come back as another model: a Unigram backend (transformers'
+    Gemma GGUF converter) in a class that rebuilds a BPE from tokenizer.json on load (GemmaTokenizer)."""
+    model = getattr(type(tokenizer), "model", None)
+    return type(tokenizer.backend_tokenizer.model).__name__ == "Unigram" and getattr(model, "__name__", None) == "BPE"
+
+
+def spm_bpe_model(vocab: GgufVocab, unk_token: str) -> Any:
+    """A byte-fallback BPE over the GGUF's tokens at their ids, merging the pair whose joined token has
+    the best score first (SentencePiece BPE, as llama.cpp tokenizes an SPM GGUF)."""
+    from tokenizers.models import BPE
+    from transformers.convert_slow_tokenizer import generate_merges
+
+    if not vocab.scores:
+        raise ModelError("the GGUF has no tokenizer.ggml.scores to rank BPE merges by", "prepare from a GGUF with a complete tokenizer")
+    ids: dict[str, int] = {}
+    for i, token in enumerate(vocab.tokens):
+        # as transformers' converter does: the normalizer turns spaces into "▁", so a run of spaces is a run of "▁"
+        ids.setdefault("▁" * len(token) if token and not token.strip(" ") else token, i)
+    scores = {token: vocab.scores[i] for token, i in ids.items()}
+    # control, unused and byte tokens are never spelled out of pieces: no merge may produce them
+    skip = {token for token, kind in zip(vocab.tokens, vocab.types) if kind in (CONTROL, UNUSED, BYTE)}
+    merges = generate_merges(ids, scores, skip_tokens=skip)
+    return BPE(vocab=ids, merges=merges, unk_token=unk_token, fuse_unk=True, byte_fallback=True, dropout=None)
