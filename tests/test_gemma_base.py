@@ -71,15 +71,17 @@ def test_gemma_is_prepared_from_the_package_gguf(gemma: tuple[Path, BaseModel]) 
 
 
 def test_gemma_turn_markers_are_single_special_tokens(gemma: tuple[Path, BaseModel]) -> None:
-    """transformers' Gemma GGUF tokenizer left <start_of_turn>/<end_of_turn> plain vocabulary: a "Hi" turn was
-    58 tokens, one a character, and the model echoed fragments like "<sact_oft_t". The GGUF's CONTROL tokens
-    are special now, at their own ids, and <end_of_turn> stops generation as EOS does."""
+    """The prepared folder's tokenizer once came back from disk as a BPE without merges, its turn markers plain
+    vocabulary: a "Hi" turn was 58 tokens, one a character, and the model echoed fragments like "<sact_oft_t".
+    Now words are Gemma's own pieces, the GGUF's CONTROL tokens are special at their own ids, and
+    <end_of_turn> stops generation as EOS does."""
     from transformers import AutoTokenizer
 
     _, base = gemma
     tok = AutoTokenizer.from_pretrained(str(base.path))
     ids = tok("<start_of_turn>user\nHi<end_of_turn>", add_special_tokens=False).input_ids
-    assert ids[0] == 105 and ids[-1] == 106 and len(ids) <= 6, ids
+    assert ids == [105, 2364, 107, 10979, 106]  # <start_of_turn> user \n Hi <end_of_turn>, as Gemma's own tokenizer
+    assert len(tok("The quick brown fox jumps over the lazy dog.", add_special_tokens=False).input_ids) == 10  # a token a word
     assert tok.decode(ids) == "<start_of_turn>user\nHi<end_of_turn>"
     config = json.loads((base.path / "config.json").read_text())
     assert len(tok) == config["vocab_size"] == 262144  # no token added: the ids are the embedding rows'
