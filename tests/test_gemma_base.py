@@ -70,6 +70,27 @@ def test_gemma_is_prepared_from_the_package_gguf(gemma: tuple[Path, BaseModel]) 
     assert not has_chat_template(base.path)  # a base model: its GGUF carries none
 
 
+def test_gemma_turn_markers_are_single_special_tokens(gemma: tuple[Path, BaseModel]) -> None:
+    """The prepared folder's tokenizer once came back from disk as a BPE without merges, its turn markers plain
+    vocabulary: a "Hi" turn was 58 tokens, one a character, and the model echoed fragments like "<sact_oft_t".
+    Now words are Gemma's own pieces, the GGUF's CONTROL tokens are special at their own ids, and
+    <end_of_turn> stops generation as EOS does."""
+    from transformers import AutoTokenizer
+
+    _, base = gemma
+    tok = AutoTokenizer.from_pretrained(str(base.path))
+    ids = tok("<start_of_turn>user\nHi<end_of_turn>", add_special_tokens=False).input_ids
+    assert ids == [105, 2364, 107, 10979, 106]  # <start_of_turn> user \n Hi <end_of_turn>, as Gemma's own tokenizer
+    assert len(tok("The quick brown fox jumps over the lazy dog.", add_special_tokens=False).input_ids) == 10  # a token a word
+    assert tok.decode(ids) == "<start_of_turn>user\nHi<end_of_turn>"
+    config = json.loads((base.path / "config.json").read_text())
+    assert len(tok) == config["vocab_size"] == 262144  # no token added: the ids are the embedding rows'
+    added = {t.content for t in tok.added_tokens_decoder.values() if t.special}
+    assert {"<start_of_turn>", "<end_of_turn>", "<bos>", "<eos>", "<pad>"} <= added and not any(t.startswith("<unused") for t in added)
+    generation = json.loads((base.path / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == [1, 106]  # <eos> and <end_of_turn>: vLLM and the transformers engine stop on both
+
+
 def test_gemma_without_a_template_is_refused_up_front(gemma: tuple[Path, BaseModel]) -> None:
     home, base = gemma
     before = sorted(p.name for p in home.iterdir())

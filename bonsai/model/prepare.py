@@ -194,13 +194,17 @@ def prepare_gguf(
         if chat_template is not None and not final.joinpath(TEMPLATE_FILE).is_file():
             raise ModelError(f"{final} was prepared without a chat template", "pass --force to prepare it again with --chat-template")
         return existing
-    return _prepare_from_gguf(gguf, final, name, str(gguf.resolve()), chat_template=chat_template, chat_template_source=chat_template_source)
+    return _prepare_from_gguf(gguf, final, name, str(gguf.resolve()), chat_template=chat_template, chat_template_source=chat_template_source,
+                              gguf_tokenizer_fixes=True)
 
 
 def _prepare_from_gguf(
     gguf: Path, final: Path, name: str, source: str, *, eos: str | None = None, pad: str | None = None, chat_template: str | None = None,
-    chat_template_source: str | None = None,
+    chat_template_source: str | None = None, gguf_tokenizer_fixes: bool = False,
 ) -> BaseModel:
+    """``gguf_tokenizer_fixes``: correct the tokenizer from the GGUF's own metadata and stop generation on
+    its end-of-turn markers (see ``_fix_gguf_tokenizer``). Off for the embedded model, whose prepared folder
+    (and so its content hash, which its adapters record) must stay byte for byte what it was."""
     t0 = time.monotonic()
     log.info("dequantizing %s", gguf)
     import torch
@@ -223,6 +227,8 @@ def _prepare_from_gguf(
         del model.config.quantization_config
     if eos is not None and eos in tokenizer.get_vocab():
         tokenizer.eos_token = eos
+    if gguf_tokenizer_fixes:
+        _fix_gguf_tokenizer(gguf, tokenizer, model)
     if pad is None and tokenizer.pad_token in (None, tokenizer.eos_token) and PAD_TOKEN in tokenizer.get_vocab():
         pad = PAD_TOKEN  # no pad of its own, or EOS as pad (a collator would mask every turn's end): as for SmolLM2
     if chat_template is not None:
@@ -234,7 +240,7 @@ def _prepare_from_gguf(
     fresh = final.with_name(final.name + ".new") if final.exists() else final
     if fresh != final:
         shutil.rmtree(fresh, ignore_errors=True)
-    result = _save_prepared(model, tokenizer, fresh, name=name, source=source, pad=pad, extra=extra)
+    result = _save_prepared(model, tokenizer, fresh, name=name, source=source, pad=pad, extra=extra, check_reload=gguf_tokenizer_fixes)
     if fresh != final:
         old = final.with_name(final.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
@@ -246,11 +252,53 @@ def _prepare_from_gguf(
     return BaseModel(path=final, name=name, content_hash=result.content_hash)
 
 
-def _save_prepared(model: object, tokenizer: object, final: Path, *, name: str, source: str, pad: str | None, extra: dict[str, str]) -> BaseModel:
+def _fix_gguf_tokenizer(gguf: Path, tokenizer: object, model: object) -> None:
+    """Gemma's tokenizer gets its BPE merges (without them the saved folder tokenized every word into
+    characters), ``<start_of_turn>``/``<end_of_turn>`` become single special tokens, and ``<end_of_turn>``
+    joins EOS in generation_config.json, which vLLM (even with ``--generation-config vllm``) and the
+    transformers engine both stop on; the tokenizer's own EOS stays the GGUF's."""
+    from bonsai.model.gguf_tokens import control_tokens, end_of_turn_ids, read_vocab, rebuilds_as_bpe, register_control_tokens, spm_bpe_model
+
+    vocab = read_vocab(gguf)
+    if rebuilds_as_bpe(tokenizer):
+        tokenizer.backend_tokenizer.model = spm_bpe_model(vocab, tokenizer.unk_token)  # type: ignore[attr-defined]
+    tokens = control_tokens(vocab)
+    added = register_control_tokens(tokenizer, tokens)
+    if added:
+        log.info("%s: control tokens made special: %s", gguf.name, ", ".join(added))
+    stops = end_of_turn_ids(tokens)
+    config = model.generation_config  # type: ignore[attr-defined]
+    if stops and config is not None:
+        current = config.eos_token_id
+        eos = current if isinstance(current, list) else [current] if current is not None else []
+        config.eos_token_id = eos + [i for i in stops if i not in eos]
+
+
+#: a chat turn with words, digits, punctuation, accents and runs of spaces and newlines
+_PROBE = "<start_of_turn>user\nThe quick brown fox  jumps: 1,234 naïve cafés?\n\n  Done.<end_of_turn>\n<start_of_turn>model\n"
+
+
+def _check_reloaded_tokenizer(tokenizer: object, folder: Path) -> None:
+    """The saved tokenizer, as every reader will load it, must encode as the one that was saved: a class
+    that rebuilds its model on load silently tokenized everything into characters once."""
+    from transformers import AutoTokenizer
+
+    want = tokenizer(_PROBE, add_special_tokens=False).input_ids  # type: ignore[operator]
+    got = AutoTokenizer.from_pretrained(str(folder))(_PROBE, add_special_tokens=False).input_ids
+    if got != want:
+        raise ModelError(f"the tokenizer saved for this GGUF loads back differently ({len(want)} tokens became {len(got)})",
+                         "transformers cannot round-trip this GGUF's tokenizer; prepare from another GGUF")
+
+
+def _save_prepared(
+    model: object, tokenizer: object, final: Path, *, name: str, source: str, pad: str | None, extra: dict[str, str], check_reload: bool = False,
+) -> BaseModel:
     with atomic.staged_dir(final) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)  # type: ignore[attr-defined]
         tokenizer.save_pretrained(tmp)  # type: ignore[attr-defined]
         fix_tokenizer_config(tmp, pad)
+        if check_reload:
+            _check_reloaded_tokenizer(tokenizer, tmp)
         content_hash = hash_model_dir(tmp)
         manifest = {
             "name": name,
