@@ -18,6 +18,8 @@ import re
 import shutil
 import tempfile
 import time
+
+from bonsai.pids import pid_alive
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -148,16 +150,4 @@ def _orphaned(entry: os.DirEntry[str], now: float) -> bool:
     m = _STAGE.match(entry.name)
     if m is None:
         return age > UNKNOWN_AFTER_S
-    return age > UNKNOWN_AFTER_S or (age > DEAD_AFTER_S and not _alive(int(m["pid"])))
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
+    return age > UNKNOWN_AFTER_S or (age > DEAD_AFTER_S and not pid_alive(int(m["pid"])))

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 
 from bonsai.errors import LockHeld
+from bonsai.pids import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class Lock:
             except BlockingIOError:
                 holder = _read(fd)
                 os.close(fd)
-                if holder.get("pid") and holder.get("host") == socket.gethostname() and not _alive(int(holder["pid"])):
+                if holder.get("pid") and holder.get("host") == socket.gethostname() and not pid_alive(int(holder["pid"])):
                     log.warning("taking over the lock of %s from pid %s, which is gone", self.what, holder["pid"])
                     with contextlib.suppress(FileNotFoundError):
                         self.path.unlink()
@@ -115,15 +116,3 @@ def _read(fd: int) -> dict[str, object]:
 def _command() -> str:
     args = [a if len(a) < 200 else a[:200] + "..." for a in sys.argv[1:]]
     return " ".join(["bonsai", *args])[:500]
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

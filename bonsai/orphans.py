@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from bonsai import atomic
+from bonsai.pids import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def remove_dead_train_scratch(tmp: Path | None = None, *, now: float | None = No
             old = now - path.stat().st_mtime > atomic.DEAD_AFTER_S
         except OSError:
             continue
-        if m and old and path.is_dir() and not _alive(int(m["pid"])):
+        if m and old and path.is_dir() and not pid_alive(int(m["pid"])):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
             log.info("removed %s, left by a bonsai train that was killed", path)
@@ -63,19 +64,9 @@ def remove_stale_serve_info(home: Path) -> list[Path]:
         except (OSError, ValueError):
             continue  # half-read or foreign: not ours to judge
         pids = [p for p in (info.get("pid"), info.get("server_pid")) if isinstance(p, int) and p > 0] if isinstance(info, dict) else []
-        if pids and not any(_alive(p) for p in pids):
+        if pids and not any(pid_alive(p) for p in pids):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
                 removed.append(path)
                 log.info("removed %s: the bonsai serve that wrote it (pid %s) is gone", path, pids[0])
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
