@@ -212,6 +212,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# vLLM's log handler binds the stream object it finds at import. The shared engine imports vLLM in a background
+# thread while other tests run, so ``sys.stdout`` could then be one test's capsys buffer (it was, once, in CI):
+# the original stderr is never swapped, and pytest's fd capture still files what lands there under its test.
+os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.__stderr__")
 
 
 @pytest.fixture(scope="session", autouse=True)

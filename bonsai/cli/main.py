@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _configure_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # vLLM logs to stdout by default, which would mix its warnings into `--json` output and piped transcripts.
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     if verbose < 2:
         # vLLM, httpx and transformers are chatty at INFO; users asked for bonsai's logs.
         for noisy in ("vllm", "httpx", "transformers", "urllib3", "aiosqlite", "datasets"):
