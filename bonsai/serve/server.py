@@ -36,7 +36,7 @@ from bonsai.engine.adapter_guard import ROOT_ENV
 from bonsai.engine.adapters import lora_rank_for, supported_lora_rank, validate_adapter
 from bonsai.engine.auth import check_bind
 from bonsai.registry.identity import inspect_adapter
-from bonsai.engine.platform import resolve_dtype, vllm_on_cpu
+from bonsai.engine.platform import cpu_worker_env, resolve_dtype, vllm_on_cpu
 from bonsai.engine.serverlog import start_failure
 from bonsai.engine.types import AdapterRef
 from bonsai.errors import AdapterError, EngineError
@@ -183,7 +183,8 @@ def plan_serve(
     folders under ``home`` unless ``allow_any_adapter_path`` (see :mod:`bonsai.engine.adapter_guard`).
     """
     check_bind(host, api_key)
-    dtype = resolve_dtype(dtype, on_cpu=vllm_on_cpu())
+    on_cpu = vllm_on_cpu()
+    dtype = resolve_dtype(dtype, on_cpu=on_cpu)
     base_model = resolve_templated_base(base, home, chat_template)
     book = PersonaBook.load(personas_dir)
     folders: dict[str, Path] = {}
@@ -232,6 +233,8 @@ def plan_serve(
     # in the server process, configured by the environment below
     command += ["--middleware", "bonsai.engine.adapter_guard.AdapterGuard"]
     env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", ROOT_ENV: "" if allow_any_adapter_path else str(Path(home).resolve())}
+    if on_cpu:
+        env.update(cpu_worker_env())  # the same worker cores and OpenMP runtime as the in-process engine
     return ServePlan(
         base=base_model,
         host=host,
