@@ -6,13 +6,16 @@
 #      every metric per generation with its interval, and the plot across generations;
 #   2. `bonsai train logician --recipe grpo` with TRL+PEFT and with Unsloth: steps/s, rewards, and the logic
 #      teacher's held-out correctness before and after;
-#   3. `bonsai serve` with its defaults (the dtype it picks on a GPU) until it answers.
+#   3. `bonsai serve` with its defaults (the dtype it picks on a GPU) until it answers, then one debate on it;
+#   4. sweep/raw (issue 12): bench/sweep_bench.py on a Llama-8B-shaped model with random weights, medians of
+#      ${REPEAT:-3} runs at ${RATIO_LEVELS:-256,1024} debates in flight, each from an empty prefix cache, and a
+#      profiled extra run per level.
 # Usage (repository root there):  bash bench/gpu_learn.sh OUTDIR [all|STEP[,STEP...]]   (STEP: loop, grpo, serve;
-#   steps run in the order given; the kits are installed once per machine)
+#   steps run in the order given; the kits are installed once per machine; STEP also: sweep)
 set -u
 out=${1:?usage: gpu_learn.sh OUTDIR [all|STEP[,STEP...]]}
 what=${2:-all}
-[ "$what" = all ] && what=loop,grpo,serve
+[ "$what" = all ] && what=loop,grpo,serve,sweep
 mkdir -p "$out"
 exec >>"$out/session.log" 2>&1
 repo=$PWD
@@ -63,13 +66,26 @@ run_serve() {
     sleep 1
   done
   echo "serve ready after $((SECONDS - start)) s (exit status of the probe: $?)"
+  start=$SECONDS
+  python3 -m bonsai.cli.main debate "Cities should ban private cars" --engine openai --endpoint http://127.0.0.1:8011 --rounds 1 --json \
+    > "$out/serve-debate.json" 2> "$out/serve-debate.err"
+  echo "debate on the served engine: exit $? after $((SECONDS - start)) s"
   kill $pid; wait $pid
+}
+
+run_sweep() {
+  echo "== sweep/raw: 8B shape, random weights, ${RATIO_LEVELS:-256,1024} x ${REPEAT:-3} =="
+  start=$SECONDS
+  python3 bench/sweep_bench.py --shape 8b --levels "" --ratio-levels "${RATIO_LEVELS:-256,1024}" --repeat "${REPEAT:-3}" --adapters 4 \
+    --max-tokens 64 --kv-cache-gib 40 --prefix-motions 2 --model-home /tmp/bonsai-home --profile-dir "$out/prof" \
+    --json-out "$out/sweep-ratio.json" > "$out/sweep-ratio.log" 2>&1
+  echo "sweep exit $? after $((SECONDS - start)) s"
 }
 
 for step in ${what//,/ }; do
   case $step in
-    loop|grpo|serve) "run_$step" ;;
-    *) echo "unknown step $step (loop, grpo, serve)"; exit 2 ;;
+    loop|grpo|serve|sweep) "run_$step" ;;
+    *) echo "unknown step $step (loop, grpo, serve, sweep)"; exit 2 ;;
   esac
 done
 echo DONE

@@ -289,7 +289,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     on_gpu = torch.cuda.is_available()
     if on_gpu:
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
-    levels = [int(x) for x in args.levels.split(",")]
+    levels = [int(x) for x in args.levels.split(",") if x.strip()]
     figures: dict[str, Any] = {"vllm": vllm_version(), "python": platform.python_version(), "shape": args.shape, "levels": {},
                                "max_tokens": args.max_tokens, "adapters": args.adapters, "max_num_seqs": args.max_num_seqs}
     home = Path(tempfile.mkdtemp(prefix="bonsai-sweep-bench-"))
@@ -338,7 +338,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     print(f"concurrency {c:>4}: {fig['debates']:>4} debates in {fig['wall_s']:>8.1f} s  "
                           f"{fig['debates_per_hour']:>10.1f} debates/h  {fig['tokens_per_s']:>8.1f} tok/s  "
                           f"in flight {fig.get('mean_inflight')} (max {fig.get('max_inflight')})  loop lag p99 {fig.get('loop_lag_ms_p99')} ms", flush=True)
-                if not args.prefix_only:
+                if levels and not args.prefix_only:
                     first = figures["levels"][str(levels[0])]
                     for fig in figures["levels"].values():
                         fig["speedup_vs_first"] = round(fig["debates_per_hour"] / first["debates_per_hour"], 2)
@@ -356,6 +356,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     figures["sweep_vs_raw_same_concurrency"] = round(sweep_fig["tokens_per_s"] / same["tokens_per_s"], 3) if same["tokens_per_s"] else None
                     print(f"raw engine replay, at most {top} in flight: {same['tokens_per_s']} tok/s; sweep/raw = {figures['sweep_vs_raw_same_concurrency']}",
                           flush=True)
+                ratio_levels = [int(x) for x in args.ratio_levels.split(",")] if args.ratio_levels else []
+                if ratio_levels:
+                    figures["ratios"] = await sweep_vs_raw_repeated(engine, store, home, book, base_dir.name, labels, args, ratio_levels)
                 path = write_sweep(home, "prefix", args.prefix_motions, labels["A"][:1], labels["B"][:1], args,
                                    concurrency=args.prefix_concurrency, fmt="standard", rounds=2)
                 cold.append(await cold_cache(engine))
@@ -373,6 +376,49 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     return figures
 
 
+async def sweep_vs_raw_repeated(engine: Any, store: Any, home: Path, book: Any, base_name: str, labels: dict[str, list[str]],
+                                args: argparse.Namespace, levels: list[int]) -> dict[str, Any]:
+    """sweep/raw at each level, ``--repeat`` times, each measurement from an empty prefix cache: the sweep
+    (recording its requests), then the same requests replayed all at once and at the sweep's concurrency.
+    Medians over the repetitions; with ``--profile-dir``, one more profiled sweep per level afterwards (a
+    profile slows the loop, so it is never one of the measured runs)."""
+    import statistics
+
+    out: dict[str, Any] = {}
+    per_motion = 2 * len(labels["A"]) * len(labels["B"])
+    for c in levels:
+        runs: list[dict[str, Any]] = []
+        for r in range(args.repeat + (1 if args.profile_dir else 0)):
+            profiled = r == args.repeat
+            path = write_sweep(home, f"ratio-c{c}-r{r}", -(-max(c, args.min_debates) // per_motion), labels["A"], labels["B"], args,
+                               concurrency=c, fmt="quick", rounds=1)
+            engine.recording, engine.recorded = True, []
+            await cold_cache(engine)
+            profile = args.profile_dir / f"profile-ratio-c{c}.txt" if profiled else None
+            fig = await run_sweep(engine, store, home, book, path, base_name, profile=profile)
+            engine.recording = False
+            if profiled:
+                out[f"profiled_{c}"] = {k: fig.get(k) for k in ("tokens_per_s", "loop_lag_ms_p99", "wall_s")}
+                continue
+            await cold_cache(engine)
+            raw = await replay_raw(engine, engine.recorded)
+            await cold_cache(engine)
+            same = await replay_raw(engine, engine.recorded, limit=c)
+            run = {"debates": fig["debates"], "sweep_tok_s": fig["tokens_per_s"], "raw_tok_s": raw["tokens_per_s"], "raw_same_tok_s": same["tokens_per_s"],
+                   "sweep_vs_raw": round(fig["tokens_per_s"] / raw["tokens_per_s"], 3) if raw["tokens_per_s"] else None,
+                   "sweep_vs_raw_same": round(fig["tokens_per_s"] / same["tokens_per_s"], 3) if same["tokens_per_s"] else None,
+                   "loop_lag_ms_p99": fig.get("loop_lag_ms_p99"), "mean_inflight": fig.get("mean_inflight")}
+            runs.append(run)
+            print(f"ratio level {c:>5} run {r + 1}: sweep {run['sweep_tok_s']} tok/s, raw {run['raw_tok_s']} (all at once) / "
+                  f"{run['raw_same_tok_s']} (at {c}); sweep/raw {run['sweep_vs_raw']} / {run['sweep_vs_raw_same']}; "
+                  f"loop lag p99 {run['loop_lag_ms_p99']} ms", flush=True)
+        med = {k: statistics.median(x[k] for x in runs if x[k] is not None) for k in ("sweep_vs_raw", "sweep_vs_raw_same", "sweep_tok_s", "raw_tok_s")}
+        out[str(c)] = {"runs": runs, "median": med}
+        print(f"ratio level {c:>5}: median sweep/raw {med['sweep_vs_raw']:.3f} (all at once), {med['sweep_vs_raw_same']:.3f} (same concurrency) "
+              f"over {len(runs)} runs", flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=["tiny", "8b"], default="tiny", help="tiny: the embedded model; 8b: Llama-8B shape, random weights (GPU)")
@@ -388,6 +434,8 @@ def main() -> None:
     parser.add_argument("--max-num-seqs", type=int, default=None, help="engine batch size (default: vLLM's throughput default for the device)")
     parser.add_argument("--profile-dir", type=Path, default=None, help="write a cProfile of the top level's sweep (the event loop's thread) here")
     parser.add_argument("--model-home", default=None, help="BONSAI_HOME holding the prepared embedded model (default: a fresh one)")
+    parser.add_argument("--ratio-levels", default="", help="sweep/raw at these concurrency levels, --repeat times each (comma-separated)")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions of each --ratio-levels measurement (medians reported)")
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
