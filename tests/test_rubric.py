@@ -328,6 +328,30 @@ def test_repair_alpaca_and_plain_personas() -> None:
     assert fixed.after.checks["language"] == 1.0 and fixed.after.checks["length"] == 1.0
 
 
+def test_repair_fits_the_turns_token_budget_reasoning_first() -> None:
+    """With a budget (here 1 token = 1 character or word, as a stand-in tokenizer), the tags close inside it."""
+    ronri = book_rubric("ronri")
+    ctx = RubricContext(EN_MOTION, "ja")
+    raw = "".join(f"理由{i}があります。" for i in range(6)) + "だから禁止すべきです。"
+    unbounded = repair(raw, ronri, ctx)
+    fits = lambda text: len(text) <= 90  # noqa: E731
+    assert not fits(unbounded.text)
+    fixed = repair(raw, ronri, ctx, fits)
+    assert fixed.improved and fits(fixed.text) and fixed.after.checks["reasoning_format"] == 1.0
+    assert fixed.text.endswith("</answer>")  # closed within the budget
+    # the reasoning is cut before the answer: the answer keeps whole sentences, its last one included
+    assert fixed.text.split("<answer>")[1] .startswith("\n理由") and fixed.text.endswith("だから禁止すべきです。\n</answer>")
+    # English, by words: both parts cut when the reasoning alone cannot make room
+    sk = book_rubric("skeptic")
+    en = RubricContext(EN_MOTION, "en")
+    text = "Banning private cars hurts workers who drive at night. " + " ".join(f"Reason {i} matters a great deal here." for i in range(12))
+    words = lambda t: len(t.split())  # noqa: E731
+    small = repair(text, sk, en, lambda t: words(t) <= 20)
+    assert small.improved and words(small.text) <= 20 and small.after.checks["reasoning_format"] == 1.0
+    # a budget nothing fits: no rewrite, nothing claimed
+    assert not repair(text, sk, en, lambda t: False).improved
+
+
 def test_repair_of_a_perfect_or_empty_speech_is_not_an_improvement() -> None:
     ronri = book_rubric("ronri")
     ctx = RubricContext(EN_MOTION, "ja")

@@ -81,6 +81,28 @@ async def test_ronri_pairs_rank_by_the_rubric_and_repair_into_tags(store_file: P
         assert m["rejected_score"] == pytest.approx(min(rescore(pair, "ronri", t).total for t in texts))
 
 
+async def test_repaired_answers_fit_the_turn_budget_in_the_bases_tokens(store_file: Path, base_model, isolated_home: Path) -> None:
+    """With the base's tokenizer (an engine config, no engine started) and a build cap, every repaired chosen
+    answer ends inside the cap, tags closed; without a cap the persona's own budget holds."""
+    from bonsai.engine import EngineConfig
+    from bonsai.model.chat_template import load_tokenizer
+
+    tokens = lambda text: len(load_tokenizer(base_model.path)(text, add_special_tokens=False).input_ids)  # noqa: E731
+    engines = lambda: Engines(EngineConfig(kind="vllm", base_model=base_model.path))  # noqa: E731
+    loose = context(store_file, "ronri", base_model, isolated_home)
+    loose_pairs = await make_strategy("rubric", {"min_gap": 0.0}).build(loose)
+    longest = max(tokens(p.chosen) for p in loose_pairs if p.meta["repaired"])
+    cap = max(24, longest - 8)  # tighter than the longest unbounded repair, still room for the tags
+    tight = replace(context(store_file, "ronri", base_model, isolated_home, max_tokens=cap), engines=engines())
+    pairs = await make_strategy("rubric", {"min_gap": 0.0}).build(tight)
+    repaired = [p for p in pairs if p.meta["repaired"]]
+    assert repaired and all(tokens(p.chosen) < cap and p.chosen.endswith("</answer>") for p in repaired), (cap, [tokens(p.chosen) for p in repaired])
+    assert all(rescore(p, "ronri", p.chosen).total == pytest.approx(p.meta["chosen_score"]) for p in repaired)
+    persona_budget = PersonaBook.load().get("ronri").sampling.max_tokens
+    own = replace(context(store_file, "ronri", base_model, isolated_home), engines=engines())
+    assert all(tokens(p.chosen) < persona_budget for p in await make_strategy("rubric", {"min_gap": 0.0}).build(own) if p.meta["repaired"])
+
+
 async def test_without_repair_and_with_the_judge_weighed_in(store_file: Path, base_model, isolated_home: Path) -> None:
     # judge_weight 1: the judge alone ranks, so (without repair) the pairs are best-of-n's
     ctx = context(store_file, "skeptic", base_model, isolated_home)

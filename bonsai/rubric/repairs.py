@@ -11,7 +11,11 @@ best candidate's own words and
    single sentence is cut at a clause or in half);
 4. trims the answer to the length budget, at a sentence end where one fits;
 5. lays the parts out in the persona's format (xml tags or Alpaca sections; the answer alone for a
-   persona without one).
+   persona without one);
+6. given a token budget (the turn's ``max_tokens``), shortens the parts until the whole layout fits it:
+   the reasoning first, then both. A chosen answer longer than the turn teaches the model to open the
+   tags and be cut off before it closes them (the loop's run 4: 16 of 16 opened ``<reasoning>``, 2 closed
+   ``</answer>`` within the turn).
 
 It is then scored again: :func:`repair` returns the best-scoring rewrite with both scores, and the
 caller uses it only when it scores higher (ORPO's NLL term on the chosen answer then teaches the format).
@@ -20,6 +24,7 @@ caller uses it only when it scores higher (ORPO's NLL term on the chosen answer 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from bonsai.reasoning import ReasoningFormat, parse
@@ -108,8 +113,46 @@ def layout(reasoning: str, answer: str, fmt: ReasoningFormat) -> str:
     return answer
 
 
-def rewrites(text: str, rubric: Rubric, language: str) -> list[str]:
-    """Every rewrite of ``text`` into ``rubric``'s format, language and budget (steps 1-5 above).
+#: does a rewrite fit the turn's token budget? (None: no budget)
+Fits = Callable[[str], bool]
+
+
+def _cut(text: str, ratio: float, language: str) -> str:
+    """The first ``ratio`` of ``text``'s words (characters for a language written without spaces), at least one."""
+    if uses_characters(language):
+        return text[: max(1, round(len(text) * ratio))].strip()
+    words = text.split()
+    return " ".join(words[: max(1, round(len(words) * ratio))])
+
+
+def _bisect(make: Callable[[float], str | None], fits: Fits, steps: int = 12) -> str | None:
+    """The longest ``make(ratio)`` that fits, ratio in (0, 1] (shorter is assumed to fit at least as well)."""
+    lo, hi, best = 0.0, 1.0, None
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        out = make(mid)
+        if out is not None and fits(out):
+            best, lo = out, mid
+        else:
+            hi = mid
+    return best
+
+
+def fit_layout(reasoning: str, answer: str, fmt: ReasoningFormat, language: str, fits: Fits | None) -> str | None:
+    """``layout(reasoning, answer)`` within the budget: as it is when it fits, else with the reasoning cut
+    (the answer is what the length check reads), else both cut by the same share; None when not even a
+    word of each fits."""
+    whole = layout(reasoning, answer, fmt)
+    if fits is None or fits(whole):
+        return whole
+    out = _bisect(lambda r: layout(_cut(reasoning, r, language), answer, fmt) if reasoning else None, fits)
+    if out is None:
+        out = _bisect(lambda r: layout(_cut(reasoning, r, language) if reasoning else "", _cut(answer, r, language), fmt), fits)
+    return out
+
+
+def rewrites(text: str, rubric: Rubric, language: str, fits: Fits | None = None) -> list[str]:
+    """Every rewrite of ``text`` into ``rubric``'s format, language and budget (steps 1-6 above).
 
     Where the model wrote no reasoning, each way of splitting its first sentences off as the reasoning
     is one rewrite (up to three): :func:`repair` keeps the one that scores best.
@@ -129,7 +172,8 @@ def rewrites(text: str, rubric: Rubric, language: str) -> list[str]:
     length = next((c for c in rubric.checks if isinstance(c, LengthCheck)), None)
     budget, unit = (length.budget, length.unit) if length else (None, "auto")
     if fmt == ReasoningFormat.NONE:
-        return [_trim(answer_sents, budget, language, unit)]
+        only = fit_layout("", _trim(answer_sents, budget, language, unit), fmt, language, fits)
+        return [only] if only else []
     if reasoning_sents:
         splits = [(reasoning_sents, answer_sents)]
     elif len(answer_sents) >= 2:
@@ -141,14 +185,17 @@ def rewrites(text: str, rubric: Rubric, language: str) -> list[str]:
     for r_sents, a_sents in splits:
         reasoning, answer = _join(r_sents, language), _trim(a_sents, budget, language, unit)
         if reasoning and answer:
-            out.append(layout(reasoning, answer, fmt))
+            fitted = fit_layout(reasoning, answer, fmt, language, fits)
+            if fitted is not None:
+                out.append(fitted)
     return out
 
 
-def repair(text: str, rubric: Rubric, ctx: RubricContext) -> Repair:
-    """The best-scoring rewrite of ``text`` with its score before and after (``improved`` says whether to use it)."""
+def repair(text: str, rubric: Rubric, ctx: RubricContext, fits: Fits | None = None) -> Repair:
+    """The best-scoring rewrite of ``text`` with its score before and after (``improved`` says whether to use
+    it); with ``fits``, only rewrites that fit the turn's token budget."""
     before = rubric.score(text, ctx)
-    scored = [(rubric.score(t, ctx), t) for t in rewrites(text, rubric, ctx.language)]
+    scored = [(rubric.score(t, ctx), t) for t in rewrites(text, rubric, ctx.language, fits)]
     if not scored:
         return Repair("", before, RubricScore(0.0, {k: 0.0 for k in before.checks}))
     after, fixed = max(scored, key=lambda st: st[0].total)  # max keeps the first of equals: fewest sentences reasoned

@@ -14,7 +14,7 @@ import contextlib
 import hashlib
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,6 +30,7 @@ from bonsai.engine import (
     GenerationRequest,
     Prompt,
     Sampling,
+    TextPrompt,
     create_engine,
 )
 from bonsai.engine.adapters import lora_rank_for
@@ -95,6 +96,19 @@ class Engines:
         self._owned: list[Engine] = []
         self._lock = asyncio.Lock()
         self._judge = judge_engine
+
+    def token_counter(self) -> Callable[[str], int] | None:
+        """Tokens of a completion's text as the main engine's base counts them: the running engine's own
+        count, else the local base's tokenizer (no engine started for it); None for an endpoint not yet used."""
+        if self._main is not None:
+            engine = self._main
+            return lambda text: engine.count_tokens(TextPrompt(text))
+        if self._config is not None and self._config.base_model is not None:
+            from bonsai.model.chat_template import load_tokenizer
+
+            tokenizer = load_tokenizer(self._config.base_model, self._config.chat_template)
+            return lambda text: len(tokenizer(text, add_special_tokens=False).input_ids)
+        return None
 
     async def judge(self, *, why: str = "this strategy") -> Engine:
         """The engine a strategy scores with the judge on: its own when one was given, else the main one."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ from bonsai.registry.identity import inspect_adapter
 from bonsai.errors import ConfigError
 from bonsai.personas import Persona
 from bonsai.rubric import Rubric, RubricContext, RubricScore, repair, rubric_for
+from bonsai.rubric.repairs import Fits
 from training.pairs.base import Pair, PairContext, Strategy, StrategyParams, TurnSource, generate_all, pair_seed, turn_sampling
 
 log = logging.getLogger(__name__)
@@ -78,9 +80,11 @@ class RubricStrategy(Strategy):
         assert rubric is not None
         answers = {src.key: self._stored(src) for src in ctx.sources}
         sampler = await self._sample(ctx, answers)
+        count = ctx.engines.token_counter() if self.params.repair else None
         pairs = []
         for src in ctx.sources:
-            pair = self._pair(ctx, rubric, src, answers[src.key], sampler)
+            fits = self._fits(count, ctx.max_tokens or ctx.persona.sampling.max_tokens)
+            pair = self._pair(ctx, rubric, src, answers[src.key], sampler, fits)
             if pair is not None:
                 pairs.append(pair)
         return pairs
@@ -123,11 +127,20 @@ class RubricStrategy(Strategy):
                 answers[src.key].append(Answer(result.text, None, i, "sample"))
         return who
 
+    @staticmethod
+    def _fits(count: Callable[[str], int] | None, max_tokens: int) -> Fits | None:
+        """A repaired answer must end within the budget the persona will speak in (the build's cap, else the
+        persona's own), its end-of-text token included: one longer teaches the model to open the tags and be
+        cut off before it closes them."""
+        if count is None:
+            return None
+        return lambda text: count(text) < max_tokens
+
     def _key(self, score: RubricScore, judge: float | None, mixed: bool) -> float:
         w = self.params.judge_weight
         return (1 - w) * score.total + w * judge if mixed and judge is not None else score.total
 
-    def _pair(self, ctx: PairContext, rubric: Rubric, src: TurnSource, answers: list[Answer], sampler: str | None) -> Pair | None:
+    def _pair(self, ctx: PairContext, rubric: Rubric, src: TurnSource, answers: list[Answer], sampler: str | None, fits: Fits | None = None) -> Pair | None:
         rctx = RubricContext(src.debate.motion, ctx.persona.language, src.opponent_last)
         scores = [rubric.score(a.text, rctx) for a in answers]
         # the judge is mixed in only where every answer has its score: a sample has none to mix
@@ -138,7 +151,7 @@ class RubricStrategy(Strategy):
         best_score, worst_score = scores[ranked[-1]], scores[ranked[0]]
         chosen, chosen_score, fixed = best.text, best_score, None
         if self.params.repair and best_score.total < 1.0:
-            fixed = repair(best.text, rubric, rctx)
+            fixed = repair(best.text, rubric, rctx, fits)
             if fixed.improved:
                 chosen, chosen_score = fixed.text, fixed.after
             else:
