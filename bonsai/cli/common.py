@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +14,18 @@ from rich.console import Console
 
 from bonsai.engine.session import USING_RESIDENT, EngineOptions, JudgeEngineOptions, Starting, add_option_arguments, options_from_args
 from bonsai.paths import bonsai_home
+
+
+#: characters json.dumps(ensure_ascii=False) leaves raw that a terminal or a JavaScript reader can take
+#: for something else: C1 controls (U+009B is a one-byte CSI escape on some terminals) and the two
+#: Unicode line separators. Model output is untrusted text; readable non-ASCII text stays as it is.
+_UNSAFE_IN_JSON = re.compile("[\u0080-\u009f\u2028\u2029]")
+
+
+def json_text(data: object) -> str:
+    """``data`` as one line of JSON for the terminal or a pipe: UTF-8 text kept readable, control
+    characters escaped (they occur only inside strings, so the escape is valid JSON)."""
+    return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(data, ensure_ascii=False))
 
 
 def home_from(args: argparse.Namespace) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from bonsai.cli.common import add_engine_arguments, engine_options, home_from, judge_options, starting
+from bonsai.cli.common import add_engine_arguments, engine_options, home_from, json_text, judge_options, starting
 from bonsai.debate import events as ev
 from bonsai.debate.runner import DebateRunner, PreparedDebate, adapter_refs, latest_unfinished, plan_debate
 from bonsai.debate.spec import USER_SETTINGS, DebateSpec
@@ -183,7 +182,7 @@ async def _run_async(args: argparse.Namespace) -> int:
                     async for event in events:
                         debate_id = event.debate_id
                         if args.jsonl:
-                            print(json.dumps(event.to_json(), ensure_ascii=False), flush=True)
+                            print(json_text(event.to_json()), flush=True)
                         elif not args.json:
                             printer(event)
                         if isinstance(event, ev.Verdict):
@@ -202,7 +201,7 @@ async def _run_async(args: argparse.Namespace) -> int:
         locks.close()
     summary.update(store=str(store_file), turns=len(turns), tokens=tokens)
     if args.json:
-        print(json.dumps(summary, ensure_ascii=False))
+        print(json_text(summary))
     elif not args.jsonl:
         console.print(Text(f"\ndebate {debate_id} stored in {store_file}", style="dim"))
     return 0

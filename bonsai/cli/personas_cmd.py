@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import yaml
@@ -11,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bonsai.registry import resolve_persona_adapter
-from bonsai.cli.common import home_from
+from bonsai.cli.common import home_from, json_text
 from bonsai.errors import BonsaiError
 from bonsai.personas import PersonaBook, default_personas_dir, load_persona
 
@@ -44,7 +43,7 @@ def run_list(args: argparse.Namespace) -> int:
         rows.append({"name": p.name, "team": p.team.value, "role": p.role.value, "style": p.style.value, "language": p.language,
                      "reasoning": p.reasoning.value, "adapter": shown})
     if args.json:
-        print(json.dumps(rows, ensure_ascii=False))
+        print(json_text(rows))
         return 0
     table = Table(title=f"personas in {book.source}")
     for col in ("name", "team", "role", "style", "language", "reasoning", "adapter"):
@@ -64,7 +63,7 @@ def run_show(args: argparse.Namespace) -> int:
     # every check with its defaults filled in (its name, the format it checks), not the YAML's nulls
     data["rubric"] = rubric.describe() if rubric is not None else None
     if args.json:
-        print(json.dumps(data, ensure_ascii=False))
+        print(json_text(data))
     else:
         print(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), end="")
     return 0
@@ -88,7 +87,7 @@ def run_validate(args: argparse.Namespace) -> int:
             folder_errors.append(str(exc))
     errors = file_errors + folder_errors
     if args.json:
-        print(json.dumps({"checked": len(files), "errors": errors}, ensure_ascii=False))
+        print(json_text({"checked": len(files), "errors": errors}))
     else:
         for e in errors:
             print(f"error: {e}")

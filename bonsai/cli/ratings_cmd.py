@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from pathlib import Path
 
-from bonsai.cli.common import home_from
+from bonsai.cli.common import home_from, json_text
 from bonsai.errors import ConfigError, StoreError
 from bonsai.paths import store_path
 from bonsai.store.transcripts import TranscriptStore
@@ -48,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or home / "sweeps" / args.sweep
     written = write_report(report, outcomes, out)
     if args.json:
-        print(json.dumps(report.to_json(), ensure_ascii=False))
+        print(json_text(report.to_json()))
         return 0
     print(format_table(report))
     if record is not None and len(outcomes) < record.total:

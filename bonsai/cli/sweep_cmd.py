@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bonsai.cli.common import add_engine_arguments, engine_options, home_from, judge_options, starting
+from bonsai.cli.common import add_engine_arguments, engine_options, home_from, json_text, judge_options, starting
 from bonsai.debate.runner import DebateRunner
 from bonsai.engine import Engine
 from bonsai.registry.identity import AdapterInspector
@@ -212,7 +211,7 @@ def _finish(store: TranscriptStore, plan: SweepPlan, result: SweepResult, consol
         "tokens_per_s": round(result.tokens / result.seconds, 2) if result.seconds > 0 else None,
     }
     if args.json:
-        print(json.dumps(summary, ensure_ascii=False))
+        print(json_text(summary))
     else:
         rate = f", {summary['tokens_per_s']} tok/s" if summary["tokens_per_s"] else ""
         console.print(f"sweep {plan.name}: {result.finished} of {result.total} debates finished "
@@ -253,7 +252,7 @@ def _dry_run(plan: SweepPlan, book: PersonaBook, store_file: Path, args: argpars
         "estimated_seconds": round(seconds, 1) if seconds is not None else None, "concurrency": cfg.concurrency,
     }
     if args.json:
-        print(json.dumps(out, ensure_ascii=False))
+        print(json_text(out))
         return 0
     axes = " x ".join(f"{v} {k}" for k, v in out["axes"].items())
     console.print(f"sweep {cfg.name}: {est.debates} debates ({axes}){f', {done} already finished' if done else ''}")
@@ -294,7 +293,7 @@ def _list(store_file: Path, console: Console, *, as_json: bool) -> int:
     with TranscriptStore(store_file, read_only=True) as store:
         rows = [{**{k: v for k, v in s.to_dict().items() if k != "config"}, "counts": store.sweep_status_counts(s.name)} for s in store.list_sweeps()]
     if as_json:
-        print(json.dumps(rows, ensure_ascii=False))
+        print(json_text(rows))
         return 0
     if not rows:
         console.print(f"no sweeps in {store_file}")

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bonsai.cli.common import add_engine_arguments, engine_options, home_from, judge_options, starting
+from bonsai.cli.common import add_engine_arguments, engine_options, home_from, json_text, judge_options, starting
 from bonsai.errors import BonsaiError, ConfigError, describe_validation
 
 
@@ -117,7 +117,7 @@ def run_show(args: argparse.Namespace) -> int:
     evaluation = load_evaluation(home, args.persona, version)
     reports = [{k: v for k, v in r.items() if k != "samples"} for r in load_reports(home, args.persona, version)]
     if args.json:
-        print(json.dumps({**info.summary(), "manifest": info.manifest.as_dict(), "evaluation": evaluation, "evals": reports}, ensure_ascii=False))
+        print(json_text({**info.summary(), "manifest": info.manifest.as_dict(), "evaluation": evaluation, "evals": reports}))
         return 0 if info.problem is None else 2
     s = info.summary()
     print(f"{args.persona}@{version}{'  (current)' if info.current else ''}")
@@ -211,7 +211,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     if args.json:
-        print(json.dumps({k: v for k, v in result.items() if k != "matches"} | {"matches": result["matches"]}, ensure_ascii=False))
+        print(json_text({k: v for k, v in result.items() if k != "matches"} | {"matches": result["matches"]}))
         return 0
     print(f"{result['persona']}@{result['candidate']}: won {result['wins']:g}/{result['n']} = {result['win_rate']:.2f} (95% CI {result['ci_low']:.2f}-{result['ci_high']:.2f})")
     for label, r in result["by_opponent"].items():

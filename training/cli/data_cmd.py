@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from bonsai.cli.common import add_engine_arguments, engine_options, home_from, judge_options, progress, starting
+from bonsai.cli.common import add_engine_arguments, engine_options, home_from, json_text, judge_options, progress, starting
 from bonsai.engine.session import open_judge, plan_engine, plan_judge
 from bonsai.errors import ConfigError, as_flag, describe_validation
 from bonsai.paths import store_path
@@ -96,7 +96,7 @@ def run_logic(args: argparse.Namespace) -> int:
     from training.logic.problems import generate
 
     problems = generate(args.n, seed=args.seed, split=args.split, languages=args.lang, kinds=args.kinds)
-    text = "".join(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in problems)
+    text = "".join(json_text(p.to_json()) + "\n" for p in problems)
     if args.out is None:
         sys.stdout.write(text)
         return 0
@@ -188,7 +188,7 @@ def run_build(args: argparse.Namespace) -> int:
         return 130
     card = result.card
     if args.json:
-        print(json.dumps({"path": str(result.path), "reused": result.reused, **card.model_dump(mode="json")}, ensure_ascii=False))
+        print(json_text({"path": str(result.path), "reused": result.reused, **card.model_dump(mode="json")}))
         return 0
     counts = card.counts
     dropped = ", ".join(f"{reason.replace('_', ' ')} {n}" for reason, n in counts.dropped.items()) or "none"

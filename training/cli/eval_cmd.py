@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from bonsai.cli.common import add_engine_arguments, engine_options, home_from, judge_options, starting
+from bonsai.cli.common import add_engine_arguments, engine_options, home_from, json_text, judge_options, starting
 from bonsai.errors import ConfigError
 
 
@@ -109,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     if args.json:
-        print(json.dumps({k: v for k, v in data.items() if k != "samples"}, ensure_ascii=False))
+        print(json_text({k: v for k, v in data.items() if k != "samples"}))
         return 0
     print(format_table(data), end="")
     for kind, path in data["files"].items():

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from bonsai.cli.common import add_engine_arguments, engine_options, home_from, judge_options, starting
+from bonsai.cli.common import add_engine_arguments, engine_options, home_from, json_text, judge_options, starting
 from bonsai.errors import BonsaiError, ConfigError, describe_validation
 
 
@@ -190,7 +190,7 @@ async def _run_async(args: argparse.Namespace) -> int:
                         judge_engine=opened.judge, api_key=engine.secret())
             async for ev in loop.run():
                 if args.json:
-                    print(json.dumps(ev, ensure_ascii=False), flush=True)
+                    print(json_text(ev), flush=True)
                 else:
                     _print(ev)
     except (KeyboardInterrupt, asyncio.CancelledError):

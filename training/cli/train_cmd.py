@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bonsai.cli.common import home_from
+from bonsai.cli.common import home_from, json_text
 from bonsai.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -163,7 +163,7 @@ def run_grpo(args: argparse.Namespace, home: Path, recipe: Recipe) -> int:
         }
         if evaluation is not None:
             out["eval"] = {k: v.to_json() for k, v in evaluation.items()}
-        print(json.dumps(out, ensure_ascii=False))
+        print(json_text(out))
         return 0
     first, last = stage.get("first", {}), stage.get("last", {})
     print(f"trained {result.persona}@{result.version} in {result.seconds:.0f}s ({result.backend} on {result.device}; parent {result.parent or 'none'})")
