@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from fakes import FakeEngine
 
 from bonsai.store.records import DebateRecord, TurnRecord, VerdictRecord
@@ -171,6 +173,35 @@ async def test_browser_resumes_an_unfinished_debate(isolated_home: Path) -> None
         await until(pilot, lambda: runner.state == "finished", "the resumed debate")
         assert runner.debate_id == "cccc00000003" and app.screen is app.live
         assert app.store is not None and app.store.get_debate("cccc00000003").status == "finished"
+
+
+async def test_resume_is_refused_while_another_process_holds_the_debate(isolated_home: Path) -> None:
+    """The TUI takes the same lock as `bonsai debate --resume`: refused while another holder has it, held
+    while the TUI has the debate, let go when the app closes."""
+    from bonsai.errors import LockHeld
+    from bonsai.locks import debate_lock
+
+    seed_store(isolated_home / "transcripts.sqlite")
+    app = make_app(isolated_home)
+    seen = record_notifications(app)
+    other = debate_lock(isolated_home, "cccc00000003").acquire()  # as another process would (flock is per open file)
+    try:
+        async with app.run_test(size=(120, 30)) as pilot:
+            await pilot.press("t")
+            await until(pilot, lambda: isinstance(app.screen, BrowserScreen), "the browser")
+            await pilot.press("ctrl+end", "up", "up", "r")  # cccc00000003, interrupted
+            await until(pilot, lambda: any("in use by another bonsai process" in m for m in seen) or "in use by another" in screen_text(app), "the refusal")
+            assert app.store is not None and app.store.get_debate("cccc00000003").status == "interrupted"
+            other.release()
+            runner = app.runner
+            assert runner is not None
+            await runner.resume("cccc00000003")
+            await until(pilot, lambda: runner.state == "finished", "the resumed debate")
+            with pytest.raises(LockHeld, match="in use by another bonsai process"):
+                debate_lock(isolated_home, "cccc00000003").acquire()  # the TUI holds it now
+    finally:
+        other.release()
+    debate_lock(isolated_home, "cccc00000003").acquire().release()  # closed app: free again
 
 
 async def test_browser_forks_a_stored_debate(isolated_home: Path) -> None:

@@ -27,6 +27,7 @@ from bonsai.debate import events as ev
 from bonsai.debate.runner import DebateRunner, DebateSpec, PreparedDebate, adapter_refs, plan_debate
 from bonsai.registry.identity import AdapterInspector
 from bonsai.errors import BonsaiError
+from bonsai.locks import debate_lock, sweep_lock
 from bonsai.paths import checkpoints_path
 from bonsai.personas import PersonaBook
 from bonsai.store.records import DebateStatus
@@ -78,6 +79,9 @@ class LiveRunner:
         self._task: asyncio.Task[None] | None = None
         self._debates: DebateRunner | None = None
         self._stack = contextlib.AsyncExitStack()
+        #: the locks of a resumed debate (and its sweep), as `bonsai debate --resume` takes them: held
+        #: through its pauses, until another debate is chosen or the app closes
+        self._locks = contextlib.ExitStack()
         self._turn_t0 = 0.0
         self._turn_tokens = 0
         self._last_rate = 0.0
@@ -170,6 +174,7 @@ class LiveRunner:
                 await task
             if self.state in (RunState.STARTING, RunState.RUNNING, RunState.PAUSING):
                 self._set_state(RunState.STOPPED)
+        self._locks.close()
 
     async def close(self) -> None:
         await self.stop()
@@ -236,6 +241,12 @@ class LiveRunner:
         if record.status == DebateStatus.FINISHED:
             raise BonsaiError(f"debate {record.debate_id} has already finished (winner {record.winner})", "open it to replay it, or fork it (f)")
         spec = stored_spec(record)
+        # before anything starts: a debate another process is resuming (or its sweep running) is refused
+        with contextlib.ExitStack() as held:  # on refusal, whatever was taken is let go
+            if record.sweep:
+                held.enter_context(sweep_lock(self.home, record.sweep))
+            held.enter_context(debate_lock(self.home, record.debate_id))
+            self._locks = held.pop_all()
         self.debate_id = record.debate_id
         self._set_state(RunState.STARTING)
         await self._replayer.record(record, final=False)
