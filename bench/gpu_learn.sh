@@ -7,7 +7,8 @@
 #   2. `bonsai train logician --recipe grpo` with TRL+PEFT and with Unsloth: steps/s, rewards, and the logic
 #      teacher's held-out correctness before and after;
 #   3. `bonsai serve` with its defaults (the dtype it picks on a GPU) until it answers, then one debate on it;
-#   4. sweep/raw (issue 12): bench/sweep_bench.py on a Llama-8B-shaped model with random weights, medians of
+#   4. sweep/raw (issue 12) (not beside step 3: vLLM on a GPU refuses to start when less than its
+#      gpu_memory_utilization of the card is free, whatever KV cache size it was given): bench/sweep_bench.py on a Llama-8B-shaped model with random weights, medians of
 #      ${REPEAT:-3} runs at ${RATIO_LEVELS:-256,1024} debates in flight, each from an empty prefix cache, and a
 #      profiled extra run per level.
 # Usage (repository root there):  bash bench/gpu_learn.sh OUTDIR [all|STEP[,STEP...]]   (STEP: loop, grpo, serve;
@@ -60,12 +61,14 @@ run_serve() {
   start=$SECONDS
   python3 -m bonsai.cli.main serve --port 8011 > "$out/serve.log" 2>&1 &
   pid=$!
+  ready=no
   for _ in $(seq 1 300); do
-    curl -sf http://127.0.0.1:8011/v1/models > "$out/serve-models.json" && break
+    curl -sf http://127.0.0.1:8011/v1/models > "$out/serve-models.json" && { ready=yes; break; }
     kill -0 $pid 2>/dev/null || break
     sleep 1
   done
-  echo "serve ready after $((SECONDS - start)) s (exit status of the probe: $?)"
+  if [ $ready = no ]; then echo "serve did NOT start (after $((SECONDS - start)) s): see serve.log"; return; fi
+  echo "serve ready after $((SECONDS - start)) s"
   start=$SECONDS
   python3 -m bonsai.cli.main debate "Cities should ban private cars" --engine openai --endpoint http://127.0.0.1:8011 --rounds 1 --json \
     > "$out/serve-debate.json" 2> "$out/serve-debate.err"

@@ -92,15 +92,19 @@ async def test_repaired_answers_fit_the_turn_budget_in_the_bases_tokens(store_fi
     loose = context(store_file, "ronri", base_model, isolated_home)
     loose_pairs = await make_strategy("rubric", {"min_gap": 0.0}).build(loose)
     longest = max(tokens(p.chosen) for p in loose_pairs if p.meta["repaired"])
-    cap = max(24, longest - 8)  # tighter than the longest unbounded repair, still room for the tags
-    tight = replace(context(store_file, "ronri", base_model, isolated_home, max_tokens=cap), engines=engines())
-    pairs = await make_strategy("rubric", {"min_gap": 0.0}).build(tight)
-    repaired = [p for p in pairs if p.meta["repaired"]]
-    assert repaired and all(tokens(p.chosen) < cap and p.chosen.endswith("</answer>") for p in repaired), (cap, [tokens(p.chosen) for p in repaired])
-    assert all(rescore(p, "ronri", p.chosen).total == pytest.approx(p.meta["chosen_score"]) for p in repaired)
+    for share in (1.0, 0.75):  # the whole cap, and the default headroom
+        cap = max(24, longest - 8) if share == 1.0 else int((longest - 4) / share) + 1  # tighter than the longest unbounded repair
+        tight = replace(context(store_file, "ronri", base_model, isolated_home, max_tokens=cap), engines=engines())
+        pairs = await make_strategy("rubric", {"min_gap": 0.0, "fit_share": share}).build(tight)
+        repaired = [p for p in pairs if p.meta["repaired"]]
+        limit = int(cap * share)
+        assert limit < longest and repaired, (cap, share, longest)
+        assert all(tokens(p.chosen) < limit and p.chosen.endswith("</answer>") for p in repaired), (cap, share, [tokens(p.chosen) for p in repaired])
+        assert all(rescore(p, "ronri", p.chosen).total == pytest.approx(p.meta["chosen_score"]) for p in repaired)
+    share = make_strategy("rubric", {}).params.fit_share
     persona_budget = PersonaBook.load().get("ronri").sampling.max_tokens
     own = replace(context(store_file, "ronri", base_model, isolated_home), engines=engines())
-    assert all(tokens(p.chosen) < persona_budget for p in await make_strategy("rubric", {"min_gap": 0.0}).build(own) if p.meta["repaired"])
+    assert all(tokens(p.chosen) < int(persona_budget * share) for p in await make_strategy("rubric", {"min_gap": 0.0}).build(own) if p.meta["repaired"])
 
 
 async def test_without_repair_and_with_the_judge_weighed_in(store_file: Path, base_model, isolated_home: Path) -> None:
@@ -208,7 +212,7 @@ def test_data_build_mixes_rubric_with_best_of_n_and_the_card_records_it(store_fi
     dd, card = load_pairs(out_dir)
     mix = card["counts"]["by_strategy"]
     assert list(mix) == ["rubric", "best-of-n"] and mix["rubric"] >= 1 and sum(mix.values()) == card["counts"]["kept"]
-    assert card["strategies"][0] == {"name": "rubric", "params": {"min_gap": 0.1, "judge_weight": 0.2, "samples": 0, "repair": True, "temperature": None}}
+    assert card["strategies"][0] == {"name": "rubric", "params": {"min_gap": 0.1, "judge_weight": 0.2, "samples": 0, "repair": True, "temperature": None, "fit_share": 0.75}}
     assert f"strategies: rubric {mix['rubric']}, best-of-n {mix['best-of-n']}" in out
     rows = [r for split in ("train", "test") for r in dd[split] if r["strategy"] == "rubric"]
     assert len(rows) == mix["rubric"]

@@ -46,6 +46,10 @@ class RubricParams(StrategyParams):
     samples: int = Field(0, ge=0, le=64, description="For a turn stored with one answer: this many new samples of its prompt (0: stored answers only).")
     repair: bool = Field(True, description="Rewrite the best answer into the persona's format when that raises its rubric score.")
     temperature: float | None = Field(None, ge=0.0, le=2.0, description="Sampling temperature for samples (default: the turn's own).")
+    fit_share: float = Field(
+        0.75, gt=0.0, le=1.0,
+        description="A repaired answer fits this share of the turn's token budget: headroom, so sampled speeches that learn its length still close their tags before the cap.",
+    )
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,7 @@ class RubricStrategy(Strategy):
         count = ctx.engines.token_counter() if self.params.repair else None
         pairs = []
         for src in ctx.sources:
-            fits = self._fits(count, ctx.max_tokens or ctx.persona.sampling.max_tokens)
+            fits = self._fits(count, max(1, int((ctx.max_tokens or ctx.persona.sampling.max_tokens) * self.params.fit_share)))
             pair = self._pair(ctx, rubric, src, answers[src.key], sampler, fits)
             if pair is not None:
                 pairs.append(pair)
@@ -130,8 +134,9 @@ class RubricStrategy(Strategy):
     @staticmethod
     def _fits(count: Callable[[str], int] | None, max_tokens: int) -> Fits | None:
         """A repaired answer must end within the budget the persona will speak in (the build's cap, else the
-        persona's own), its end-of-text token included: one longer teaches the model to open the tags and be
-        cut off before it closes them."""
+        persona's own; ``fit_share`` of it), its end-of-text token included: one longer teaches the model to
+        open the tags and be cut off before it closes them. Run 5 fitted the whole 64 tokens: the chosen
+        answers came out at 63, the trained speeches at 62 on average, and only a quarter closed in time."""
         if count is None:
             return None
         return lambda text: count(text) < max_tokens
