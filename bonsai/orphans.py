@@ -5,6 +5,9 @@
   whose trainer is gone;
 - ``serve-PORT.json`` (``bonsai serve``'s published adapter map, see ``engine/server.py``) whose writer
   and whose vLLM server are both gone: left there, it describes a server that no longer exists;
+- vLLM engine processes (engine core, workers) of an in-process engine whose bonsai process was killed:
+  they do not notice their parent's death and would hold gigabytes of memory (and, on a GPU, the card)
+  until the machine restarts. The engine starts them with :data:`ENGINE_OWNER_ENV` naming its owner;
 - lock files (``locks/*.lock``) are not touched: the kernel drops a dead holder's ``flock`` by itself,
   and the next run takes the lock over (see ``locks.py``).
 
@@ -19,6 +22,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -33,11 +37,65 @@ TRAIN_SCRATCH_PREFIX = "bonsai-train-"
 _SCRATCH = re.compile(rf"^{TRAIN_SCRATCH_PREFIX}(?P<pid>\d+)-")
 
 
+#: in the environment of the processes an in-process engine starts: ``PID:START`` of the bonsai process
+#: that owns them (the start time tells a reused pid apart)
+ENGINE_OWNER_ENV = "BONSAI_ENGINE_OWNER"
+
+
 def clean(home: Path) -> list[Path]:
     removed = atomic.clean_orphans(home)
     removed += remove_stale_serve_info(home)
     removed += remove_dead_train_scratch()
+    kill_orphaned_engines()
     return removed
+
+
+def _start_time(pid: int | str) -> str | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat), None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def owner_tag() -> str:
+    """This process as an engine's owner: ``PID:START``."""
+    return f"{os.getpid()}:{_start_time(os.getpid()) or 0}"
+
+
+def _owner_alive(tag: str) -> bool:
+    pid, _, start = tag.partition(":")
+    if not pid.isdigit():
+        return True  # not ours to judge
+    return _start_time(pid) == start
+
+
+def kill_orphaned_engines(proc: Path = Path("/proc")) -> list[int]:
+    """SIGKILL every process of this user that an in-process engine started for a bonsai process that is
+    gone; returns their pids. Linux only (elsewhere there is no /proc to read, and nothing is done)."""
+    killed: list[int] = []
+    if not proc.is_dir():
+        return killed
+    marker = f"{ENGINE_OWNER_ENV}=".encode()
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()  # another user's process: not readable, skipped
+        except OSError:
+            continue
+        for var in environ.split(b"\0"):
+            if var.startswith(marker):
+                tag = var[len(marker):].decode(errors="replace")
+                if not _owner_alive(tag):
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(int(entry.name), signal.SIGKILL)
+                        killed.append(int(entry.name))
+                break
+    if killed:
+        log.warning("stopped %d vLLM engine process(es) left by a killed bonsai: %s", len(killed), killed)
+    return killed
 
 
 def remove_dead_train_scratch(tmp: Path | None = None, *, now: float | None = None) -> list[Path]:

@@ -308,6 +308,30 @@ def test_a_stale_serve_file_is_removed_at_the_next_start(isolated_home: Path, ca
     assert not stale.exists() and live.exists()
 
 
+def test_engine_processes_of_a_dead_owner_are_stopped_at_the_next_start(isolated_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Processes marked with a dead owner's tag are killed at any command's start; a live owner's, a reused
+    pid's (same pid, other start time: the owner tag's start differs) and unmarked ones are left alone."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+    marked = lambda tag: subprocess.Popen(sleeper, env={**os.environ, orphans.ENGINE_OWNER_ENV: tag})  # noqa: E731
+    orphan = marked(f"{dead.pid}:1")
+    reused = marked(f"{os.getpid()}:1")  # our pid, but not our start time: the owner it names is gone
+    owned = marked(orphans.owner_tag())
+    plain = subprocess.Popen(sleeper)
+    try:
+        time.sleep(0.5)  # their environment is readable once they have started
+        assert main(["adapters", "list"]) == 0
+        capsys.readouterr()
+        assert orphan.wait(10) == -signal.SIGKILL and reused.wait(10) == -signal.SIGKILL
+        assert owned.poll() is None and plain.poll() is None
+        assert orphans.kill_orphaned_engines() == []  # nothing left to stop
+    finally:
+        for proc in (orphan, reused, owned, plain):
+            proc.kill()
+            proc.wait()
+
+
 def test_a_killed_trainers_scratch_folder_is_removed(tmp_path: Path) -> None:
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -497,6 +521,10 @@ def test_a_real_debate_killed_midway_resumes_on_the_real_engine(isolated_home: P
         ended += event["event"] == "turn_end"
         if ended == 2:
             break
+    import psutil
+
+    engine = psutil.Process(proc.pid).children(recursive=True)  # vLLM's engine core and worker
+    assert engine
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
     assert debate_id
@@ -506,6 +534,8 @@ def test_a_real_debate_killed_midway_resumes_on_the_real_engine(isolated_home: P
     run = subprocess.run([sys.executable, "-m", "bonsai", "debate", "--resume", debate_id, "--json"], capture_output=True, text=True,
                          env=env, timeout=600)
     assert run.returncode == 0, run.stderr
+    gone, alive = psutil.wait_procs(engine, timeout=10)
+    assert not alive, alive  # vLLM's processes outlive a SIGKILLed parent; the next command's start stops them
     summary = json.loads(run.stdout.strip().splitlines()[-1])
     assert summary["status"] == "finished" and summary["tokens"] > 0
     with TranscriptStore(isolated_home / "transcripts.sqlite", read_only=True) as store:

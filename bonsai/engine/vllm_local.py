@@ -23,6 +23,7 @@ from typing import Any
 from bonsai.engine.adapters import AdapterRegistry, lora_rank_for, supported_lora_rank, validate_adapter
 from bonsai.registry.identity import inspect_adapter
 from bonsai.engine.platform import cpu_worker_env, resolve_dtype
+from bonsai.orphans import ENGINE_OWNER_ENV, owner_tag
 from bonsai.engine.types import (
     VLLM_COUNTERS,
     AdapterRef,
@@ -181,7 +182,13 @@ class VLLMEngine(Engine):
             # LLM_CLASS: vLLM's batch sizes for throughput on this device (an H100: 1024 requests and 16k
             # tokens a step). The default context here (ENGINE_CONTEXT) falls back to 128 and 2048, which
             # left a GPU sweep of 256 debates queueing behind a half-empty batch; `vllm serve` gets 1024.
-            self._llm = await asyncio.to_thread(functools.partial(AsyncLLM.from_engine_args, args, usage_context=UsageContext.LLM_CLASS))
+            # the processes vLLM starts now inherit this: a later bonsai stops them if this one is killed
+            # (orphans.py); set only meanwhile, so that nothing else this process starts carries it
+            os.environ[ENGINE_OWNER_ENV] = owner_tag()
+            try:
+                self._llm = await asyncio.to_thread(functools.partial(AsyncLLM.from_engine_args, args, usage_context=UsageContext.LLM_CLASS))
+            finally:
+                os.environ.pop(ENGINE_OWNER_ENV, None)
             log.info("vLLM engine on %s started in %.1f s", self.base_model, time.perf_counter() - t0)
         except Exception as exc:
             self._llm = None

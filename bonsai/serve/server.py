@@ -36,6 +36,7 @@ from bonsai.engine.adapter_guard import ROOT_ENV
 from bonsai.engine.adapters import lora_rank_for, supported_lora_rank, validate_adapter
 from bonsai.engine.auth import check_bind
 from bonsai.registry.identity import inspect_adapter
+from bonsai.orphans import ENGINE_OWNER_ENV
 from bonsai.engine.platform import cpu_worker_env, resolve_dtype, vllm_on_cpu
 from bonsai.engine.serverlog import start_failure
 from bonsai.engine.types import AdapterRef
@@ -79,7 +80,8 @@ class ServePlan:
         inherited VLLM_API_KEY is dropped so the server's key is always the one bonsai knows of, and
         vLLM's LoRA resolvers (which load adapters by name from a folder or the hub) are kept off
         while adapter paths are checked."""
-        env = {k: v for k, v in inherited.items() if k != "VLLM_API_KEY"}
+        # a server is its own owner: never stopped as an in-process engine's leftover (orphans.py)
+        env = {k: v for k, v in inherited.items() if k not in ("VLLM_API_KEY", ENGINE_OWNER_ENV)}
         if not self.allow_any_adapter_path:
             for name in ("VLLM_LORA_RESOLVER_CACHE_DIR", "VLLM_LORA_RESOLVER_HF_REPO_LIST"):
                 env.pop(name, None)
