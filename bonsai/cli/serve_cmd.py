@@ -58,7 +58,7 @@ def run_serve(args: argparse.Namespace) -> int:
             print(plan.shell_command())
         return 0
     info_path = serve_info_path(home, plan.port)
-    print(f"starting vLLM on {plan.endpoint} (this takes a minute or two on CPU)...", file=sys.stderr, flush=True)
+    print(f"starting vLLM on {plan.endpoint} (this takes a minute or more)...", file=sys.stderr, flush=True)
     return run_server(
         plan,
         home,
