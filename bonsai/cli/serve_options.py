@@ -36,6 +36,10 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-lora-rank", type=int, default=None, help="largest adapter rank servable (default: the adapters', at least 16)")
     p.add_argument("--max-loras", type=int, default=None, help="adapters in one batch (default: the number of adapters, at least 4)")
     p.add_argument("--kv-cache-gib", type=float, default=1.0, help="KV cache size in GiB (default 1)")
+    p.add_argument(
+        "--gpu-memory-utilization", type=float, default=None, metavar="SHARE",
+        help="share of the GPU vLLM may claim (default: what is free at start, at most 0.92; ignored on CPU)",
+    )
     p.add_argument("--dtype", default="auto", help="weights dtype (default auto: float32 on CPU, as the adapters were checked against; bfloat16 on a GPU)")
     p.add_argument(
         "--adapter",
@@ -62,6 +66,7 @@ def plan_from_args(args: argparse.Namespace, home: Path) -> ServePlan:
         extra_adapters=_parse_adapters(args.adapter),
         kv_cache_gib=args.kv_cache_gib,
         dtype=args.dtype,
+        gpu_memory_utilization=args.gpu_memory_utilization,
         chat_template=args.chat_template,
         api_key=args.api_key or env_api_key(),
         allow_any_adapter_path=args.allow_any_adapter_path,

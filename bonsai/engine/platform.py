@@ -108,3 +108,59 @@ def cpu_worker_env(cpus: int | None = None, environ: Mapping[str, str] | None = 
         allocator = jemalloc() if not any(name in preload for name in ALLOCATORS) else None
         env["LD_PRELOAD"] = ":".join(str(p) for p in (allocator, preload, iomp) if p)
     return env
+
+
+#: vLLM's own default share of the card; bonsai never asks for more
+VLLM_GPU_MEMORY_UTILIZATION = 0.92
+#: left free beside the share taken from the card's free memory (CUDA context, fragmentation)
+GPU_MEMORY_MARGIN = 0.03
+
+
+def gpu_free_memory(environ: Mapping[str, str] | None = None) -> tuple[int, int] | None:
+    """(free, total) bytes of the card vLLM will use (the first of ``CUDA_VISIBLE_DEVICES``), read with
+    ``nvidia-smi`` so that this process makes no CUDA context; None where it cannot be read."""
+    import shutil
+    import subprocess
+
+    environ = os.environ if environ is None else environ
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    device = (environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0].strip() or "0"
+    try:
+        done = subprocess.run(
+            [smi, "-i", device, "--query-gpu=memory.free,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=20, check=True,
+        )
+        free_mib, total_mib = (float(part) for part in done.stdout.strip().splitlines()[0].split(","))
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+    return int(free_mib * 2**20), int(total_mib * 2**20)
+
+
+def gpu_memory_share(requested: float | None, *, on_cpu: bool, free_total: tuple[int, int] | None = None) -> float | None:
+    """The ``gpu_memory_utilization`` to hand vLLM: None on CPU (it has no meaning there) and where the
+    card cannot be read (vLLM's default then applies).
+
+    bonsai sizes the KV cache explicitly, yet vLLM still refuses to start unless the share of the card it
+    is given is free at start-up. Its default (0.92) therefore keeps a second engine (a judge's, or a
+    ``bonsai serve`` beside a sweep) off a card that has room for it. Unless ``requested``, the share is
+    what is free now, less a margin, and never more than vLLM's default.
+    """
+    if requested is not None and not 0.0 < requested <= 1.0:
+        raise EngineError(f"--gpu-memory-utilization must be above 0 and at most 1, not {requested}", "pass a share of the card such as 0.5")
+    if on_cpu:
+        return None
+    if requested is not None:
+        return requested
+    free_total = free_total if free_total is not None else gpu_free_memory()
+    if free_total is None:
+        return None
+    free, total = free_total
+    share = min(VLLM_GPU_MEMORY_UTILIZATION, free / total - GPU_MEMORY_MARGIN)
+    if share < 0.05:
+        raise EngineError(
+            f"only {free / 2**30:.1f} of the GPU's {total / 2**30:.1f} GiB are free",
+            "stop what else runs on the card (nvidia-smi lists it), or pick another with CUDA_VISIBLE_DEVICES",
+        )
+    return round(share, 3)

@@ -22,7 +22,7 @@ from typing import Any
 
 from bonsai.engine.adapters import AdapterRegistry, lora_rank_for, supported_lora_rank, validate_adapter
 from bonsai.registry.identity import inspect_adapter
-from bonsai.engine.platform import cpu_worker_env, resolve_dtype
+from bonsai.engine.platform import cpu_worker_env, gpu_memory_share, resolve_dtype
 from bonsai.orphans import ENGINE_OWNER_ENV, owner_tag
 from bonsai.engine.types import (
     VLLM_COUNTERS,
@@ -101,11 +101,13 @@ class VLLMEngine(Engine):
         load_format: str = "auto",
         max_num_seqs: int | None = None,
         chat_template: str | None = None,
+        gpu_memory_utilization: float | None = None,
     ) -> None:
         """``log_stats`` keeps vLLM's counters for :meth:`stats`; its cost is negligible, and vLLM's
         periodic stats log line never appears in process (only its API server calls it).
         ``max_num_seqs``: requests in one batch; None takes vLLM's throughput default for the device.
-        ``chat_template``: rendered with instead of the base's own (prompts are rendered here, so vLLM never needs it)."""
+        ``chat_template``: rendered with instead of the base's own (prompts are rendered here, so vLLM never needs it).
+        ``gpu_memory_utilization``: None takes the card's free share at start (:func:`gpu_memory_share`)."""
         self.base_model = Path(base_model)
         self.base_hash = base_hash
         self.max_model_len = max_model_len
@@ -120,6 +122,7 @@ class VLLMEngine(Engine):
         self.load_format = load_format
         self.max_num_seqs = max_num_seqs
         self.chat_template = chat_template
+        self.gpu_memory_utilization = gpu_memory_utilization
         self.info = EngineInfo(
             kind="vllm",
             base_model=str(self.base_model),
@@ -155,8 +158,10 @@ class VLLMEngine(Engine):
             from vllm.v1.engine.async_llm import AsyncLLM
 
             self._tokenizer = load_tokenizer(self.base_model, self.chat_template)
-            if current_platform.is_cpu():
+            on_cpu = bool(current_platform.is_cpu())
+            if on_cpu:
                 os.environ.update(cpu_worker_env())  # read by vLLM as it starts its worker processes, below
+            gpu_share = gpu_memory_share(self.gpu_memory_utilization, on_cpu=on_cpu)
             args = AsyncEngineArgs(
                 model=str(self.base_model),
                 tokenizer=str(self.base_model),
@@ -174,6 +179,7 @@ class VLLMEngine(Engine):
                 load_format=self.load_format,
                 disable_log_stats=not self.log_stats,
                 max_num_seqs=self.max_num_seqs,
+                **({"gpu_memory_utilization": gpu_share} if gpu_share is not None else {}),
                 **_cpu_workarounds(current_platform.is_cpu(), self.max_model_len),
             )
             t0 = time.perf_counter()
@@ -190,6 +196,9 @@ class VLLMEngine(Engine):
             finally:
                 os.environ.pop(ENGINE_OWNER_ENV, None)
             log.info("vLLM engine on %s started in %.1f s", self.base_model, time.perf_counter() - t0)
+        except EngineError:
+            self._llm = None
+            raise
         except Exception as exc:
             self._llm = None
             raise EngineError(

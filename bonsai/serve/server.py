@@ -37,7 +37,7 @@ from bonsai.engine.adapters import lora_rank_for, supported_lora_rank, validate_
 from bonsai.engine.auth import check_bind
 from bonsai.registry.identity import inspect_adapter
 from bonsai.orphans import ENGINE_OWNER_ENV
-from bonsai.engine.platform import cpu_worker_env, resolve_dtype, vllm_on_cpu
+from bonsai.engine.platform import cpu_worker_env, gpu_memory_share, resolve_dtype, vllm_on_cpu
 from bonsai.engine.serverlog import start_failure
 from bonsai.engine.types import AdapterRef
 from bonsai.errors import AdapterError, EngineError
@@ -171,6 +171,7 @@ def plan_serve(
     extra_adapters: Mapping[str, Path] | None = None,
     kv_cache_gib: float = 1.0,
     dtype: str = "auto",
+    gpu_memory_utilization: float | None = None,
     chat_template: Path | None = None,
     api_key: str | None = None,
     allow_any_adapter_path: bool = False,
@@ -180,13 +181,15 @@ def plan_serve(
     ``chat_template``: a Jinja file the server renders chat requests with (vLLM's ``--chat-template``),
     checked here; a base with no template of its own and none given is refused before anything starts.
 
-    ``dtype="auto"`` decides as the in-process engine does: float32 on CPU, bfloat16 on a GPU.
+    ``dtype="auto"`` decides as the in-process engine does: float32 on CPU, bfloat16 on a GPU;
+    ``gpu_memory_utilization`` None: the card's free share (:func:`bonsai.engine.platform.gpu_memory_share`).
     A ``host`` other machines can reach needs an ``api_key``; adapters loaded at run time must be
     folders under ``home`` unless ``allow_any_adapter_path`` (see :mod:`bonsai.engine.adapter_guard`).
     """
     check_bind(host, api_key)
     on_cpu = vllm_on_cpu()
     dtype = resolve_dtype(dtype, on_cpu=on_cpu)
+    gpu_share = gpu_memory_share(gpu_memory_utilization, on_cpu=on_cpu)
     base_model = resolve_templated_base(base, home, chat_template)
     book = PersonaBook.load(personas_dir)
     folders: dict[str, Path] = {}
@@ -220,6 +223,8 @@ def plan_serve(
     command += ["--dtype", dtype, "--max-model-len", str(max_model_len)]
     # sized explicitly: gpu_memory_utilization-based sizing fails on small CPU NUMA nodes
     command += ["--kv-cache-memory-bytes", str(int(kv_cache_gib * 2**30))]
+    if gpu_share is not None:
+        command += ["--gpu-memory-utilization", str(gpu_share)]
     # the model's generation_config.json would silently change the defaults of every request;
     # vLLM's own defaults are what the in-process engine uses, so both give the same output
     command += ["--generation-config", "vllm"]

@@ -161,6 +161,7 @@ def _print(ev: dict[str, Any]) -> None:
 async def _run_async(args: argparse.Namespace) -> int:
     from bonsai.engine.session import open_engine
     from bonsai.personas import PersonaBook
+    from training.backend import preload_backend
     from training.config import load_recipe, with_overrides
     from training.loop import Loop, LoopConfig, check_personas, load_state, new_state, save_state
 
@@ -176,6 +177,7 @@ async def _run_async(args: argparse.Namespace) -> int:
         state = new_state(config)
     check_personas(config, book)
     recipe = with_overrides(load_recipe(config.recipe), config.train_overrides)  # fail on a bad recipe now, not after the debates
+    preload_backend(recipe.backend)  # before anything imports transformers, peft and trl (CUDA only)
     if engine.max_lora_rank is None:
         engine = engine.model_copy(update={"max_lora_rank": max(16, recipe.lora.r)})
     session = open_engine(engine, home, judge=judge, starting=starting(enabled=not args.json), need_base=True, min_loras=4)
@@ -201,9 +203,6 @@ async def _run_async(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.backend import preload_backend
-
-    preload_backend()  # Unsloth must be imported before transformers, peft and trl (CUDA only)
     try:
         return asyncio.run(_run_async(args))
     except BonsaiError:

@@ -72,12 +72,7 @@ def newest_dataset(home: Path, persona: str) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from training.backend import preload_backend
-
-    preload_backend()  # Unsloth must be imported before trl (CUDA only; a no-op here otherwise)
-
-    from bonsai.model.prepare import resolve_templated_base
     from training.config import load_recipe, parse_set_options, with_overrides
-    from training.train import train_adapter
 
     home = home_from(args)
     overrides = parse_set_options(args.sets)
@@ -86,6 +81,11 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--max-steps must be at least 1")
         overrides["max_steps"] = args.max_steps
     recipe = with_overrides(load_recipe(args.recipe), overrides)
+    preload_backend(recipe.backend)  # before anything imports trl or transformers (CUDA only; a no-op here otherwise)
+
+    from bonsai.model.prepare import resolve_templated_base
+    from training.train import train_adapter
+
     if args.init:
         recipe = recipe.model_copy(update={"init": args.init})
     if recipe.is_grpo:

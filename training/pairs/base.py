@@ -98,16 +98,17 @@ class Engines:
         self._judge = judge_engine
 
     def token_counter(self) -> Callable[[str], int] | None:
-        """Tokens of a completion's text as the main engine's base counts them: the running engine's own
-        count, else the local base's tokenizer (no engine started for it); None for an endpoint not yet used."""
-        if self._main is not None:
-            engine = self._main
-            return lambda text: engine.count_tokens(TextPrompt(text))
+        """Tokens of a completion's text as the main engine's base counts them: the local base's tokenizer
+        when there is one (no engine started for it, and no request per count to a server), else the running
+        engine's own count; None for an endpoint not yet used."""
         if self._config is not None and self._config.base_model is not None:
             from bonsai.model.chat_template import load_tokenizer
 
             tokenizer = load_tokenizer(self._config.base_model, self._config.chat_template)
             return lambda text: len(tokenizer(text, add_special_tokens=False).input_ids)
+        if self._main is not None:
+            engine = self._main
+            return lambda text: engine.count_tokens(TextPrompt(text))
         return None
 
     async def judge(self, *, why: str = "this strategy") -> Engine:
