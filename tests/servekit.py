@@ -17,6 +17,17 @@ from bonsai.serve.server import serve_info_path, serve_log_path
 
 START_TIMEOUT_S = 300
 
+#: run as ``python -c SHIM PARENT_PID ARGV...``: the server gets SIGTERM when the test process dies (even
+#: by SIGKILL, where no fixture's teardown runs), then execs ARGV. ``bonsai serve`` stops its vLLM child
+#: on SIGTERM, so a killed pytest leaves no server holding a port and gigabytes behind. Done in a shim,
+#: not ``preexec_fn``, which is unsafe in a process with threads (the suite starts its engine in one).
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys; "
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM); "  # 1 = PR_SET_PDEATHSIG
+    "os.getppid() == int(sys.argv[1]) or sys.exit(1); "  # the parent died before prctl took effect
+    "os.execv(sys.argv[2], sys.argv[2:])"
+)
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -79,6 +90,7 @@ def start_serve(root: Path, base: Path, *extra: str, port: int | None = None, en
     stdout, stderr = root / "stdout", root / "stderr"
     with open(stdout, "wb") as out, open(stderr, "wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bonsai.cli.main", *args], stdout=out, stderr=err, start_new_session=True, env={**os.environ, **(env or {})}
+            [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), sys.executable, "-m", "bonsai.cli.main", *args],
+            stdout=out, stderr=err, start_new_session=True, env={**os.environ, **(env or {})},
         )
     return Server(proc, home, port, stdout, stderr)
