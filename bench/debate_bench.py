@@ -1,6 +1,6 @@
 """Engine start time, then wall time and tokens/s of a two-round debate with judge, on this machine.
 
-    .venv/bin/python bench/debate_bench.py [--engine vllm|hf] [--loras] [--repeat N] [--reserved-cpus N]
+    .venv/bin/python bench/debate_bench.py [--engine vllm|hf] [--loras] [--repeat N] [--reserved-cpus N] [--worker bonsai|vllm]
 
 vLLM's CPU settings come from the environment as usual (VLLM_CPU_NUM_OF_RESERVED_CPU, VLLM_CPU_OMP_THREADS_BIND,
 an allocator or OpenMP runtime in LD_PRELOAD); the first line printed says which were in effect, with the
@@ -49,6 +49,22 @@ def make_random_lora(base: Path, out: Path, seed: int) -> Path:
     return out
 
 
+def use_worker(which: str) -> None:
+    """The CPU worker class of the in-process engine: bonsai's (``bonsai/engine/cpu_lora.py``, what every bonsai
+    command uses) or, for comparison, vLLM's own. bonsai names its worker in ``_cpu_workarounds``; for vLLM's,
+    this bench leaves ``worker_cls`` out of those arguments."""
+    import bonsai.engine.vllm_local as vllm_local
+
+    original = getattr(vllm_local._cpu_workarounds, "original", vllm_local._cpu_workarounds)
+
+    def workarounds(on_cpu: bool, max_model_len: int) -> dict:
+        args = original(on_cpu, max_model_len)
+        return args if which == "bonsai" else {k: v for k, v in args.items() if k != "worker_cls"}
+
+    workarounds.original = original  # type: ignore[attr-defined]
+    vllm_local._cpu_workarounds = workarounds
+
+
 ENV_SHOWN = ("VLLM_CPU_NUM_OF_RESERVED_CPU", "VLLM_CPU_OMP_THREADS_BIND", "LD_PRELOAD", "OMP_NUM_THREADS")
 
 
@@ -59,7 +75,8 @@ def load_average() -> list[float]:
 async def main(args: argparse.Namespace) -> None:
     if args.reserved_cpus is not None:
         os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(args.reserved_cpus)
-    print(json.dumps({"cpus": os.cpu_count(), "load_average": load_average(), "env": {k: os.environ.get(k) for k in ENV_SHOWN}}), flush=True)
+    use_worker(args.worker)
+    print(json.dumps({"cpus": os.cpu_count(), "load_average": load_average(), "worker": args.worker, "env": {k: os.environ.get(k) for k in ENV_SHOWN}}), flush=True)
     base = resolve_base(None, bonsai_home())
     work = Path(tempfile.mkdtemp(prefix="bonsai-bench-"))
     adapters = None
@@ -117,5 +134,7 @@ if __name__ == "__main__":
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--reserved-cpus", type=int, default=None,
                         help="cores vLLM's CPU worker leaves to the front end (VLLM_CPU_NUM_OF_RESERVED_CPU); default: bonsai's choice")
+    parser.add_argument("--worker", choices=["bonsai", "vllm"], default="bonsai",
+                        help="the in-process engine's CPU worker: bonsai's (the default of every command) or vLLM's own, to compare")
     asyncio.run(main(parser.parse_args()))
     sys.exit(0)

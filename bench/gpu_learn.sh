@@ -7,12 +7,14 @@
 #   2. `bonsai train logician --recipe grpo` with TRL+PEFT and with Unsloth: steps/s, rewards, and the logic
 #      teacher's held-out correctness before and after;
 #   3. `bonsai serve` with its defaults (the dtype it picks on a GPU) until it answers, then one debate on it;
-#   4. sweep/raw (issue 12) (not beside step 3: vLLM on a GPU refuses to start when less than its
-#      gpu_memory_utilization of the card is free, whatever KV cache size it was given): bench/sweep_bench.py on a Llama-8B-shaped model with random weights, medians of
+#   4. sweep/raw (issue 12): bench/sweep_bench.py on a Llama-8B-shaped model with random weights, medians of
 #      ${REPEAT:-3} runs at ${RATIO_LEVELS:-256,1024} debates in flight, each from an empty prefix cache, and a
-#      profiled extra run per level.
-# Usage (repository root there):  bash bench/gpu_learn.sh OUTDIR [all|STEP[,STEP...]]   (STEP: loop, grpo, serve;
-#   steps run in the order given; the kits are installed once per machine; STEP also: sweep)
+#      profiled extra run per level;
+#   5. beside: two engines on one card. `bonsai serve` with its defaults, a debate on it, then step 4 with its
+#      engine started beside the server (each takes the card's free share: gpu_memory_share in
+#      bonsai/engine/platform.py), then a second debate on the server, which must have lived through it.
+# Usage (repository root there):  bash bench/gpu_learn.sh OUTDIR [all|STEP[,STEP...]]   (STEP: loop, grpo, serve,
+#   sweep, beside; steps run in the order given; the kits are installed once per machine)
 set -u
 out=${1:?usage: gpu_learn.sh OUTDIR [all|STEP[,STEP...]]}
 what=${2:-all}
@@ -48,12 +50,12 @@ run_loop() {
 
 run_grpo() {
   echo "== GRPO logic teacher: TRL+PEFT and Unsloth =="
-  for backend in peft unsloth; do
+  for backend in ${GRPO_BACKENDS:-peft unsloth}; do
     sed "s/^backend:.*/backend: $backend/" training/recipes/grpo.yaml > "/tmp/grpo-$backend.yaml"
     grep -q '^backend:' "/tmp/grpo-$backend.yaml" || echo "backend: $backend" >> "/tmp/grpo-$backend.yaml"
     start=$SECONDS
     python3 -m bonsai.cli.main train logician --recipe "/tmp/grpo-$backend.yaml" --max-steps "${GRPO_STEPS:-40}" \
-      --eval "${GRPO_EVAL:-96}" ${GRPO_ENGINE:+--eval-engine "$GRPO_ENGINE"} --json > "$out/grpo-$backend.json" 2> "$out/grpo-$backend.err"
+      $([ "${GRPO_EVAL:-96}" = 0 ] || echo --eval "${GRPO_EVAL:-96}") ${GRPO_ENGINE:+--eval-engine "$GRPO_ENGINE"} --json > "$out/grpo-$backend.json" 2> "$out/grpo-$backend.err"
     echo "grpo $backend exit $? after $((SECONDS - start)) s"
   done
 }
@@ -78,9 +80,42 @@ run_serve() {
   kill $pid; wait $pid
 }
 
+wait_ready() {  # wait_ready PID PORT NAME: 0 once the server on PORT answers, 1 if PID died or 300 s passed
+  for _ in $(seq 1 300); do
+    curl -sf "http://127.0.0.1:$2/v1/models" > "$out/$3-models.json" && return 0
+    kill -0 "$1" 2>/dev/null || return 1
+    sleep 1
+  done
+  return 1
+}
+
+card_memory() {  # card_memory LABEL: the card's use and each process's, appended to beside-memory.txt
+  { echo "-- $1"; nvidia-smi --query-gpu=memory.used,memory.total --format=csv,noheader
+    nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader; } >> "$out/beside-memory.txt"
+}
+
+run_beside() {
+  echo "== two engines on one card: bonsai serve with its defaults, then the sweep's engine beside it =="
+  start=$SECONDS
+  python3 -m bonsai.cli.main serve --port 8011 > "$out/beside-serve.log" 2>&1 &
+  spid=$!
+  if ! wait_ready $spid 8011 beside-serve; then echo "serve did NOT start (after $((SECONDS - start)) s)"; return; fi
+  echo "serve ready after $((SECONDS - start)) s"
+  card_memory "serve alone"
+  for n in 1 2; do
+    if [ $n = 2 ]; then run_sweep; card_memory "after the sweep (its engine gone)"; fi
+    start=$SECONDS
+    python3 -m bonsai.cli.main debate "Cities should ban private cars" --engine openai --endpoint http://127.0.0.1:8011 \
+      --rounds 1 --json > "$out/beside-debate-$n.json" 2> "$out/beside-debate-$n.err"
+    echo "debate $n on the served engine: exit $? after $((SECONDS - start)) s"
+  done
+  kill $spid; wait $spid
+}
+
 run_sweep() {
   echo "== sweep/raw: 8B shape, random weights, ${RATIO_LEVELS:-256,1024} x ${REPEAT:-3} =="
   start=$SECONDS
+  ( sleep 150; card_memory "during the sweep" ) &
   python3 bench/sweep_bench.py --shape 8b --levels "" --ratio-levels "${RATIO_LEVELS:-256,1024}" --repeat "${REPEAT:-3}" --adapters 4 \
     --max-tokens 64 --kv-cache-gib 40 --prefix-motions 2 --model-home /tmp/bonsai-home --profile-dir "$out/prof" \
     --json-out "$out/sweep-ratio.json" > "$out/sweep-ratio.log" 2>&1
@@ -89,8 +124,8 @@ run_sweep() {
 
 for step in ${what//,/ }; do
   case $step in
-    loop|grpo|serve|sweep) "run_$step" ;;
-    *) echo "unknown step $step (loop, grpo, serve, sweep)"; exit 2 ;;
+    loop|grpo|serve|sweep|beside) "run_$step" ;;
+    *) echo "unknown step $step (loop, grpo, serve, sweep, beside)"; exit 2 ;;
   esac
 done
 echo DONE

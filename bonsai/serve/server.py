@@ -37,7 +37,7 @@ from bonsai.engine.adapters import lora_rank_for, supported_lora_rank, validate_
 from bonsai.engine.auth import check_bind
 from bonsai.registry.identity import inspect_adapter
 from bonsai.orphans import ENGINE_OWNER_ENV
-from bonsai.engine.platform import cpu_worker_env, gpu_memory_share, resolve_dtype, vllm_on_cpu
+from bonsai.engine.platform import CPU_WORKER_CLS, cpu_worker_env, gpu_memory_share, resolve_dtype, vllm_on_cpu
 from bonsai.engine.serverlog import start_failure
 from bonsai.engine.types import AdapterRef
 from bonsai.errors import AdapterError, EngineError
@@ -242,6 +242,8 @@ def plan_serve(
     env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", ROOT_ENV: "" if allow_any_adapter_path else str(Path(home).resolve())}
     if on_cpu:
         env.update(cpu_worker_env())  # the same worker cores and OpenMP runtime as the in-process engine
+        # adapter-less requests batched beside adapters get no adapter (bonsai/engine/cpu_lora.py)
+        command += ["--worker-cls", CPU_WORKER_CLS]
     return ServePlan(
         base=base_model,
         host=host,
