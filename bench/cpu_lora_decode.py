@@ -32,7 +32,7 @@ PROMPT = ChatPrompt.of([{"role": "user", "content": "Write a long essay on wheth
 WORKERS = ("vllm", "bonsai")
 
 
-async def measure(which: str, adapter_dir: Path, args: argparse.Namespace) -> dict[str, list[float]]:
+async def measure(which: str, adapter_dir: Path, strong_dir: Path, args: argparse.Namespace) -> dict[str, list[float]]:
     base = resolve_base(None, bonsai_home())
     use_worker(which)
     engine = vllm_local.VLLMEngine(base.path, base_hash=base.content_hash, max_loras=1, max_lora_rank=16)
@@ -49,10 +49,12 @@ async def measure(which: str, adapter_dir: Path, args: argparse.Namespace) -> di
                 out[kind].append(ms)
                 print(json.dumps({"worker": which, "request": kind, "run": i, "tokens": done.output_tokens, "ms_per_token": round(ms, 1),
                                   "load_average": load_average()}), flush=True)
+        # a strong adapter (B scaled 0.3, not 0.01) so that applying it to the base request shows in greedy text
+        strong = inspect_adapter(strong_dir)
         greedy = Sampling(temperature=0.0, max_tokens=16)
         alone = await engine.generate(GenerationRequest(f"{which}-alone", PROMPT, greedy))
         mixed, _ = await asyncio.gather(engine.generate(GenerationRequest(f"{which}-mixed", PROMPT, greedy)),
-                                        engine.generate(GenerationRequest(f"{which}-mixed-a", PROMPT, greedy, adapter=ref)))
+                                        engine.generate(GenerationRequest(f"{which}-mixed-a", PROMPT, greedy, adapter=strong)))
         print(json.dumps({"worker": which, "base_beside_the_last_slot_answers_as_alone": mixed.text == alone.text}), flush=True)
     finally:
         await engine.close()
@@ -61,11 +63,13 @@ async def measure(which: str, adapter_dir: Path, args: argparse.Namespace) -> di
 
 async def main(args: argparse.Namespace) -> None:
     base = resolve_base(None, bonsai_home())
-    adapter_dir = make_random_lora(base.path, Path(tempfile.mkdtemp(prefix="bonsai-lora-bench-")) / "lora", seed=1)
+    work = Path(tempfile.mkdtemp(prefix="bonsai-lora-bench-"))
+    adapter_dir = make_random_lora(base.path, work / "lora", seed=1)
+    strong_dir = make_random_lora(base.path, work / "strong", seed=2, scale=0.3)
     results: dict[str, dict[str, list[float]]] = {w: {"base": [], "adapter": []} for w in WORKERS}
     for r in range(args.rounds):
         for which in WORKERS if r % 2 == 0 else reversed(WORKERS):
-            for kind, values in (await measure(which, adapter_dir, args)).items():
+            for kind, values in (await measure(which, adapter_dir, strong_dir, args)).items():
                 results[which][kind] += values
     summary = {w: {k: round(statistics.median(v), 1) for k, v in kinds.items()} for w, kinds in results.items()}
     print(json.dumps({"summary": True, "median_ms_per_token": summary,

@@ -32,7 +32,7 @@ from bonsai.store.transcripts import TranscriptStore
 MOTION = "This house believes that cities should ban private cars from their centres"
 
 
-def make_random_lora(base: Path, out: Path, seed: int) -> Path:
+def make_random_lora(base: Path, out: Path, seed: int, scale: float = 0.01) -> Path:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -44,7 +44,7 @@ def make_random_lora(base: Path, out: Path, seed: int) -> Path:
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.01)
+                param.copy_(torch.randn(param.shape, generator=gen) * scale)
     peft_model.save_pretrained(str(out))
     return out
 
