@@ -9,7 +9,7 @@ import pytest
 
 from bonsai.cli.main import main
 from bonsai.errors import ModelError
-from bonsai.model.prepare import MANIFEST, find_embedded_gguf, hash_model_dir, prepare_embedded, resolve_base
+from bonsai.model.prepare import MANIFEST, _gguf_parsed_once, find_embedded_gguf, hash_model_dir, prepare_embedded, resolve_base
 
 
 def test_embedded_gguf_is_found_without_importing_the_package() -> None:
@@ -21,6 +21,25 @@ def test_embedded_gguf_is_found_without_importing_the_package() -> None:
 
 
 @pytest.mark.slow
+def test_a_gguf_is_parsed_once_while_preparing(tmp_path: Path) -> None:
+    """transformers parses the GGUF for the config, tokenizer and weights, and the vocabulary is read once more;
+    during a prepare every parse of one file is shared (Gemma 3's took ~25 s each), and only then."""
+    import gguf
+
+    original = gguf.GGUFReader
+    path = find_embedded_gguf()
+    link = tmp_path / "same.gguf"
+    link.symlink_to(path)
+    with _gguf_parsed_once():
+        first = gguf.GGUFReader(str(path))
+        assert gguf.GGUFReader(path) is first and gguf.GGUFReader(link) is first  # one file, however it is named
+        assert isinstance(first, original) and "tokenizer.ggml.tokens" in first.fields
+    assert gguf.GGUFReader is original
+    with pytest.raises(RuntimeError), _gguf_parsed_once():
+        raise RuntimeError("a failed prepare")
+    assert gguf.GGUFReader is original
+
+
 def test_prepare_writes_a_complete_model_once(tmp_path: Path) -> None:
     model = prepare_embedded(tmp_path)
     folder = model.path

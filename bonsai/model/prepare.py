@@ -12,6 +12,7 @@ that fix get it on their next use, without being prepared again (``TOKENIZER_REV
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
@@ -20,6 +21,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,6 +200,34 @@ def prepare_gguf(
                               gguf_tokenizer_fixes=True)
 
 
+@contextlib.contextmanager
+def _gguf_parsed_once() -> Iterator[None]:
+    """Within the block, ``gguf.GGUFReader(path)`` parses each file once and hands out that reader again.
+
+    transformers parses a GGUF's metadata for the config (twice), the tokenizer and the weights, and
+    ``read_vocab`` once more: five parses of one file. Parsing is element by element in Python, ~25 s each for
+    Gemma 3's 262k-token vocabulary on 2 cores, so preparing it took ~200 s. Both import ``GGUFReader`` from
+    the ``gguf`` module when called, and only read the reader they get, so sharing one is safe; the module's
+    attribute is restored on leaving (a prepare runs once per process, from the CLI).
+    """
+    import gguf as gguf_module
+
+    original = gguf_module.GGUFReader
+    readers: dict[tuple[str, str], object] = {}
+
+    def parsed_once(path: object, mode: str = "r") -> object:
+        key = (os.path.realpath(os.fspath(path)), mode)  # type: ignore[arg-type]
+        if key not in readers:
+            readers[key] = original(path, mode)
+        return readers[key]
+
+    gguf_module.GGUFReader = parsed_once  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        gguf_module.GGUFReader = original  # type: ignore[misc]
+
+
 def _prepare_from_gguf(
     gguf: Path, final: Path, name: str, source: str, *, eos: str | None = None, pad: str | None = None, chat_template: str | None = None,
     chat_template_source: str | None = None, gguf_tokenizer_fixes: bool = False,
@@ -210,25 +240,26 @@ def _prepare_from_gguf(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent),
-            gguf_file=gguf.name,
-            quantization_config=GgufConfig(dequantize=True),
-            dtype=torch.float32,
-        )
-    except (ValueError, KeyError, OSError, NotImplementedError) as exc:
-        # transformers names an architecture or quantization its GGUF loader does not know in these
-        raise ModelError(f"transformers cannot load {gguf}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                         "transformers' GGUF loader reads llama, mistral, qwen2/3, gemma2/3, phi3 and a few more architectures") from None
-    # The weights are plain fp32 now; a leftover quantization entry would make loaders expect GGUF.
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    if eos is not None and eos in tokenizer.get_vocab():
-        tokenizer.eos_token = eos
-    if gguf_tokenizer_fixes:
-        _fix_gguf_tokenizer(gguf, tokenizer, model)
+    with _gguf_parsed_once():
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(gguf.parent),
+                gguf_file=gguf.name,
+                quantization_config=GgufConfig(dequantize=True),
+                dtype=torch.float32,
+            )
+        except (ValueError, KeyError, OSError, NotImplementedError) as exc:
+            # transformers names an architecture or quantization its GGUF loader does not know in these
+            raise ModelError(f"transformers cannot load {gguf}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                             "transformers' GGUF loader reads llama, mistral, qwen2/3, gemma2/3, phi3 and a few more architectures") from None
+        # The weights are plain fp32 now; a leftover quantization entry would make loaders expect GGUF.
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        if eos is not None and eos in tokenizer.get_vocab():
+            tokenizer.eos_token = eos
+        if gguf_tokenizer_fixes:
+            _fix_gguf_tokenizer(gguf, tokenizer, model)
     if pad is None and tokenizer.pad_token in (None, tokenizer.eos_token) and PAD_TOKEN in tokenizer.get_vocab():
         pad = PAD_TOKEN  # no pad of its own, or EOS as pad (a collator would mask every turn's end): as for SmolLM2
     if chat_template is not None:
