@@ -8,6 +8,10 @@ STAMP := $(VENV)/.bonsai-installed
 EXTRAS ?= cpu,train,tui,dev,ray
 MOTION ?= This house believes that cities should ban private cars from their centres
 PYTEST_ARGS ?=
+# Two xdist workers: the vLLM tests as one group on one of them, the rest beside it (tests/conftest.py says
+# why). PYTEST_WORKERS=0 runs the suite in one process.
+PYTEST_WORKERS ?= 2
+XDIST := $(if $(filter-out 0 1,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder,)
 
 .PHONY: install sysdeps model demo test bench clean
 
@@ -37,7 +41,7 @@ sysdeps:
 	  else echo "the tests need tmux: install it (e.g. sudo apt-get install -y tmux)"; exit 1; fi; }
 
 test: install model sysdeps
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 bench: model
 	$(BIN)/python bench/debate_bench.py

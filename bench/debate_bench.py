@@ -1,6 +1,6 @@
 """Engine start time, then wall time and tokens/s of a two-round debate with judge, on this machine.
 
-    .venv/bin/python bench/debate_bench.py [--engine vllm|hf] [--loras] [--repeat N] [--reserved-cpus N] [--worker bonsai|vllm]
+    .venv/bin/python bench/debate_bench.py [--engine vllm|hf] [--loras] [--repeat N] [--timeline] [--no-stream] [--reserved-cpus N] [--worker bonsai|vllm]
 
 vLLM's CPU settings come from the environment as usual (VLLM_CPU_NUM_OF_RESERVED_CPU, VLLM_CPU_OMP_THREADS_BIND,
 an allocator or OpenMP runtime in LD_PRELOAD); the first line printed says which were in effect, with the
@@ -101,7 +101,7 @@ async def main(args: argparse.Namespace) -> None:
                 spec = DebateSpec(motion=MOTION, format="standard", rounds=2, seed=i + 1, adapters=adapters)
                 t1 = time.monotonic()
                 events, judging_at = [], None
-                async for ev in runner.run(spec):
+                async for ev in runner.run(spec, stream_tokens=not args.no_stream):
                     events.append(ev)
                     if ev.name == "judging" and judging_at is None:
                         judging_at = time.monotonic()
@@ -121,8 +121,16 @@ async def main(args: argparse.Namespace) -> None:
                 walls.append(wall)
                 rates.append(out_tokens / wall)
                 print(json.dumps(row), flush=True)
+                if args.timeline:
+                    between = wall - sum(t.latency_s for t in turns) - (judge_s or 0.0)
+                    for t in turns:  # prefill shows as the first token's time, decode as the rest per token
+                        decode_ms = (t.latency_s - (t.first_token_s or 0.0)) / max(t.output_tokens - 1, 1) * 1000
+                        print(json.dumps({"debate": i, "turn": t.turn_index, "speaker": t.speaker, "prompt_tokens": t.prompt_tokens,
+                                          "output_tokens": t.output_tokens, "first_token_s": round(t.first_token_s or 0.0, 2),
+                                          "latency_s": round(t.latency_s, 2), "decode_ms_per_token": round(decode_ms, 1)}), flush=True)
+                    print(json.dumps({"debate": i, "outside_turns_and_judge_s": round(between, 2)}), flush=True)
     await engine.close()
-    print(json.dumps({"summary": True, "engine": args.engine, "loras": args.loras, "engine_start_s": round(start_s, 1),
+    print(json.dumps({"summary": True, "engine": args.engine, "loras": args.loras, "stream_tokens": not args.no_stream, "engine_start_s": round(start_s, 1),
                       "median_debate_wall_s": round(statistics.median(walls), 1), "median_tokens_per_s": round(statistics.median(rates), 1),
                       "target_s": 60, "met": statistics.median(walls) <= 60}))
 
@@ -132,6 +140,8 @@ if __name__ == "__main__":
     parser.add_argument("--engine", choices=["vllm", "hf"], default="vllm")
     parser.add_argument("--loras", action="store_true", help="give the two debaters random rank-16 adapters")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--no-stream", action="store_true", help="no token events (as in a sweep): one output per turn instead of a stream")
+    parser.add_argument("--timeline", action="store_true", help="also print each turn's prompt and output tokens, first-token time and decode time")
     parser.add_argument("--reserved-cpus", type=int, default=None,
                         help="cores vLLM's CPU worker leaves to the front end (VLLM_CPU_NUM_OF_RESERVED_CPU); default: bonsai's choice")
     parser.add_argument("--worker", choices=["bonsai", "vllm"], default="bonsai",

@@ -67,9 +67,11 @@ def lora_adapters(base_model: BaseModel, tmp_path_factory: pytest.TempPathFactor
 
 
 def _new_vllm_engine(base_model: BaseModel):
+    from servekit import TEST_KV_CACHE_GIB
+
     from bonsai.engine.vllm_local import VLLMEngine
 
-    return VLLMEngine(base_model.path, base_hash=base_model.content_hash, max_loras=4, max_lora_rank=16, max_model_len=4096)
+    return VLLMEngine(base_model.path, base_hash=base_model.content_hash, max_loras=4, max_lora_rank=16, max_model_len=4096, kv_cache_gib=TEST_KV_CACHE_GIB)
 
 
 @pytest.fixture(scope="session")
@@ -212,16 +214,94 @@ def early_starts(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
             started["vllm_engine"].close()
 
 
+#: the xdist groups (see ``pytest_collection_modifyitems``): the tests that share the session's vLLM engine
+#: or server, and those that start vLLM engines of their own (with their modules' slow tests, which share
+#: those modules' fixtures, e.g. Gemma's preparation)
+VLLM_GROUP, OWN_VLLM_GROUP = "vllm", "vllm-own"
+_SHARED_ENGINES = {"vllm_engine", "served"}
+
+
+def _shares_vllm(item: pytest.Item) -> bool:
+    return bool(_SHARED_ENGINES & set(getattr(item, "fixturenames", ())))
+
+
+def _needs_vllm(item: pytest.Item) -> bool:
+    return bool(item.get_closest_marker("engine") or item.get_closest_marker("serve") or _shares_vllm(item))
+
+
+def _xdist_group(item: pytest.Item, own_vllm_modules: set[str]) -> str | None:
+    if _shares_vllm(item):
+        return VLLM_GROUP
+    module = item.module.__name__ if getattr(item, "module", None) else ""
+    if _needs_vllm(item) or (module in own_vllm_modules and item.get_closest_marker("slow")):
+        return OWN_VLLM_GROUP
+    return module if item.get_closest_marker("slow") and module else None
+
+
+def _xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def _suffix_group(item: pytest.Item, group: str) -> None:
+    """Append ``@group`` to the node id, the way xdist's loadgroup scheduler reads groups.
+
+    xdist 3.8 does it by setting ``item._nodeid``, which pytest 9 no longer reads (the id lives in
+    ``item._id``), so on pytest 9 its groups are silently ignored and a group's tests spread over workers
+    (measured: the shared engine started on both)."""
+    from _pytest.nodeid import coerce_node_id
+
+    if hasattr(item, "_id") and not item.nodeid.endswith(f"@{group}"):
+        item._id = coerce_node_id(f"{item.nodeid}@{group}")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the groups into node ids
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # Engine-backed tests share one engine: run the fast logic tests first so failures show early.
-    items.sort(key=lambda it: 1 if (it.get_closest_marker("engine") or it.get_closest_marker("serve")) else 0)
+    if not (_xdist_worker(config) and config.getvalue("loadgroup")):
+        # Engine-backed tests share one engine: run the fast logic tests first so failures show early.
+        items.sort(key=lambda it: 1 if _needs_vllm(it) else 0)
+        return
+    # ``make test`` runs two xdist workers (``--dist loadgroup --no-loadscope-reorder``). On 2 cores the suite
+    # is mostly one core busy: vLLM's worker has both, but training and the transformers engine run torch on
+    # one thread, and process starts, imports and waits on servers on one. The scheduler hands out units of
+    # work in this order, each to the next free worker:
+    # 1. the tests that share the session's engine and server, as one unit (they start once, on one worker);
+    # 2. the tests that start vLLM engines of their own, as one unit, so they run beside the start of unit 1
+    #    and not beside its own extra servers later: at most the serial run's engines at once (memory);
+    # 3. each other slow module as one unit (its module fixtures are built once);
+    # 4. the fast tests one by one, to even out the end.
+    own_vllm_modules = {it.module.__name__ for it in items if getattr(it, "module", None) and _needs_vllm(it) and not _shares_vllm(it)}
+    groups = {}
+    for it in items:
+        group = _xdist_group(it, own_vllm_modules)
+        groups[it] = group
+        if group and it.get_closest_marker("xdist_group") is None:
+            it.add_marker(pytest.mark.xdist_group(group))
+            _suffix_group(it, group)
+    order = {VLLM_GROUP: 0, OWN_VLLM_GROUP: 1}
+    items.sort(key=lambda it: order.get(groups[it] or "", 2 if groups[it] else 3))
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     # after -m/-k deselection (which runs after the hook above): only what the selected tests need
     _WANTED.clear()
+    if _xdist_worker(session.config):
+        return  # decided at this worker's first test: only the worker given the vLLM group starts them
     for it in session.items:
-        _WANTED.update({"vllm_engine", "served"} & set(getattr(it, "fixturenames", ())))
+        _WANTED.update(_SHARED_ENGINES & set(getattr(it, "fixturenames", ())))
+
+
+_FIRST_TEST_SEEN: list[bool] = []
+
+
+@pytest.hookimpl(tryfirst=True)  # before the autouse ``early_starts`` is set up for the worker's first test
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if _FIRST_TEST_SEEN or not _xdist_worker(item.config):
+        return
+    _FIRST_TEST_SEEN.append(True)
+    # a group is one unit of work: a worker whose first test shares the session's engines runs all of those
+    if _shares_vllm(item):
+        for it in item.session.items:
+            _WANTED.update(_SHARED_ENGINES & set(getattr(it, "fixturenames", ())))
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import sqlite3
 from collections.abc import Iterator
@@ -73,14 +74,20 @@ async def _fill(store_file: Path, work: Path, base: BaseModel) -> list[str]:
 
 async def debate_store(tmp_path_factory: pytest.TempPathFactory, base: BaseModel) -> Path:
     """The shared store's path (a read-only original: copy it before writing to it)."""
-    work = tmp_path_factory.getbasetemp() / "pair-store"
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above each xdist worker's own: one store for all of them
+    work = root / "pair-store"
     store_file, done = work / "transcripts.sqlite", work / "debates.json"
-    if not done.is_file():
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        with single_torch_thread():
-            ids = await _fill(store_file, work, base)
-        done.write_text(json.dumps(ids))
+    with FileLock(str(root / "pair-store.lock")):  # another worker may be filling it: wait for that one
+        if not done.is_file():
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            with single_torch_thread():
+                ids = await _fill(store_file, work, base)
+            done.write_text(json.dumps(ids))
     return store_file
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 from bonsai.serve.server import serve_info_path, serve_log_path
 
 START_TIMEOUT_S = 300
+#: GiB of KV cache for the tests' servers and the session's in-process engine
+TEST_KV_CACHE_GIB = 0.5
 
 #: run as ``python -c SHIM PARENT_PID ARGV...``: the server gets SIGTERM when the test process dies (even
 #: by SIGKILL, where no fixture's teardown runs), then execs ARGV. ``bonsai serve`` stops its vLLM child
@@ -86,7 +88,10 @@ def start_serve(root: Path, base: Path, *extra: str, port: int | None = None, en
     ``env``: variables set for it on top of this process's environment (an API key, say)."""
     root.mkdir(parents=True, exist_ok=True)
     home, port = root / "home", port or free_port()
-    args = ["--home", str(home), "serve", "--base", str(base), "--port", str(port), "--json", "--start-timeout", str(START_TIMEOUT_S), *extra]
+    # half the default KV cache: the tests' requests fit many times over, and on 24 GiB a suite run can hold
+    # four engines at once (docs/benchmarks.md, "Test suite")
+    kv = [] if "--kv-cache-gib" in extra else ["--kv-cache-gib", str(TEST_KV_CACHE_GIB)]
+    args = ["--home", str(home), "serve", "--base", str(base), "--port", str(port), "--json", "--start-timeout", str(START_TIMEOUT_S), *kv, *extra]
     stdout, stderr = root / "stdout", root / "stderr"
     with open(stdout, "wb") as out, open(stderr, "wb") as err:
         proc = subprocess.Popen(

@@ -390,3 +390,73 @@ async def test_stats_sum_the_endpoints_and_skip_a_dead_one(caplog: pytest.LogCap
         assert engine.endpoint_health() == {a.url: "down", b.url: "up"}
         b.metrics = ""  # a server without /metrics: nothing to count, and said so
         assert await engine.stats() == EngineStats(missing_endpoints=(a.url, b.url))
+
+
+# --- idle connections ----------------------------------------------------------------------------
+
+
+class KeepAliveServer:
+    """A server that keeps connections open between requests, like vLLM's (uvicorn), and closes one that
+    has been idle for ``keepalive`` seconds at the moment the next request arrives on it, without an
+    answer: the race uvicorn's keep-alive timer loses now and then, pushed to happen every time."""
+
+    def __init__(self, keepalive: float) -> None:
+        self.keepalive = keepalive
+        self.connections = 0
+        self.dropped = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> KeepAliveServer:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        idle_since = time.monotonic()
+        try:
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).decode()
+                length = next((int(h.split(":")[1]) for h in head.split("\r\n") if h.lower().startswith("content-length:")), 0)
+                if length:
+                    await reader.readexactly(length)
+                if time.monotonic() - idle_since >= self.keepalive:
+                    self.dropped += 1
+                    return  # closed with the request unanswered
+                path = head.split(" ")[1]
+                if path == "/v1/models":
+                    body = json.dumps({"object": "list", "data": [{"id": "base", "parent": None, "max_model_len": 2048}]}).encode()
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+                elif path == "/tokenize":
+                    body = json.dumps({"count": 5, "max_model_len": 2048, "tokens": [1, 2, 3, 4, 5]}).encode()
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+                else:  # a streamed chat completion, ended with the chunked terminator: the connection stays open
+                    chunks = [{"choices": [{"index": 0, "delta": {"role": "assistant", "content": "hi"}, "finish_reason": None}]},
+                              {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}, {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 1}}]
+                    data = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(data), data))
+                await writer.drain()
+                idle_since = time.monotonic()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_a_connection_the_server_is_closing_for_idleness_is_not_reused() -> None:
+    """vLLM's server drops a connection after 5 s idle; the client must stop reusing one sooner, or a request
+    sent at that moment fails as "connection dropped" (it did, in the suite on a busy machine)."""
+    from bonsai.engine.openai.pool import KEEPALIVE_EXPIRY_S
+
+    # a server that gives up on idle connections a second after the client stops reusing them (httpx's
+    # default of 5 s, vLLM's own 5 s: the race), and a request after the server gave up
+    async with KeepAliveServer(keepalive=KEEPALIVE_EXPIRY_S + 1.0) as server, OpenAIEngine([server.url]) as engine:
+        for i in range(2):
+            events = await collect(engine, f"idle{i}")
+            assert isinstance(events[-1], Completion) and events[-1].text == "hi"
+            await asyncio.sleep(KEEPALIVE_EXPIRY_S + 1.3)
+        assert server.dropped == 0 and server.connections >= 2

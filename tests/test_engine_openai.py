@@ -19,7 +19,7 @@ from servekit import Server
 from bonsai.cli.main import main
 from bonsai.registry.identity import inspect_adapter
 from bonsai.engine.openai import OpenAIEngine, normalize_endpoint
-from bonsai.engine.platform import CPU_WORKER_CLS
+from bonsai.engine.platform import CPU_WORKER_CLS, cpu_worker_env
 from bonsai.serve.server import serve_info_path, serve_log_path
 from bonsai.engine.types import AdapterRef, ChatMessage, ChatPrompt, Completion, GenerationRequest, Sampling, TextDelta, TextPrompt
 from bonsai.errors import AdapterError, EndpointUnreachable, PromptTooLong
@@ -78,7 +78,9 @@ def test_dry_run_binds_localhost_and_names_adapters_by_content(
     # on CPU, the worker that keeps adapter-less requests off the last adapter slot (bonsai/engine/cpu_lora.py)
     assert cmd[cmd.index("--worker-cls") + 1] == CPU_WORKER_CLS
     assert plan["adapters"] == {"pro": ref.name, "con": inspect_adapter(lora_adapters[1]).name}
-    assert plan["env"] == {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "BONSAI_ADAPTER_ROOT": str((tmp_path / "home").resolve())}
+    # on CPU also the worker's cores and OpenMP runtime, as far as this process's environment leaves them open
+    # (an in-process engine started earlier in the same process has set them here already)
+    assert plan["env"] == {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "BONSAI_ADAPTER_ROOT": str((tmp_path / "home").resolve()), **cpu_worker_env()}
     assert not serve_info_path(tmp_path / "home", 8123).exists()  # a dry run publishes nothing
 
 

@@ -82,6 +82,22 @@ async def test_deltas_concatenate_to_the_completion(vllm_engine: VLLMEngine, lor
 
 
 @pytest.mark.engine
+@pytest.mark.parametrize("content", ["Should cities ban cars from their centres? Answer in one sentence.", "都市は中心部から車を締め出すべきですか。日本語で答えてください。"])
+async def test_a_final_only_answer_is_the_streamed_text(vllm_engine: VLLMEngine, lora_adapters: list[Path], content: str) -> None:
+    """``generate`` has vLLM skip detokenizing token by token and decodes the finished ids once: the text must
+    be what streaming (detokenized token by token) gives, Japanese and a cut-off last token included."""
+    ref = inspect_adapter(lora_adapters[0])
+    prompt = ChatPrompt.of([{"role": "user", "content": content}])
+    for sampling in (GREEDY, Sampling(temperature=0.0, max_tokens=7), Sampling(temperature=0.9, max_tokens=24, seed=5)):
+        assert vllm_engine._sampling_params(sampling, final_only=True).detokenize is False
+        events = [ev async for ev in vllm_engine.stream(GenerationRequest(f"s-{uuid.uuid4().hex}", prompt, sampling, adapter=ref))]
+        done = await vllm_engine.generate(GenerationRequest(f"g-{uuid.uuid4().hex}", prompt, sampling, adapter=ref))
+        streamed = events[-1]
+        assert isinstance(streamed, Completion) and done.output_tokens == streamed.output_tokens > 0
+        assert done.text == streamed.text == "".join(ev.text for ev in events if isinstance(ev, TextDelta))
+
+
+@pytest.mark.engine
 async def test_the_engine_worker_runs_on_intel_openmp(vllm_engine: VLLMEngine) -> None:
     """The preload reaches the spawned worker: its memory maps hold libiomp5 (torch's libgomp is mapped too,
     as torch needs it, but the preloaded runtime's symbols come first)."""

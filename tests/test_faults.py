@@ -507,10 +507,10 @@ async def test_a_sweep_counts_the_same_tokens_run_at_once_or_stopped_and_resumed
 
 @pytest.mark.engine
 @pytest.mark.slow
-def test_a_real_debate_killed_midway_resumes_on_the_real_engine(isolated_home: Path, base_model: object) -> None:
+def test_a_real_debate_killed_midway_resumes_on_the_real_engine(isolated_home: Path, base_model: object, quick_short_judge: str) -> None:
     """`bonsai debate` on the real model, SIGKILLed after its second turn, then `bonsai debate --resume`."""
     env = {**ENV, "BONSAI_HOME": str(isolated_home)}
-    proc = subprocess.Popen([sys.executable, "-m", "bonsai", "debate", "Tea beats coffee", "--format", "quick", "--max-tokens", "24",
+    proc = subprocess.Popen([sys.executable, "-m", "bonsai", "debate", "Tea beats coffee", "--format", quick_short_judge, "--max-tokens", "24",
                              "--seed", "1", "--jsonl"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     assert proc.stdout is not None
     ended = 0

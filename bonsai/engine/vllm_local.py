@@ -259,6 +259,12 @@ class VLLMEngine(Engine):
             self._tokenizer = load_tokenizer(self.base_model, self.chat_template)
         return self._tokenizer
 
+    def _decode(self, token_ids: Sequence[int]) -> str:
+        """The text of finished ids, as vLLM's token-by-token detokenizer gives it: that one holds back bytes
+        that do not yet make a whole character, so a last character cut off by ``max_tokens`` is left out
+        (a whole decode would end in U+FFFD for it)."""
+        return self._require_tokenizer().decode(token_ids, skip_special_tokens=True).rstrip("\ufffd")
+
     def render(self, prompt: Prompt) -> str:
         """The exact text the model is given for ``prompt``."""
         if isinstance(prompt, TextPrompt):
@@ -328,6 +334,11 @@ class VLLMEngine(Engine):
         extra: dict[str, Any] = {}
         if sampling.json_schema is not None:
             extra.update(_structured_outputs(sampling.json_schema))
+        if final_only and not sampling.stop and sampling.logprobs is None:
+            # Nobody reads the text before the end, and no stop string needs it: vLLM would detokenize every
+            # token in this process's event loop (1.2 of 15.7 s in the GPU profile at 256 debates, run 12),
+            # where one decode of the finished ids does (``generate``).
+            extra["detokenize"] = False
         return SamplingParams(
             temperature=sampling.temperature,
             top_p=sampling.top_p,
@@ -377,9 +388,10 @@ class VLLMEngine(Engine):
         if final is None or not final.finished:
             raise EngineError(f"vLLM request {request.request_id} ended without an output", "see the log above")
         choice = final.outputs[0]
+        text = choice.text if params.detokenize else self._decode(choice.token_ids)
         return Completion(
             request_id=request.request_id,
-            text=choice.text,
+            text=text,
             prompt_tokens=len(ids),
             output_tokens=len(choice.token_ids),
             finish_reason=choice.finish_reason or "stop",

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from openai import AsyncOpenAI, Timeout
+from openai import AsyncOpenAI, DefaultAsyncHttpxClient, Timeout
 
 from bonsai.engine.auth import unauthorized
 from bonsai.engine.openai.failures import cannot_reach, describe, reason, server_message, unreachable
@@ -27,6 +27,17 @@ log = logging.getLogger(__name__)
 
 #: seconds a probe or a /metrics scrape may take: both are cheap, and a dead host must not stall a sweep
 QUICK_TIMEOUT_S = 5.0
+
+#: seconds an idle connection is kept for reuse. vLLM's server closes one after 5 s idle
+#: (VLLM_HTTP_TIMEOUT_KEEP_ALIVE) and httpx keeps one for 5 s: a request sent on a connection at that moment
+#: meets a socket the server is closing and fails as "connection dropped" (ReadError) before it was read.
+#: Seen with one server and a client paused for ~5 s between two requests (a busy 2-core machine).
+KEEPALIVE_EXPIRY_S = 2.0
+
+
+def _limits(module: Any) -> Any:
+    """``module.Limits`` (httpx's, or httpx2's for the openai SDK's client) with the SDK's own pool sizes."""
+    return module.Limits(max_connections=1000, max_keepalive_connections=100, keepalive_expiry=KEEPALIVE_EXPIRY_S)
 
 
 def normalize_endpoint(url: str) -> str:
@@ -109,8 +120,11 @@ class EndpointPool:
         # the SDK would read OPENAI_API_KEY when given None, and send that key to a bonsai server: a
         # placeholder instead (vLLM ignores the header unless it was started with --api-key)
         # (no retries: a failed request moves to another endpoint instead, see engine.stream)
-        sdk = AsyncOpenAI(base_url=url + "/v1", api_key=self.api_key or "EMPTY", max_retries=0, timeout=Timeout(self.timeout, connect=min(10.0, self.timeout)))
-        client = httpx.AsyncClient(base_url=url, headers=self.headers(), timeout=self.http_timeout())
+        import httpx2  # the openai SDK's HTTP library (its own fork of httpx)
+
+        sdk = AsyncOpenAI(base_url=url + "/v1", api_key=self.api_key or "EMPTY", max_retries=0, timeout=Timeout(self.timeout, connect=min(10.0, self.timeout)),
+                          http_client=DefaultAsyncHttpxClient(limits=_limits(httpx2)))
+        client = httpx.AsyncClient(base_url=url, headers=self.headers(), timeout=self.http_timeout(), limits=_limits(httpx))
         return Endpoint(url, client, sdk)
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -197,7 +211,7 @@ class EndpointPool:
 
     def sync_client(self, ep: Endpoint) -> httpx.Client:
         if ep.sync_client is None:
-            ep.sync_client = httpx.Client(base_url=ep.url, headers=self.headers(), timeout=self.http_timeout())
+            ep.sync_client = httpx.Client(base_url=ep.url, headers=self.headers(), timeout=self.http_timeout(), limits=_limits(httpx))
         return ep.sync_client
 
     # --- health ---------------------------------------------------------------------------------
