@@ -8,8 +8,8 @@ STAMP := $(VENV)/.bonsai-installed
 EXTRAS ?= cpu,train,tui,dev,ray
 MOTION ?= This house believes that cities should ban private cars from their centres
 PYTEST_ARGS ?=
-# Two xdist workers: the vLLM tests as one group on one of them, the rest beside it (tests/conftest.py says
-# why). PYTEST_WORKERS=0 runs the suite in one process.
+# Two xdist workers: the tests sharing the session's vLLM engine as one group, those starting engines of
+# their own as another, the rest beside them (tests/conftest.py says why). PYTEST_WORKERS=0: one process.
 PYTEST_WORKERS ?= 2
 XDIST := $(if $(filter-out 0 1,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder,)
 
