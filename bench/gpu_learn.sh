@@ -9,7 +9,7 @@
 #   3. `bonsai serve` with its defaults (the dtype it picks on a GPU) until it answers, then one debate on it;
 #   4. sweep/raw (issue 12): bench/sweep_bench.py on a Llama-8B-shaped model with random weights, medians of
 #      ${REPEAT:-3} runs at ${RATIO_LEVELS:-256,1024} debates in flight, each from an empty prefix cache, and a
-#      profiled extra run per level;
+#      profiled extra run per level (PROFILE=0: none);
 #   5. beside: two engines on one card. `bonsai serve` with its defaults, a debate on it, then step 4 with its
 #      engine started beside the server (each takes the card's free share: gpu_memory_share in
 #      bonsai/engine/platform.py), then a second debate on the server, which must have lived through it.
@@ -117,7 +117,7 @@ run_sweep() {
   start=$SECONDS
   ( sleep 150; card_memory "during the sweep" ) &
   python3 bench/sweep_bench.py --shape 8b --levels "" --ratio-levels "${RATIO_LEVELS:-256,1024}" --repeat "${REPEAT:-3}" --adapters 4 \
-    --max-tokens 64 --kv-cache-gib 40 --prefix-motions 2 --model-home /tmp/bonsai-home --profile-dir "$out/prof" \
+    --max-tokens 64 --kv-cache-gib 40 --prefix-motions 2 --model-home /tmp/bonsai-home $([ "${PROFILE:-1}" = 0 ] || echo --profile-dir "$out/prof") \
     --json-out "$out/sweep-ratio.json" > "$out/sweep-ratio.log" 2>&1
   echo "sweep exit $? after $((SECONDS - start)) s"
 }

@@ -12,7 +12,7 @@ import pytest
 
 from bonsai.engine.platform import cpu_worker_env, intel_openmp, jemalloc
 from bonsai.registry.identity import inspect_adapter
-from bonsai.engine.types import ChatMessage, ChatPrompt, Completion, GenerationRequest, Sampling, TextDelta, TextPrompt
+from bonsai.engine.types import ChatMessage, ChatPrompt, Completion, EngineStats, GenerationRequest, Sampling, TextDelta, TextPrompt
 from bonsai.engine.vllm_local import VLLMEngine
 from bonsai.errors import AdapterError, EngineError, PromptTooLong
 from bonsai.model.prepare import BaseModel
@@ -95,6 +95,38 @@ async def test_a_final_only_answer_is_the_streamed_text(vllm_engine: VLLMEngine,
         streamed = events[-1]
         assert isinstance(streamed, Completion) and done.output_tokens == streamed.output_tokens > 0
         assert done.text == streamed.text == "".join(ev.text for ev in events if isinstance(ev, TextDelta))
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("content", ["Debate: should cities ban cars? Who won, A or B?", "討論：都市は車を禁止すべきか。勝者はAかBか。"])
+async def test_final_only_logprobs_are_the_streamed_ones(vllm_engine: VLLMEngine, lora_adapters: list[Path], content: str) -> None:
+    """``generate`` leaves the logprobs' alternatives undecoded by vLLM and names them itself (one lookup per
+    token id): the judge's probe must read the same top tokens, values and label probabilities as from a
+    stream, which vLLM detokenizes; the cached names must not go stale on a second request."""
+    from bonsai.debate.judge import PROBE_TOP, WINNER_PREFIX, _label_probs
+
+    ref = inspect_adapter(lora_adapters[0])
+    probe = ChatPrompt((ChatMessage("user", content), ChatMessage("assistant", WINNER_PREFIX)), continue_final_message=True)
+    plain = ChatPrompt.of([{"role": "user", "content": content}])
+    cases = [(probe, Sampling(temperature=0.0, top_p=1.0, max_tokens=1, logprobs=PROBE_TOP), ref), (probe, Sampling(temperature=0.0, max_tokens=1, logprobs=PROBE_TOP), None)]
+    if content.isascii():  # several positions; a lone byte of a Japanese character is named in context only by a stream
+        cases.append((plain, Sampling(temperature=0.0, max_tokens=6, logprobs=5), ref))
+    for _ in range(2):
+        for prompt, sampling, adapter in cases:
+            assert vllm_engine._sampling_params(sampling, final_only=True).detokenize is False
+            events = [ev async for ev in vllm_engine.stream(GenerationRequest(f"s-{uuid.uuid4().hex}", prompt, sampling, adapter=adapter))]
+            done = await vllm_engine.generate(GenerationRequest(f"g-{uuid.uuid4().hex}", prompt, sampling, adapter=adapter))
+            streamed = events[-1]
+            assert isinstance(streamed, Completion) and streamed.logprobs and done.logprobs
+            assert done.text == streamed.text and len(done.logprobs) == len(streamed.logprobs) == done.output_tokens
+            for ours, theirs in zip(done.logprobs, streamed.logprobs, strict=True):
+                assert ours.token == theirs.token and ours.logprob == pytest.approx(theirs.logprob, abs=1e-4)
+                assert ours.top.keys() == theirs.top.keys() and len(ours.top) >= min(sampling.logprobs or 1, 2)
+                assert all(ours.top[k] == pytest.approx(v, abs=1e-4) for k, v in theirs.top.items())
+            if prompt is probe:
+                (p_done, found), (p_streamed, _) = _label_probs(done.logprobs[0].top), _label_probs(streamed.logprobs[0].top)
+                assert found and p_done["A"] == pytest.approx(p_streamed["A"], abs=1e-4)
+    assert vllm_engine._token_texts  # the names were looked up by the engine, not given by vLLM
 
 
 @pytest.mark.engine
@@ -314,6 +346,11 @@ async def test_repetition_penalty_reaches_the_sampler(vllm_engine: VLLMEngine) -
     assert (plain.text, plain.logprobs[0].logprob) != (penalised.text, penalised.logprobs[0].logprob)
 
 
+def warm_hits(prompt_tokens: int, block: int) -> int:
+    """Every full block but the one holding the last prompt token (vLLM recomputes that one)."""
+    return (prompt_tokens - 1) // block * block
+
+
 @pytest.mark.engine
 async def test_stats_show_prefix_cache_hits_on_a_repeated_prompt(vllm_engine: VLLMEngine) -> None:
     llm = vllm_engine._llm
@@ -325,11 +362,19 @@ async def test_stats_show_prefix_cache_hits_on_a_repeated_prompt(vllm_engine: VL
     prompt = ChatPrompt.of([{"role": "system", "content": f"{marker} {history}"}, {"role": "user", "content": "Sum up."}])
     sampling = Sampling(temperature=0.0, max_tokens=4)
 
+    assert not llm.log_stats  # vLLM's per-token statistics stay off: the engine counts for itself
     before = await vllm_engine.stats()
     first = await vllm_engine.generate(GenerationRequest("stats-1", prompt, sampling))
     middle = await vllm_engine.stats()
     second = await vllm_engine.generate(GenerationRequest("stats-2", prompt, sampling))
     after = await vllm_engine.stats()
+    events = [ev async for ev in vllm_engine.stream(GenerationRequest("stats-3", prompt, sampling))]
+    streamed, last = events[-1], await vllm_engine.stats()
+    assert isinstance(streamed, Completion)
+    assert last.since(after) == EngineStats(
+        prefix_cache_queries=streamed.prompt_tokens, prefix_cache_hits=warm_hits(streamed.prompt_tokens, block),
+        prompt_tokens=streamed.prompt_tokens, generation_tokens=streamed.output_tokens, requests_finished=1,
+    )
 
     assert first.prompt_tokens > 2 * block
     cold, warm = middle.since(before), after.since(middle)
@@ -337,10 +382,24 @@ async def test_stats_show_prefix_cache_hits_on_a_repeated_prompt(vllm_engine: VL
     assert cold.prompt_tokens == cold.prefix_cache_queries == first.prompt_tokens
     assert cold.generation_tokens == first.output_tokens and warm.generation_tokens == second.output_tokens
     assert cold.prefix_cache_hits == 0 and cold.hit_rate == 0
-    # every full block but the one holding the last prompt token (vLLM recomputes that one)
     assert warm.prefix_cache_queries == second.prompt_tokens
-    assert warm.prefix_cache_hits == (second.prompt_tokens - 1) // block * block > 0
+    assert warm.prefix_cache_hits == warm_hits(second.prompt_tokens, block) > 0
     assert warm.hit_rate is not None and warm.hit_rate > 0.5
+
+
+@pytest.mark.engine
+async def test_an_abandoned_stream_counts_its_prompt_and_tokens_but_not_as_finished(vllm_engine: VLLMEngine) -> None:
+    before = await vllm_engine.stats()
+    stream = vllm_engine.stream(GenerationRequest(f"gone-{uuid.uuid4().hex}", PROMPT, Sampling(temperature=0.0, max_tokens=64)))
+    seen = 0
+    async for ev in stream:
+        seen += isinstance(ev, TextDelta)
+        if seen == 2:
+            break
+    await stream.aclose()
+    delta = (await vllm_engine.stats()).since(before)
+    assert delta.requests_finished == 0 and delta.prompt_tokens == delta.prefix_cache_queries == vllm_engine.count_tokens(PROMPT)
+    assert delta.generation_tokens is not None and 2 <= delta.generation_tokens < 64
 
 
 @pytest.mark.engine

@@ -45,7 +45,7 @@ class EngineConfig(BaseModel):
     kv_cache_gib: float = Field(1.0, gt=0)
     max_num_seqs: int | None = Field(None, ge=1, description="Requests in one batch (in-process vLLM); None: vLLM's throughput default for the device.")
     seed: int = 0
-    log_stats: bool = Field(True, description="Keep vLLM's counters for Engine.stats() (in-process vLLM engine).")
+    log_stats: bool = Field(False, description="vLLM's own per-token statistics (in-process vLLM engine); Engine.stats() does not need them.")
     endpoint_retry_s: float = Field(15.0, ge=0, description="Seconds a down endpoint rests before it is probed again (kind=openai).")
     chat_template: str | None = Field(None, description="Chat template text used instead of the base's own (in-process engines; checked by the caller).")
     #: left out of every dump: a config written to a file or sent to a worker never carries the key

