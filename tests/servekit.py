@@ -99,3 +99,15 @@ def start_serve(root: Path, base: Path, *extra: str, port: int | None = None, en
             stdout=out, stderr=err, start_new_session=True, env={**os.environ, **(env or {})},
         )
     return Server(proc, home, port, stdout, stderr)
+
+
+def group_gone(pgid: int, timeout: float = 30) -> bool:
+    """True once no process of the group ``pgid`` is left (a server and vLLM's engine core), within ``timeout``."""
+    from bonsai.engine import resident
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not resident.group_alive(pgid):
+            return True
+        time.sleep(0.5)
+    return False

@@ -1,9 +1,10 @@
 """Resident engines (`bonsai engine start|stop|status`, `bonsai serve --detach`), `bonsai serve`'s dtype
 and the root cause of a failed vLLM start.
 
-The real-server tests start vLLM three times in all: a full lifecycle (start, status, reuse by a second
-`bonsai engine start` and by `bonsai debate`, another base on the port, graceful stop), a crash
-(`serve --detach`, SIGKILL, status) and a start that vLLM itself refuses.
+The real-server tests start vLLM twice: a full lifecycle (start, status, reuse by a second `bonsai engine
+start` and by `bonsai debate`, another base on the port, graceful stop) and a start that vLLM itself
+refuses. A crash (`serve --detach`, SIGKILL, status) is tested in ``test_serve_auth.py``, on the resident
+engine its key tests use, after them: one vLLM start less.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from servekit import free_port
+from servekit import free_port, group_gone
 
 from bonsai.engine import resident
 from bonsai.cli.main import main
@@ -68,15 +69,6 @@ def _other_base(tmp_path: Path, base: BaseModel) -> Path:
             (other / f.name).symlink_to(f)
     (other / MANIFEST).write_text(json.dumps({"name": "other-base", "content_hash": "0" * 64}))
     return other
-
-
-def _group_gone(pgid: int, timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not resident.group_alive(pgid):
-            return True
-        time.sleep(0.5)
-    return False
 
 
 # --- no server ----------------------------------------------------------------------------------
@@ -259,38 +251,13 @@ def test_resident_engine_lifecycle(base_model: BaseModel, lora_adapters: list[Pa
 
         stopped = _bonsai(home, "engine", "stop")
         assert stopped.returncode == 0 and f"engine on port {port} (pid {pid}, {base_model.name}) stopped" in stopped.stdout
-        assert _group_gone(pid), "vLLM's engine core outlived the stop"
+        assert group_gone(pid), "vLLM's engine core outlived the stop"
         assert not resident.state_path(home, port).exists()
         assert "no resident engine" in _bonsai(home, "engine", "status").stdout
     finally:
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-
-
-@pytest.mark.serve
-@pytest.mark.slow
-def test_crashed_engine_is_reported_with_its_log(base_model: BaseModel, tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    port = free_port()
-    started = _bonsai(home, "serve", "--detach", "--base", str(base_model.path), "--port", str(port), "--json", "--start-timeout", START_TIMEOUT_S)
-    assert started.returncode == 0, started.stderr
-    pid = json.loads(started.stdout)["pid"]
-    try:
-        assert resident.state_path(home, port).exists()
-        os.kill(pid, signal.SIGKILL)  # the server dies without a word
-        deadline = time.monotonic() + 30
-        while resident.pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        status = _bonsai(home, "engine", "status")
-        assert status.returncode == 3
-        assert f"the engine on port {port} (pid {pid}, {base_model.name}) was running but its process is gone" in status.stderr
-        assert "Last lines of" in status.stderr and ("Application startup complete" in status.stderr or "GET /v1/models" in status.stderr)  # the log's end
-        assert not resident.state_path(home, port).exists()
-        assert _group_gone(pid), "vLLM's engine core outlived the crash report"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
 
 
 @pytest.mark.serve

@@ -3,12 +3,16 @@ reachable --host without one, and the guard that keeps runtime adapter loads und
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +24,13 @@ from bonsai.engine import EngineConfig
 from bonsai.engine.adapter_guard import ROOT_ENV, AdapterGuard, adapter_source_problem
 from bonsai.registry.identity import inspect_adapter
 from bonsai.engine.auth import API_KEY_ENV, EngineAuthError, is_loopback
+from bonsai.engine import resident
 from bonsai.engine.openai import OpenAIEngine
-from bonsai.serve.server import plan_serve, serve_info_path, serve_log_path
+from bonsai.serve.server import plan_serve, serve_log_path
 from bonsai.engine.session import EngineOptions
 from bonsai.errors import AdapterError, ConfigError
 from bonsai.model.prepare import BaseModel
-from servekit import Server, start_serve
+from servekit import START_TIMEOUT_S, TEST_KV_CACHE_GIB, free_port, group_gone
 
 KEY = "bonsai-test-key-7f3a9c"
 
@@ -148,17 +153,59 @@ async def test_guard_checks_the_key_and_the_adapter_folder(tmp_path: Path, monke
     assert (await _asgi(anything, "POST", "/adapters", {"name": "x", "src": str(tmp_path)}))[0] == 200
 
 
-# --- one real `bonsai serve` with a key ------------------------------------------------------------
+# --- one real resident engine with a key --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Resident:
+    """A `bonsai serve --detach` server: its home, port and process group, and what the command printed."""
+
+    home: Path
+    port: int
+    pid: int
+    printed: str
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+class KeyedResident:
+    """A resident engine started with the key in its environment (not on its command line). The last test
+    here kills it (a crash, as `bonsai engine status` must report it); a test that runs after that, say in
+    another order, gets a new one."""
+
+    def __init__(self, root: Path, base: BaseModel) -> None:
+        self.root, self.base, self.current, self.starts = root, base, None, 0
+
+    def live(self) -> Resident:
+        if self.current is None or not resident.pid_alive(self.current.pid):
+            self.starts += 1
+            home, port = self.root / f"home{self.starts}", free_port()
+            started = _bonsai(home, "serve", "--detach", "--base", str(self.base.path), "--port", str(port), "--json", "--max-model-len", "1024",
+                              "--kv-cache-gib", str(TEST_KV_CACHE_GIB), "--start-timeout", str(START_TIMEOUT_S), key=KEY)
+            assert started.returncode == 0, started.stderr
+            self.current = Resident(home, port, json.loads(started.stdout)["pid"], started.stdout + started.stderr)
+        return self.current
+
+    def stop(self) -> None:
+        if self.current is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.current.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
-def keyed(base_model: BaseModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A server started with the key in its environment (not on its command line)."""
-    server = start_serve(tmp_path_factory.mktemp("keyed"), base_model.path, "--max-model-len", "1024", env={API_KEY_ENV: KEY})
+def keyed_resident(base_model: BaseModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeyedResident]:
+    holder = KeyedResident(tmp_path_factory.mktemp("keyed"), base_model)
     try:
-        yield server.wait_ready()
+        yield holder
     finally:
-        server.stop()
+        holder.stop()
+
+
+@pytest.fixture
+def keyed(keyed_resident: KeyedResident) -> Resident:
+    return keyed_resident.live()
 
 
 def _bonsai(home: Path, *args: str, key: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -169,7 +216,7 @@ def _bonsai(home: Path, *args: str, key: str | None = None) -> subprocess.Comple
 
 
 @pytest.mark.serve
-def test_wrong_or_missing_key_is_one_clear_message(keyed: Server, tmp_path: Path) -> None:
+def test_wrong_or_missing_key_is_one_clear_message(keyed: Resident, tmp_path: Path) -> None:
     assert httpx.get(f"{keyed.endpoint}/v1/models", timeout=10).status_code == 401  # vLLM's own check
     debate = ["debate", "Tea beats coffee", "--endpoint", keyed.endpoint, "--format", "quick", "--rounds", "1", "--max-tokens", "6",
               "--store", str(tmp_path / "t.sqlite")]
@@ -185,20 +232,19 @@ def test_wrong_or_missing_key_is_one_clear_message(keyed: Server, tmp_path: Path
 
 
 @pytest.mark.serve
-def test_debate_with_the_key_and_the_key_never_written(keyed: Server, tmp_path: Path) -> None:
+def test_debate_with_the_key_and_the_key_never_written(keyed: Resident, tmp_path: Path) -> None:
     done = _bonsai(tmp_path / "home", "debate", "Tea beats coffee", "--endpoint", keyed.endpoint, "--format", "quick", "--rounds", "1",
                    "--max-tokens", "6", "--store", str(tmp_path / "t.sqlite"), "--json", key=KEY)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.splitlines()[-1])["status"] == "finished"
-    info = json.loads(serve_info_path(keyed.home, keyed.port).read_text())
+    info = json.loads(resident.state_path(keyed.home, keyed.port).read_text())
     assert info["api_key_required"] is True
-    for text in (keyed.stdout.read_text(), keyed.stderr.read_text(), serve_log_path(keyed.home, keyed.port).read_text(), json.dumps(info),
-                 done.stdout, done.stderr):
+    for text in (keyed.printed, serve_log_path(keyed.home, keyed.port).read_text(), json.dumps(info), done.stdout, done.stderr):
         assert KEY not in text
 
 
 @pytest.mark.serve
-async def test_runtime_adapter_loads_stay_under_the_home(keyed: Server, lora_adapters: list[Path]) -> None:
+async def test_runtime_adapter_loads_stay_under_the_home(keyed: Resident, lora_adapters: list[Path]) -> None:
     outside = lora_adapters[0]
     inside = keyed.home / "adapters" / "advocate" / "v-test"
     shutil.copytree(lora_adapters[1], inside, dirs_exist_ok=True)
@@ -221,3 +267,22 @@ async def test_runtime_adapter_loads_stay_under_the_home(keyed: Server, lora_ada
     with pytest.raises(EngineAuthError):
         async with OpenAIEngine([keyed.endpoint]):
             pass
+
+
+@pytest.mark.serve
+def test_a_resident_engine_killed_is_reported_with_its_log(keyed_resident: KeyedResident, base_model: BaseModel) -> None:
+    """Last in this module on purpose: it kills the resident engine the tests above used (one vLLM start
+    less than an engine of its own)."""
+    engine = keyed_resident.live()
+    home, port, pid = engine.home, engine.port, engine.pid
+    assert resident.state_path(home, port).exists()
+    os.kill(pid, signal.SIGKILL)  # the server dies without a word
+    deadline = time.monotonic() + 30
+    while resident.pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    status = _bonsai(home, "engine", "status", key=KEY)
+    assert status.returncode == 3
+    assert f"the engine on port {port} (pid {pid}, {base_model.name}) was running but its process is gone" in status.stderr
+    assert "Last lines of" in status.stderr and ("Application startup complete" in status.stderr or "GET /v1/models" in status.stderr)  # the log's end
+    assert not resident.state_path(home, port).exists()
+    assert group_gone(pid), "vLLM's engine core outlived the crash report"
