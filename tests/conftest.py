@@ -1,9 +1,9 @@
 """Shared fixtures: the real embedded model, two small real LoRA adapters, one vLLM engine and one real
 `bonsai serve` per session.
 
-Engine starts are most of the suite's time on a 2-core machine (~35-60 s each: docs/benchmarks.md, "Test
-suite: where the time goes"): a test that needs a running engine or server takes these shared ones, and
-starts its own only when the start itself (or killing the server) is what it tests.
+An engine start costs ~30 CPU-seconds on a 2-core machine (docs/benchmarks.md, "Test suite: where the time
+goes"): a test that needs a running engine or server takes these shared ones, and starts its own only when
+the start itself (or killing the server) is what it tests.
 
 Every test gets its own empty BONSAI_HOME; the prepared base model is read from the ambient one
 (``make test`` prepares it first), so it is dequantized once per machine, not once per test.
@@ -26,6 +26,20 @@ from bonsai.paths import bonsai_home
 _AMBIENT_HOME = bonsai_home()  # read before any test points BONSAI_HOME elsewhere
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+#: The tests' vLLM engines each run their model on one OpenMP thread that no core is bound to. A lone
+#: debate is faster with the worker's threads on both cores (what bonsai gives it: platform.cpu_worker_env),
+#: but the suite runs two or three engines at once beside training and servers, and two engines whose
+#: threads are all bound to cores 0 and 1 stall each other: two debate benches at once took 296 s and 558
+#: CPU-seconds with the binding, 212 s and 420 CPU-seconds like this (docs/benchmarks.md, "Test suite").
+#: Set before any engine starts, so that every worker process vLLM spawns (in-process engines, `bonsai
+#: serve` children, CLI subprocesses) inherits it; a value already in the environment stands.
+TEST_ENGINE_THREADS = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "1"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, value in TEST_ENGINE_THREADS.items():
+        os.environ.setdefault(name, value)
 
 
 @pytest.fixture(autouse=True)
