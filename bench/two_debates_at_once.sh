@@ -17,7 +17,7 @@ for i in 1 2; do
     > "$out/$label-$i.out" 2> "$out/$label-$i.err" &
 done
 wait
-echo "$label: both finished after $(echo "$(date +%s.%N) - $start" | bc) s"
+echo "$label: both finished after $(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s"
 for i in 1 2; do
   grep -h '"summary"' "$out/$label-$i.out"
   tail -n 1 "$out/$label-$i.err"
