@@ -158,7 +158,7 @@ async def run_sweep(engine: Any, store: Any, home: Path, book: Any, path: Path, 
 
     sweep = load_sweep(path)
     plan = plan_sweep(sweep, book, home)
-    async with DebateRunner(engine, store, home / f"ck-{sweep.config.name}.sqlite", book, home, base_name) as runner:
+    async with DebateRunner(engine, store, home / f"ck-{sweep.config.name}.sqlite", book, home, base_name, queue_checkpoints=True) as runner:
         ex = SweepExecutor(runner, store, plan, concurrency=sweep.config.concurrency, retries=0, backoff_s=0)
         before, counted = await engine.stats(), engine.generated
         prof = None

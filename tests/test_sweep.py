@@ -192,7 +192,8 @@ async def run_sweep(tmp_path: Path, book: PersonaBook, home: Path, engine: FakeE
     sweep = load_sweep(path)
     plan = plan_sweep(sweep, book, home)
     with TranscriptStore(tmp_path / "t.sqlite") as store:
-        async with DebateRunner(engine, store, tmp_path / "ck.sqlite", book, home, "fake") as runner:
+        # queued checkpoints, as `bonsai sweep` runs them
+        async with DebateRunner(engine, store, tmp_path / "ck.sqlite", book, home, "fake", queue_checkpoints=True) as runner:
             cfg = sweep.config
             ex = SweepExecutor(runner, store, plan, concurrency=kw.pop("concurrency", cfg.concurrency), retries=kw.pop("retries", cfg.retries),
                                backoff_s=0.0, budget=kw.pop("budget", cfg.budget), **kw)

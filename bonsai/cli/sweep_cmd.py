@@ -134,7 +134,7 @@ async def _run_locked(args: argparse.Namespace, home: Path, store_file: Path, co
     async with start_engine(setup, plan_judge(judge, engine, home), starting=starting(enabled=not args.json)) as session:
         with TranscriptStore(store_file) as store:
             async with DebateRunner(session.engine, store, checkpoints_path(home), book, home, session.base_name, inspector,
-                                    judge_engine=session.judge) as runner:
+                                    judge_engine=session.judge, queue_checkpoints=True) as runner:
                 cfg = plan.sweep.config
                 reporter = _Reporter(console, total=len(plan.jobs), quiet=args.json, engine=session.engine)
                 executor = SweepExecutor(runner, store, plan, concurrency=cfg.concurrency, retries=cfg.retries, backoff_s=cfg.backoff_s,

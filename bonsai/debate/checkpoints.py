@@ -86,8 +86,12 @@ def strict_serializer() -> StrictSerializer:
 async def prune_finished(saver: Any, thread_id: str) -> int:
     """Delete every checkpoint of ``thread_id`` but its latest (and their pending writes); returns rows deleted.
 
-    ``saver`` is the graph's AsyncSqliteSaver: its own connection and lock, so this never races its writes.
+    ``saver`` is the graph's AsyncSqliteSaver: its own connection and lock, so this never races its writes
+    (a sweep's queued saver writes what it holds first: see ``checkpoint_queue.py``).
     """
+    flush = getattr(saver, "flush", None)
+    if flush is not None:
+        await flush()
     async with saver.lock, saver.conn.cursor() as cur:
         await cur.execute(
             "SELECT checkpoint_ns, MAX(checkpoint_id) FROM checkpoints WHERE thread_id = ? GROUP BY checkpoint_ns", (thread_id,)

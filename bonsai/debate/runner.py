@@ -4,7 +4,9 @@ custom stream.
 Nothing is written before the whole debate has been validated (personas, format, adapters against
 the base, the motion against the context window), so a bad input leaves no half-made debate behind.
 Each node writes its turn to the store when it completes and the checkpointer saves the state after
-every node (``durability="sync"``), so an interrupted debate resumes at the turn that was in flight.
+every node (``durability="sync"``), so an interrupted debate resumes at the turn that was in flight. A
+sweep's runner queues the saves instead (``queue_checkpoints``, ``checkpoint_queue.py``): the next turn
+goes to the engine at once, and a killed process can lose the last turn or two of each debate in flight.
 A front end can also hold a run between turns (``gate``: pause, step, moderator notes through a
 LangGraph interrupt) and fork a new debate from any earlier turn's checkpoint.
 """
@@ -28,6 +30,7 @@ from langgraph.types import Command
 
 from bonsai.registry import resolve_persona_adapter
 from bonsai.debate import events as ev
+from bonsai.debate.checkpoint_queue import QueuedSqliteSaver
 from bonsai.debate.checkpoints import prune_finished, strict_serializer
 from bonsai.debate.formats import DebateFormat, load_format
 from bonsai.debate.graph import DebateContext, build_graph, turn_summary
@@ -38,6 +41,7 @@ from bonsai.engine import AdapterRef, Engine
 from bonsai.registry.identity import AdapterInspector, inspect_adapter
 from bonsai.errors import BonsaiError, ConfigError, DebateNotFound, PromptTooLong
 from bonsai.personas import PersonaBook
+from bonsai.store import db as store_db
 from bonsai.store.db import unavailable
 from bonsai.store.records import DebateRecord, DebateStatus
 from bonsai.store.transcripts import TranscriptStore
@@ -81,10 +85,12 @@ class DebateRunner:
 
     def __init__(
         self, engine: Engine, store: TranscriptStore, checkpoints: Path, book: PersonaBook, home: Path, base_model: str,
-        inspector: AdapterInspector | None = None, judge_engine: Engine | None = None,
+        inspector: AdapterInspector | None = None, judge_engine: Engine | None = None, *, queue_checkpoints: bool = False,
     ) -> None:
         """``inspector``: the one the command already used for its checks, so no adapter is hashed twice.
-        ``judge_engine``: the judge's own engine (another model, another server); None: the debaters' engine."""
+        ``judge_engine``: the judge's own engine (another model, another server); None: the debaters' engine.
+        ``queue_checkpoints``: save each turn's checkpoint behind the next turn instead of before it (sweeps:
+        many debates share the one checkpoint connection; see ``checkpoint_queue.py`` for what changes)."""
         self.engine = engine
         self.store = store
         self.checkpoints = checkpoints
@@ -95,15 +101,24 @@ class DebateRunner:
         self._graph: Any = None
         self._inspector = inspector or AdapterInspector()
         self.judge_engine = judge_engine
+        self.queue_checkpoints = queue_checkpoints
+        # queued: LangGraph hands each checkpoint over while the next node runs, and the queue keeps it in order
+        self._durability = "async" if queue_checkpoints else "sync"
 
     async def __aenter__(self) -> DebateRunner:
         self.checkpoints.parent.mkdir(parents=True, exist_ok=True)
-        conn = await self._stack.enter_async_context(aiosqlite.connect(str(self.checkpoints)))
+        # the store's busy timeout, which the "locked" message quotes (sqlite3's default is 5 s)
+        conn = await self._stack.enter_async_context(aiosqlite.connect(str(self.checkpoints), timeout=store_db.BUSY_TIMEOUT_MS / 1000))
         # WAL (set by the saver) with synchronous=NORMAL: a commit survives the process being killed, and
         # only an OS crash can lose the last ones. The default (FULL) syncs the disk on every checkpoint,
         # and with hundreds of debates sharing this one connection those syncs became the bottleneck.
         await conn.execute("PRAGMA synchronous=NORMAL")
-        saver = AsyncSqliteSaver(conn, serde=strict_serializer())  # a tampered checkpoint is refused, never run
+        # a tampered checkpoint is refused, never run
+        if self.queue_checkpoints:
+            saver = QueuedSqliteSaver(conn, serde=strict_serializer())
+            self._stack.push_async_callback(saver.close_queue)  # before the connection closes (the stack unwinds in reverse)
+        else:
+            saver = AsyncSqliteSaver(conn, serde=strict_serializer())
         self._graph = build_graph().compile(checkpointer=saver)
         return self
 
@@ -311,7 +326,7 @@ class DebateRunner:
         config = {"configurable": {"thread_id": debate_id}}
         try:
             # the custom stream carries the nodes' event objects as they were written (no serialisation)
-            async for chunk in self.graph.astream(initial, config, context=ctx, stream_mode="custom", durability="sync"):
+            async for chunk in self.graph.astream(initial, config, context=ctx, stream_mode="custom", durability=self._durability):
                 yield chunk
         except BaseException as exc:
             status = DebateStatus.INTERRUPTED if isinstance(exc, (KeyboardInterrupt, GeneratorExit)) or type(exc).__name__ == "CancelledError" else DebateStatus.FAILED
