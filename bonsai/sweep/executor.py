@@ -8,11 +8,11 @@ Exactly once: a debate's id comes from the plan, so a finished debate is found i
 a debate that was in flight when the process died is resumed from its last checkpoint (the turn that was
 being generated is generated again, and with the queued checkpoints of ``bonsai sweep`` the one or two
 before it when their checkpoints were still queued: see ``bonsai.debate.checkpoint_queue``; turns are
-written by key, never appended), and a debate that never started is started. Engine errors, and store errors from outside (the file locked by another writer past
-the busy timeout, a full disk, an I/O error), are retried with exponential backoff and jitter by resuming
-from the checkpoint, ``retries`` times, and then recorded as the debate's failure with its reason; errors
-in the debate's own set-up (a motion that does not fit, a broken adapter) are not, because a retry
-cannot fix them.
+written by key, never appended), and a debate that never started is started. Engine errors, and store
+errors from outside (the file locked by another writer past the busy timeout, a full disk, an I/O error),
+are retried with exponential backoff and jitter by resuming from the checkpoint, ``retries`` times, and
+then recorded as the debate's failure with its reason; errors in the debate's own set-up (a motion that
+does not fit, a broken adapter) are not, because a retry cannot fix them.
 """
 
 from __future__ import annotations

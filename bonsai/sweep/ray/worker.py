@@ -133,8 +133,9 @@ class DebateWorker:
                 await stack.enter_async_context(engine)
                 store = stack.enter_context(TranscriptStore(tmp / "transcripts.sqlite"))
                 base_name = self.setup.get("base_name") or engine.info.base_model
-                runner = await stack.enter_async_context(DebateRunner(engine, store, tmp / "checkpoints.sqlite", book, home, base_name,
-                                                                                 queue_checkpoints=True))
+                runner = await stack.enter_async_context(
+                    DebateRunner(engine, store, tmp / "checkpoints.sqlite", book, home, base_name, queue_checkpoints=True)
+                )
             except BaseException:
                 await stack.aclose()
                 raise
